@@ -1,0 +1,5 @@
+import sys
+
+from anllm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,153 @@
+"""Anchor identification: EP anchor ids from a tokenizer, an offline sentence splitter and <AC> insertion.
+
+AnLLM-EP uses sentence-end punctuation already in the text as the anchor; AnLLM-AC inserts an added ``<AC>``
+token after every sentence (method.md §2). Both end up as a set of anchor token ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import weakref
+
+import torch
+
+from anllm.config import AC_TOKEN, AnchorConfig, AnLLMError
+
+logger = logging.getLogger(__name__)
+
+# Abbreviations after which a period does not end a sentence (lower-case, without the period).
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st mt vs etc e.g i.e cf al fig figs eq no vol pp ed eds inc ltd co corp dept est approx "
+    "jan feb mar apr jun jul aug sep sept oct nov dec u.s u.k a.m p.m ph.d".split()
+)
+_CLOSERS = "\"'”’)]}»"
+# A sentence ends at a run of . ! ? (plus closing quotes/brackets) followed by whitespace and then text that can
+# start a sentence, or by the end of the text; a blank line also ends a sentence.
+_BOUNDARY = re.compile(rf"[.!?]+[{re.escape(_CLOSERS)}]*(?=\s+[\"'“‘(\[A-Z0-9]|\s*$)|\n[ \t]*\n")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split English text into sentences with a rule-based splitter (no data download).
+
+    Whitespace between sentences is kept at the start of the following sentence, so ``"".join(result) == text``.
+    Periods after common abbreviations (``Dr.``, ``e.g.``), single-letter initials and inside numbers (``3.14``)
+    do not end a sentence.
+    """
+    ends = _sentence_ends(text)
+    pieces, start = [], 0
+    for end in ends:
+        pieces.append(text[start:end])
+        start = end
+    if start < len(text):
+        pieces.append(text[start:])
+    return [p for p in pieces if p]
+
+
+def _sentence_ends(text: str) -> list[int]:
+    ends = []
+    for m in _BOUNDARY.finditer(text):
+        if m.group().startswith("\n"):
+            if ends and text[ends[-1] : m.start()].strip() == "":
+                continue
+            if text[: m.start()].strip():
+                ends.append(m.start())
+            continue
+        if m.group().startswith(".") and len(m.group().rstrip(_CLOSERS)) == 1:
+            word = re.search(r"(\S+)$", text[: m.start()])
+            if word is not None:
+                w = word.group(1).lower().lstrip("(\"'“‘")
+                if w in _ABBREVIATIONS or (len(w) == 1 and w.isalpha()):
+                    continue
+        ends.append(m.end())
+    return ends
+
+
+def insert_ac(text: str, token: str = AC_TOKEN) -> str:
+    """Insert ``" <AC>"`` after every sentence of ``text``, the last one included (method.md §2.2)."""
+    if token in text:
+        return text  # already marked: never double-insert
+    out, start = [], 0
+    for end in _sentence_ends(text):
+        out.append(text[start:end] + " " + token)
+        start = end
+    rest = text[start:]
+    if rest.strip():
+        out.append(rest.rstrip() + " " + token + rest[len(rest.rstrip()) :])
+    else:
+        out.append(rest)
+    return "".join(out)
+
+
+def _dot_id(tokenizer) -> int:
+    ids = tokenizer.encode(".", add_special_tokens=False)
+    if not ids:
+        raise AnLLMError("the tokenizer encodes '.' to nothing; cannot initialise the <AC> token from it")
+    return ids[-1]
+
+
+def add_ac_token(model, tokenizer, token: str = AC_TOKEN) -> int:
+    """Add ``<AC>`` to the tokenizer (if missing), resize the model, init its embedding rows from ``"."``.
+
+    Both the input embedding and the output (LM head) row are copied from the ``"."`` row, as the official code
+    does. Returns the ``<AC>`` id. Idempotent.
+    """
+    vocab = tokenizer.get_vocab()
+    if token in vocab:
+        ac_id = vocab[token]
+        if ac_id < model.get_input_embeddings().weight.shape[0]:
+            return ac_id
+    else:
+        tokenizer.add_tokens([token])
+        ac_id = tokenizer.convert_tokens_to_ids(token)
+    dot = _dot_id(tokenizer)
+    n_rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > n_rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[ac_id] = emb[dot]
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != emb.data_ptr():
+            out.weight[ac_id] = out.weight[dot]
+    return ac_id
+
+
+_EP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def ep_anchor_ids(tokenizer, chars: str = ".!?") -> tuple[int, ...]:
+    """Ids of tokens whose text ends a sentence: punctuation only, ending in one of ``chars``.
+
+    Matches ``"."``, ``" ."``, ``"!"``, ``"?"``, ``"..."``, ``".\\n"``, ``'."'``; not ``","`` or ``"Mr."``.
+    """
+    key = (chars, len(tokenizer))
+    cached = _EP_CACHE.setdefault(tokenizer, {})
+    if key not in cached:
+        pattern = re.compile(rf"[^\w\s]*[{re.escape(chars)}][{re.escape(_CLOSERS)}]*")
+        specials = set(tokenizer.all_special_ids)
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        cached[key] = tuple(i for i, t in enumerate(texts) if i not in specials and pattern.fullmatch(t.strip()))
+    if not cached[key]:
+        raise AnLLMError(f"no token of this tokenizer ends a sentence with one of {chars!r}; set anchor_ids explicitly")
+    return cached[key]
+
+
+def resolve_anchor_ids(cfg: AnchorConfig, tokenizer, model=None) -> tuple[int, ...]:
+    """The anchor token ids for ``cfg`` with this tokenizer (adds ``<AC>`` to model and tokenizer in AC mode)."""
+    if cfg.anchor_ids is not None:
+        return cfg.anchor_ids
+    if cfg.mode == "ac":
+        if model is not None:
+            return (add_ac_token(model, tokenizer),)
+        vocab = tokenizer.get_vocab()
+        if AC_TOKEN not in vocab:
+            raise AnLLMError("AC mode needs the <AC> token: pass the model so it can be added, or use mode='ep'")
+        return (vocab[AC_TOKEN],)
+    return ep_anchor_ids(tokenizer, cfg.anchor_chars)
+
+
+def is_anchor(input_ids: torch.Tensor, anchor_ids: torch.Tensor | tuple[int, ...]) -> torch.Tensor:
+    """Bool tensor of ``input_ids``' shape, True where the token is an anchor."""
+    ids = torch.as_tensor(anchor_ids, dtype=input_ids.dtype, device=input_ids.device)
+    return torch.isin(input_ids, ids)

@@ -1,0 +1,46 @@
+"""``anllm`` command line: a thin dispatcher; each subcommand lives in ``anllm/commands/<name>.py``.
+
+A command module defines ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from anllm.config import AnLLMError
+
+COMMANDS = ("generate", "verify", "train", "eval", "bench", "app")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anllm", description="Anchor-based LLMs: AnSAN masks and anchor KV caches")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"anllm.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"anllm.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except AnLLMError as e:
+        print(f"anllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

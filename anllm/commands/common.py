@@ -1,0 +1,66 @@
+"""Flags shared by several subcommands, and the device/dtype choice made at the CLI edge."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from anllm.config import AnchorConfig, AnLLMError
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_model_args(p: argparse.ArgumentParser, *, dtype_default: str = "float32") -> None:
+    p.add_argument("--model", default="default", help="default | smollm2-135m | tiny-random | preset | hub id | path")
+    p.add_argument("--anchors", choices=["ep", "ac"], default=None, help="anchor kind (default: the model's)")
+    p.add_argument("--positions", choices=["true", "compact"], default=None, help="position policy after eviction")
+    p.add_argument("--chunk-size", type=int, default=None, help="prefill chunk length in anchor mode")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=dtype_default)
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--trust-remote-code", action="store_true", help="let transformers run code from the model repo")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_from_args(args):
+    """Load the model named on the command line with its anchor overrides."""
+    from anllm.config import preset_for
+    from anllm.models import load_model
+
+    preset = preset_for(args.model)
+    base = preset.anchor if preset is not None else AnchorConfig()
+    changes = {}
+    if args.anchors is not None and args.anchors != base.mode:
+        changes.update(mode=args.anchors, anchor_ids=None)
+    if args.positions is not None:
+        changes["position_policy"] = args.positions
+    if args.chunk_size is not None:
+        changes["chunk_size"] = args.chunk_size
+    anchor = base.replace(**changes) if changes else None
+    return load_model(
+        args.model,
+        anchor=anchor,
+        dtype=DTYPES[args.dtype],
+        device=args.device or default_device(),
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def read_text(prompt: str | None, prompt_file: str | None) -> str:
+    if prompt_file is not None:
+        path = Path(prompt_file)
+        if not path.is_file():
+            raise AnLLMError(f"prompt file {path} does not exist")
+        return path.read_text(encoding="utf-8")
+    return prompt if prompt is not None else ""
+
+
+def emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()

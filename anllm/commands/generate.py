@@ -1,0 +1,94 @@
+"""``anllm generate``: stream a completion to stdout (or JSON lines with --json)."""
+
+from __future__ import annotations
+
+import sys
+
+from anllm.commands.common import add_model_args, emit_json, load_from_args, read_text
+from anllm.config import GenerationConfig
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate text with a full or anchor KV cache")
+    add_model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--prompt-file", help="read the prompt from a UTF-8 file")
+    p.add_argument(
+        "--mode", default=None, help="cache policy: full | anchor (default: anchor if the model was trained for it)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--raw", action="store_true", help="no chat template: continue the text as is")
+    p.add_argument("--json", action="store_true", help="one JSON object per token, then a summary line")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from anllm.generation import stream_generate
+
+    gen = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop_strings=tuple(args.stop),
+        chat=not args.raw,
+    )
+    prompt = read_text(args.prompt, args.prompt_file)
+    lm = load_from_args(args)
+    for note in lm.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.mode is None:
+        args.mode = lm.default_mode
+        if args.mode == "full":
+            print(
+                "note: this model was not trained for anchors, so --mode defaults to full "
+                "(pass --mode anchor to see training-free anchor decoding)",
+                file=sys.stderr,
+            )
+    text, last, n_anchor = [], None, 0
+    for r in stream_generate(lm, prompt, args.mode, gen):
+        text.append(r.text)
+        n_anchor += r.is_anchor
+        last = r
+        if args.json:
+            emit_json(r.to_dict())
+        else:
+            sys.stdout.write(r.text)
+            sys.stdout.flush()
+    summary = {
+        "summary": True,
+        "model": args.model,
+        "mode": args.mode,
+        "text": "".join(text),
+        "generated_tokens": last.step if last else 0,
+        "prompt_tokens": last.prompt_tokens if last else 0,
+        "finish_reason": last.finish_reason if last else "length",
+        "generated_anchors": n_anchor,
+        "kv_entries": last.kv_entries if last else 0,
+        "kv_full_entries": last.kv_full_entries if last else 0,
+        "kv_bytes": last.kv_bytes if last else 0,
+        "n_evicted": last.n_evicted if last else 0,
+        "prefill_s": last.prefill_s if last else 0.0,
+        "elapsed_s": last.elapsed_s if last else 0.0,
+        "tokens_per_s": last.tokens_per_s if last else 0.0,
+    }
+    if args.json:
+        emit_json(summary)
+    else:
+        sys.stdout.write("\n")
+        kept = summary["kv_entries"] / max(summary["kv_full_entries"], 1)
+        print(
+            f"[{args.mode}] {summary['generated_tokens']} tokens, {summary['tokens_per_s']:.1f} tok/s, "
+            f"KV kept {summary['kv_entries']}/{summary['kv_full_entries']} ({kept:.1%})",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,341 @@
+"""The decode loop: ``prefill`` -> ``decode_step`` -> ``generate`` / ``stream_generate``, for any cache policy.
+
+Every step reports what the cache holds, so the CLI, the app and benchmarks show exactly what the library does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from anllm.anchors import insert_ac
+from anllm.cache import PolicyCache
+from anllm.compat import cache_kwarg
+from anllm.config import AC_TOKEN, AnLLMError, GenerationConfig
+from anllm.models import LoadedModel
+from anllm.policies import EvictionPolicy
+
+
+# -- low level: one forward pass through a policy cache ---------------------------------------------------------
+def make_cache(lm: LoadedModel, mode: str | EvictionPolicy = "anchor") -> PolicyCache:
+    """An empty :class:`PolicyCache` for ``lm`` under ``mode`` (``"full"``, ``"anchor"`` or a policy)."""
+    return PolicyCache(lm.model.config, lm.policy(mode), lm.anchor_ids, lm.anchor.position_policy)
+
+
+def forward_chunk(
+    model, cache: PolicyCache, input_ids: Tensor, attention_mask: Tensor | None = None, logits_to_keep=0
+) -> Tensor:
+    """Run one chunk through ``model`` with ``cache``, then apply the cache's eviction rule.
+
+    Args:
+        input_ids: long ``(B, Q)``.
+        attention_mask: ``(B, Q)`` 1 = real token, 0 = padding; None = all real.
+        logits_to_keep: 0 for all positions, an int ``n`` for the last ``n``, or a long index tensor.
+    Returns:
+        float logits ``(B, Q', V)``.
+    """
+    mask, position_ids = cache.prepare(input_ids, attention_mask, dtype=model.dtype)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=logits_to_keep,
+        **{cache_kwarg(model): cache},
+    )
+    cache.evict()
+    return out.logits
+
+
+def prefill(
+    model, cache: PolicyCache, input_ids: Tensor, attention_mask: Tensor | None = None, chunk_size: int | None = None
+) -> Tensor:
+    """Feed a (padded) prompt, in chunks of ``chunk_size`` tokens (None = one pass).
+
+    Returns:
+        float ``(B, V)``: the logits at each row's last real token (left or right padding both work).
+    """
+    B, T = input_ids.shape
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    if not bool(valid.any(-1).all()):
+        raise AnLLMError("a prompt in the batch has no tokens; give every row at least one token")
+    last = (valid.long() * torch.arange(T, device=input_ids.device)).argmax(-1)  # (B,) index of last real token
+    step = chunk_size or T
+    out = None
+    for s in range(0, T, step):
+        e = min(s + step, T)
+        rows = (last >= s) & (last < e)
+        if bool(rows.any()):
+            keep = torch.unique(last[rows] - s)  # chunk-relative positions whose logits we need
+            logits = forward_chunk(model, cache, input_ids[:, s:e], valid[:, s:e].long(), logits_to_keep=keep)
+            if out is None:
+                out = logits.new_zeros(B, logits.shape[-1])
+            where = torch.searchsorted(keep, (last - s).clamp(0, e - s - 1))  # (B,)
+            out[rows] = logits[rows, where[rows]]
+        else:
+            forward_chunk(model, cache, input_ids[:, s:e], valid[:, s:e].long(), logits_to_keep=1)
+    return out
+
+
+def decode_step(model, cache: PolicyCache, tokens: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Feed one token per row (long ``(B,)``); return the next-token logits ``(B, V)``."""
+    mask = None if valid is None else valid[:, None].long()
+    return forward_chunk(model, cache, tokens[:, None], mask, logits_to_keep=1)[:, -1]
+
+
+# -- sampling ----------------------------------------------------------------------------------------------------
+def sample_next(logits: Tensor, gen: GenerationConfig, history: Tensor | None, generator=None) -> Tensor:
+    """Pick the next token per row from logits ``(B, V)``; ``history`` ``(B, T)`` feeds the repetition penalty."""
+    logits = logits.float()
+    if gen.repetition_penalty != 1.0 and history is not None and history.numel():
+        score = logits.gather(1, history)
+        score = torch.where(score < 0, score * gen.repetition_penalty, score / gen.repetition_penalty)
+        logits = logits.scatter(1, history, score)
+    if not gen.do_sample:
+        return logits.argmax(-1)
+    logits = logits / gen.temperature
+    if gen.top_k > 0:
+        kth = torch.topk(logits, min(gen.top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if gen.top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= gen.top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+# -- prompts -----------------------------------------------------------------------------------------------------
+def encode_prompt(lm: LoadedModel, prompt: str, chat: bool = True) -> list[int]:
+    """Token ids of a prompt: chat template when asked for and available, ``<AC>`` inserted in AC mode."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise AnLLMError("the prompt is empty: give some text to continue or a question to answer")
+    text = insert_ac(prompt) if lm.anchor.mode == "ac" else prompt
+    tok = lm.tokenizer
+    if chat and getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+    return tok(text)["input_ids"]
+
+
+def eos_ids(lm: LoadedModel) -> set[int]:
+    ids = set()
+    for src in (lm.tokenizer.eos_token_id, getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif src:
+            ids.update(int(i) for i in src)
+    return ids
+
+
+def _max_positions(lm: LoadedModel) -> int | None:
+    return getattr(lm.model.config, "max_position_embeddings", None)
+
+
+# -- streaming ---------------------------------------------------------------------------------------------------
+@dataclass
+class GenerationResponse:
+    """One generated token and the state of the cache when it was produced."""
+
+    token: int  # the token id
+    text: str  # text this token adds to the output (may be "" while a multi-byte character is incomplete)
+    is_anchor: bool
+    step: int  # tokens generated so far, this one included
+    prompt_tokens: int
+    kv_entries: int  # entries stored per layer
+    kv_full_entries: int  # entries a full cache would hold (tokens seen)
+    kv_bytes: int  # bytes of K/V held, all layers
+    n_evicted: int  # entries dropped so far
+    elapsed_s: float  # since the call started, prefill included
+    prefill_s: float
+    tokens_per_s: float  # generated tokens / time since the first token (decode speed)
+    finish_reason: str | None = None  # None while running, then "eos", "stop" or "length"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _TextTracker:
+    """Incremental detokenisation that hides ``<AC>`` and holds back incomplete UTF-8 characters."""
+
+    def __init__(self, tokenizer, hide: set[int]):
+        self.tok, self.hide, self.ids, self.text = tokenizer, hide, [], ""
+
+    def add(self, token: int) -> str:
+        if token not in self.hide:
+            self.ids.append(token)
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        delta, self.text = text[len(self.text) :], text
+        return delta
+
+
+def stream_generate(
+    lm: LoadedModel, prompt: str | list[int], mode: str | EvictionPolicy = "anchor", gen: GenerationConfig | None = None
+) -> Iterator[GenerationResponse]:
+    """Generate for one prompt, yielding a :class:`GenerationResponse` per token.
+
+    ``prompt`` is text (chat template applied when ``gen.chat`` and available) or token ids.
+    """
+    gen = gen or GenerationConfig()
+    model = lm.model
+    ids = encode_prompt(lm, prompt, gen.chat) if isinstance(prompt, str) else list(prompt)
+    if not ids:
+        raise AnLLMError("the prompt is empty: give some text to continue or a question to answer")
+    limit = _max_positions(lm)
+    if limit is not None and len(ids) > limit:
+        raise AnLLMError(f"the prompt has {len(ids)} tokens but the model supports {limit} positions; shorten it")
+    max_new = gen.max_new_tokens if limit is None else min(gen.max_new_tokens, limit - len(ids))
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    generator = torch.Generator(device).manual_seed(gen.seed) if gen.seed is not None else None
+    stop_ids = eos_ids(lm) if gen.stop_on_eos else set()
+    ac_id = lm.tokenizer.get_vocab().get(AC_TOKEN)
+    tracker = _TextTracker(lm.tokenizer, {ac_id} if ac_id is not None else set())
+    anchor_set = set(lm.anchor_ids)
+    cache = make_cache(lm, mode)
+    chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
+    history = input_ids
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        logits = prefill(model, cache, input_ids, chunk_size=chunk)
+        t_prefill = time.perf_counter() - t0
+        for step in range(1, max_new + 1):
+            token = sample_next(logits, gen, history, generator)  # (1,)
+            tok = int(token[0])
+            history = torch.cat([history, token[:, None]], 1)
+            delta = tracker.add(tok)
+            finish = None
+            if tok in stop_ids:
+                finish, delta = "eos", ""
+            elif gen.stop_strings and any(s in tracker.text for s in gen.stop_strings):
+                cut = min(tracker.text.find(s) for s in gen.stop_strings if s in tracker.text)
+                delta = delta[: max(0, len(delta) - (len(tracker.text) - cut))]
+                finish = "stop"
+            elif step == max_new:
+                finish = "length"
+            now = time.perf_counter()
+            yield GenerationResponse(
+                token=tok,
+                text=delta,
+                is_anchor=tok in anchor_set,
+                step=step,
+                prompt_tokens=len(ids),
+                kv_entries=int(cache.n_kept()[0]),
+                kv_full_entries=int(cache.n_seen[0]),
+                kv_bytes=int(cache.kv_bytes()[0]),
+                n_evicted=int(cache.n_evicted[0]),
+                elapsed_s=now - t0,
+                prefill_s=t_prefill,
+                tokens_per_s=step / max(now - t0 - t_prefill, 1e-9),
+                finish_reason=finish,
+            )
+            if finish is not None:
+                return
+            logits = decode_step(model, cache, token)
+
+
+@dataclass
+class GenerationResult:
+    """What :func:`generate` returns for one prompt."""
+
+    text: str
+    tokens: list[int]
+    prompt_tokens: int
+    finish_reason: str
+    kv_entries: int  # stored at the end
+    kv_full_entries: int  # a full cache would hold this many
+    kv_bytes: int
+    peak_kv_bytes: int
+    n_evicted: int
+    prefill_s: float
+    elapsed_s: float
+    tokens_per_s: float
+
+    @property
+    def kv_reduction(self) -> float:
+        """C⇓ = 1 - kept / full entries at the end."""
+        return 1.0 - self.kv_entries / max(self.kv_full_entries, 1)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "kv_reduction": self.kv_reduction}
+
+
+def generate(
+    lm: LoadedModel, prompt: str | list[int], mode: str | EvictionPolicy = "anchor", gen: GenerationConfig | None = None
+) -> GenerationResult:
+    """Generate for one prompt and return the text, tokens and cache statistics."""
+    tokens, parts, last, peak = [], [], None, 0
+    for r in stream_generate(lm, prompt, mode, gen):
+        if r.finish_reason != "eos":
+            tokens.append(r.token)
+        parts.append(r.text)
+        peak = max(peak, r.kv_bytes)
+        last = r
+    if last is None:  # max_new_tokens == 0
+        return GenerationResult("", [], 0, "length", 0, 0, 0, 0, 0, 0.0, 0.0, 0.0)
+    return GenerationResult(
+        "".join(parts),
+        tokens,
+        last.prompt_tokens,
+        last.finish_reason,
+        last.kv_entries,
+        last.kv_full_entries,
+        last.kv_bytes,
+        peak,
+        last.n_evicted,
+        last.prefill_s,
+        last.elapsed_s,
+        last.tokens_per_s,
+    )
+
+
+def generate_batch(
+    lm: LoadedModel, prompts: list[str], mode: str | EvictionPolicy = "anchor", gen: GenerationConfig | None = None
+) -> list[list[int]]:
+    """Greedy/sampled generation for several prompts at once (left padding); returns new token ids per prompt."""
+    gen = gen or GenerationConfig()
+    seqs = [encode_prompt(lm, p, gen.chat) for p in prompts]
+    pad = lm.tokenizer.pad_token_id
+    T = max(len(s) for s in seqs)
+    device = next(lm.model.parameters()).device
+    input_ids = torch.tensor([[pad] * (T - len(s)) + s for s in seqs], device=device)
+    attn = torch.tensor([[0] * (T - len(s)) + [1] * len(s) for s in seqs], device=device)
+    return generate_ids(lm, input_ids, attn, mode, gen)
+
+
+def generate_ids(
+    lm: LoadedModel, input_ids: Tensor, attention_mask: Tensor | None, mode, gen: GenerationConfig
+) -> list[list[int]]:
+    """Batched decode loop on token ids; finished rows feed padding (masked) until every row is done."""
+    model = lm.model
+    B = input_ids.shape[0]
+    cache = make_cache(lm, mode)
+    chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
+    stop_ids = torch.tensor(sorted(eos_ids(lm) if gen.stop_on_eos else set()) or [-1], device=input_ids.device)
+    generator = torch.Generator(input_ids.device).manual_seed(gen.seed) if gen.seed is not None else None
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    history = input_ids
+    with torch.inference_mode():
+        logits = prefill(model, cache, input_ids, attention_mask, chunk_size=chunk)
+        for _ in range(gen.max_new_tokens):
+            token = sample_next(logits, gen, history, generator)
+            token = torch.where(done, torch.full_like(token, lm.tokenizer.pad_token_id), token)
+            for b in range(B):
+                if not done[b]:
+                    out[b].append(int(token[b]))
+            done = done | torch.isin(token, stop_ids)
+            if bool(done.all()):
+                break
+            history = torch.cat([history, token[:, None]], 1)
+            logits = decode_step(model, cache, token, valid=~done)
+    return out

