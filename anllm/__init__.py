@@ -1,7 +1,7 @@
 """anllm: Anchor-based LLMs (AnSAN masks, anchor KV cache, training) for PyTorch and transformers."""
 
 from anllm.anchors import add_ac_token, ep_anchor_ids, insert_ac, is_anchor, split_sentences
-from anllm.cache import PolicyCache
+from anllm.cache import AnchorCache, PolicyCache
 from anllm.config import PRESETS, AnchorConfig, AnLLMError, GenerationConfig
 from anllm.generation import (
     GenerationResponse,
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "AnLLMError",
+    "AnchorCache",
     "AnchorConfig",
     "AnchorPolicy",
     "EvictionPolicy",
