@@ -163,19 +163,39 @@ class GenerationResponse:
 
 
 class _TextTracker:
-    """Incremental detokenisation that hides ``<AC>`` and holds back incomplete UTF-8 characters."""
+    """Incremental detokenisation: hides ``<AC>``, holds back incomplete UTF-8 characters and any tail that could
+    still become a stop string, so streamed text never has to be taken back."""
 
-    def __init__(self, tokenizer, hide: set[int]):
-        self.tok, self.hide, self.ids, self.text = tokenizer, hide, [], ""
+    def __init__(self, tokenizer, hide: set[int], stop_strings: tuple[str, ...]):
+        self.tok, self.hide, self.stops = tokenizer, hide, stop_strings
+        self.ids: list[int] = []
+        self.text = ""  # decoded so far (complete characters only)
+        self.emitted = 0  # characters already handed out
 
-    def add(self, token: int) -> str:
+    def add(self, token: int) -> None:
         if token not in self.hide:
             self.ids.append(token)
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return ""
-        delta, self.text = text[len(self.text) :], text
-        return delta
+            text = self.tok.decode(self.ids, skip_special_tokens=True)
+            if not text.endswith("\ufffd"):
+                self.text = text
+
+    def stop_at(self) -> int | None:
+        """Index where the first stop string starts, or None."""
+        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        return min(hits) if hits else None
+
+    def take(self, end: int | None = None) -> str:
+        """Text not yet handed out, up to ``end`` (default: all that cannot still start a stop string)."""
+        if end is None:
+            end = len(self.text)
+            for s in self.stops:
+                for k in range(min(len(s) - 1, len(self.text)), 0, -1):
+                    if self.text.endswith(s[:k]):
+                        end = min(end, len(self.text) - k)
+                        break
+        out = self.text[self.emitted : max(end, self.emitted)]
+        self.emitted += len(out)
+        return out
 
 
 def stream_generate(
@@ -199,7 +219,7 @@ def stream_generate(
     generator = torch.Generator(device).manual_seed(gen.seed) if gen.seed is not None else None
     stop_ids = eos_ids(lm) if gen.stop_on_eos else set()
     ac_id = lm.tokenizer.get_vocab().get(AC_TOKEN)
-    tracker = _TextTracker(lm.tokenizer, {ac_id} if ac_id is not None else set())
+    tracker = _TextTracker(lm.tokenizer, {ac_id} if ac_id is not None else set(), gen.stop_strings)
     anchor_set = set(lm.anchor_ids)
     cache = make_cache(lm, mode)
     chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
@@ -212,16 +232,18 @@ def stream_generate(
             token = sample_next(logits, gen, history, generator)  # (1,)
             tok = int(token[0])
             history = torch.cat([history, token[:, None]], 1)
-            delta = tracker.add(tok)
             finish = None
             if tok in stop_ids:
-                finish, delta = "eos", ""
-            elif gen.stop_strings and any(s in tracker.text for s in gen.stop_strings):
-                cut = min(tracker.text.find(s) for s in gen.stop_strings if s in tracker.text)
-                delta = delta[: max(0, len(delta) - (len(tracker.text) - cut))]
-                finish = "stop"
-            elif step == max_new:
-                finish = "length"
+                finish, delta = "eos", tracker.take(len(tracker.text))
+            else:
+                tracker.add(tok)
+                cut = tracker.stop_at()
+                if cut is not None:
+                    finish, delta = "stop", tracker.take(cut)
+                elif step == max_new:
+                    finish, delta = "length", tracker.take(len(tracker.text))
+                else:
+                    delta = tracker.take()
             now = time.perf_counter()
             yield GenerationResponse(
                 token=tok,

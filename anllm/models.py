@@ -18,7 +18,7 @@ import torch
 from anllm.anchors import resolve_anchor_ids
 from anllm.compat import check_supported
 from anllm.config import PRESETS, AnchorConfig, AnLLMError, preset_for
-from anllm.policies import POLICIES, AnchorPolicy, EvictionPolicy
+from anllm.policies import AnchorPolicy, EvictionPolicy, policy_from_spec
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,7 @@ class LoadedModel:
             return mode
         if mode == "anchor":
             return AnchorPolicy.from_config(self.anchor)
-        if mode not in POLICIES:
-            raise AnLLMError(f"unknown mode {mode!r}; choose one of {', '.join(POLICIES)}")
-        return POLICIES[mode]()
+        return policy_from_spec(mode, self)  # "streaming", "sepllm:sink=4,window=64", ...
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,279 @@
+"""Training data: plain text and JSONL ``{"text": ...}`` for pretraining, Alpaca records for SFT, translation pairs.
+
+Every example becomes ``input_ids`` plus ``labels`` (``-100`` where no loss is taken). Anchors are not marked here:
+the training step derives them from the ids (EP: sentence-end punctuation as is; AC: ``<AC>`` inserted below).
+
+Packing choice. The paper does not pack (method.md §2.3): one document per example, right-truncated to the block
+size, right-padded. That is the default (``packing: false``) and the only option for SFT. ``packing: true``
+(pretraining only) concatenates documents with EOS between them and cuts the stream into full blocks, so no token
+is wasted on padding or lost to truncation; the AnSAN mask then treats a block as one text, i.e. the anchors of
+earlier documents in the block stay visible, exactly as they would during anchor-cache decoding of a long stream.
+Use it for corpora of short documents (quotes, verses), where padding would otherwise dominate the compute.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from anllm.anchors import insert_ac
+from anllm.config import AnLLMError
+from anllm.training_config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+PREAMBLE_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+LANGUAGES = {"de": "German", "en": "English", "fr": "French", "zh": "Chinese", "ja": "Japanese", "cs": "Czech"}
+
+
+@dataclass
+class Example:
+    """One training row: token ids and labels of the same length (``-100`` = no loss)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class DataStats:
+    """What loading produced; ``n_truncated`` counts examples cut to the block size."""
+
+    n_records: int = 0  # documents or SFT records read
+    n_examples: int = 0
+    n_truncated: int = 0
+    n_dropped: int = 0  # SFT records whose whole response fell beyond the block size
+    n_tokens: int = 0
+    n_label_tokens: int = 0
+
+
+# -- reading records -----------------------------------------------------------------------------------------------
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise AnLLMError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from e
+            if not isinstance(record, dict):
+                raise AnLLMError(f"{path}:{line_no}: expected a JSON object per line, got {type(record).__name__}")
+            yield record
+
+
+def _read_json(path: Path) -> Iterator[dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise AnLLMError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from e
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise AnLLMError(f"{path}: expected a JSON list of objects (Alpaca format)")
+    yield from data
+
+
+def _read_hub(spec: str) -> Iterator[dict]:
+    """``hub:org/name[:split]`` through the ``datasets`` library (only when installed and online)."""
+    name, _, split = spec[len("hub:") :].partition(":")
+    try:
+        import datasets
+    except ImportError as e:
+        raise AnLLMError(f"{spec}: hub datasets need the `datasets` package (pip install datasets)") from e
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # noqa: BLE001 - offline, unknown name, gated: all mean "cannot read it"
+        raise AnLLMError(f"{spec}: could not load the hub dataset ({type(e).__name__}: {e})".split("\n")[0]) from e
+    for row in ds:
+        yield dict(row)
+
+
+def read_records(source: str, cfg: TrainConfig) -> Iterator[dict]:
+    """Yield raw records from a file (``.txt``, ``.jsonl``, ``.json``) or a ``hub:`` dataset.
+
+    A plain text file gives ``{"text": ...}`` records: the whole file, or its parts between ``cfg.doc_separator``.
+    """
+    if source.startswith("hub:"):
+        yield from _read_hub(source)
+        return
+    path = Path(source)
+    if not path.is_file():
+        raise AnLLMError(f"data file {path} does not exist")
+    fmt = cfg.data_format
+    if fmt == "text" or (fmt == "auto" and path.suffix not in (".json", ".jsonl")):
+        text = path.read_text(encoding="utf-8")
+        parts = text.split(cfg.doc_separator) if cfg.doc_separator else [text]
+        for part in parts:
+            if part.strip():
+                yield {cfg.text_field: part}
+    elif path.suffix == ".json":
+        yield from _read_json(path)
+    else:
+        yield from _read_jsonl(path)
+
+
+# -- records -> text -------------------------------------------------------------------------------------------------
+def translation_to_alpaca(record: dict, source_lang: str, target_lang: str) -> dict:
+    """A translation pair (``{"translation": {"de": ..., "en": ...}}`` or top-level language fields) as Alpaca."""
+    pair = record.get("translation", record)
+    if not isinstance(pair, dict) or source_lang not in pair or target_lang not in pair:
+        raise AnLLMError(f"translation record needs {source_lang!r} and {target_lang!r} fields, got {sorted(record)}")
+    src, tgt = LANGUAGES.get(source_lang, source_lang), LANGUAGES.get(target_lang, target_lang)
+    return {
+        "instruction": f"Translate the following text from {src} to {tgt}.",
+        "input": pair[source_lang],
+        "output": pair[target_lang],
+    }
+
+
+def alpaca_prompt(instruction: str, input_text: str = "", *, ac: bool = False) -> str:
+    """The Alpaca prompt; in AC mode ``<AC>`` follows every sentence of preamble, instruction and input."""
+    mark = insert_ac if ac else (lambda s: s)
+    if input_text and input_text.strip():
+        return (
+            f"{mark(PREAMBLE_INPUT)}\n\n### Instruction:\n{mark(instruction)}\n\n"
+            f"### Input:\n{mark(input_text)}\n\n### Response:\n"
+        )
+    return f"{mark(PREAMBLE)}\n\n### Instruction:\n{mark(instruction)}\n\n### Response:\n"
+
+
+def sft_pair(record: dict, cfg: TrainConfig, *, where: str = "") -> tuple[str, str]:
+    """(prompt, response) text of an Alpaca or translation record, ``<AC>`` inserted in AC mode."""
+    if cfg.data_format == "translation":
+        record = translation_to_alpaca(record, cfg.source_lang, cfg.target_lang)
+    if "instruction" not in record or "output" not in record:
+        raise AnLLMError(f"{where}SFT record needs 'instruction' and 'output' fields, got {sorted(record)}")
+    ac = cfg.anchors == "ac"
+    prompt = alpaca_prompt(str(record["instruction"]), str(record.get("input") or ""), ac=ac)
+    output = str(record["output"])
+    return prompt, insert_ac(output) if ac else output
+
+
+def document_text(record: dict, cfg: TrainConfig, *, where: str = "") -> str:
+    """Pretraining text of a record, ``<AC>`` inserted in AC mode."""
+    text = record.get(cfg.text_field)
+    if not isinstance(text, str):
+        raise AnLLMError(f"{where}pretraining record has no string field {cfg.text_field!r} (fields: {sorted(record)})")
+    return insert_ac(text) if cfg.anchors == "ac" else text
+
+
+# -- tokenisation --------------------------------------------------------------------------------------------------
+def _eos(tokenizer) -> list[int]:
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+def _iter_sources(cfg: TrainConfig) -> Iterator[tuple[str, dict]]:
+    n = 0
+    for source in cfg.train_files:
+        for record in read_records(source, cfg):
+            yield source, record
+            n += 1
+            if cfg.max_examples and n >= cfg.max_examples:
+                return
+
+
+def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], DataStats]:
+    """Read ``cfg.train_files`` and tokenise them into examples of at most ``cfg.block_size`` tokens.
+
+    Raises:
+        AnLLMError: no files, a malformed record (file and line named), or no usable example at all.
+    """
+    if not cfg.train_files:
+        raise AnLLMError("no training data: set train_files to one or more files (or hub:org/name)")
+    stats = DataStats()
+    examples: list[Example] = []
+    stream: list[int] = []
+    for source, record in _iter_sources(cfg):
+        stats.n_records += 1
+        where = f"{source}: "
+        if cfg.mode == "sft":
+            prompt, response = sft_pair(record, cfg, where=where)
+            p_ids = tokenizer(prompt)["input_ids"]
+            r_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + _eos(tokenizer)
+            ids, labels = p_ids + r_ids, [IGNORE_INDEX] * len(p_ids) + r_ids
+        else:
+            ids = tokenizer(document_text(record, cfg, where=where))["input_ids"] + _eos(tokenizer)
+            labels = list(ids)
+            if cfg.packing:
+                stream.extend(ids)
+                continue
+        if len(ids) > cfg.block_size:
+            stats.n_truncated += 1
+            ids, labels = ids[: cfg.block_size], labels[: cfg.block_size]
+        if sum(lab != IGNORE_INDEX for lab in labels[1:]) == 0:
+            stats.n_dropped += 1  # nothing left to predict (e.g. the prompt alone fills the block)
+            continue
+        examples.append(Example(ids, labels))
+    if cfg.packing:
+        for s in range(0, len(stream), cfg.block_size):
+            chunk = stream[s : s + cfg.block_size]
+            if len(chunk) >= 2:
+                examples.append(Example(chunk, list(chunk)))
+    if not examples:
+        raise AnLLMError(
+            f"the training data is empty: {stats.n_records} records in {', '.join(cfg.train_files)} gave no example "
+            f"with a token to predict ({stats.n_dropped} dropped)"
+        )
+    if stats.n_truncated:
+        logger.warning(
+            "%d of %d examples were longer than block_size=%d and were truncated",
+            stats.n_truncated,
+            stats.n_records,
+            cfg.block_size,
+        )
+    stats.n_examples = len(examples)
+    stats.n_tokens = sum(len(e.input_ids) for e in examples)
+    stats.n_label_tokens = sum(sum(lab != IGNORE_INDEX for lab in e.labels[1:]) for e in examples)
+    return examples, stats
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of examples.
+
+    Returns:
+        ``input_ids`` long ``(B, T)``, ``labels`` long ``(B, T)`` (``-100`` on padding), ``attention_mask`` long
+        ``(B, T)`` (1 = real token).
+    """
+    T = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
+    attn = torch.zeros((len(examples), T), dtype=torch.long)
+    for b, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[b, :n] = torch.tensor(e.input_ids)
+        labels[b, :n] = torch.tensor(e.labels)
+        attn[b, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": attn}
+
+
+def eval_blocks(path: str, cfg: TrainConfig, tokenizer) -> list[list[int]]:
+    """Held-out text as blocks of ``cfg.eval_block_size`` tokens (at most ``cfg.eval_max_tokens`` in all).
+
+    Any supported format works; SFT records contribute prompt + response. Documents are joined with EOS.
+    """
+    stream: list[int] = []
+    limit = cfg.eval_max_tokens or None
+    for record in read_records(path, cfg):
+        if cfg.mode == "sft" and cfg.text_field not in record:
+            text = "".join(sft_pair(record, cfg, where=f"{path}: "))
+        else:
+            text = document_text(record, cfg, where=f"{path}: ")
+        stream.extend(tokenizer(text)["input_ids"] + _eos(tokenizer))
+        if limit is not None and len(stream) >= limit:
+            break
+    stream = stream[:limit]
+    blocks = [stream[s : s + cfg.eval_block_size] for s in range(0, len(stream), cfg.eval_block_size)]
+    blocks = [b for b in blocks if len(b) >= 2]
+    if not blocks:
+        raise AnLLMError(f"the evaluation file {path} has no text")
+    return blocks

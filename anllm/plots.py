@@ -1,0 +1,206 @@
+"""Plotly figure builders shared by the app, notebooks and benchmarks.
+
+Every figure has a title and axis labels with units. The streaming builders take, per mode, a sequence of
+records with the fields of :class:`anllm.generation.GenerationResponse` (``step``, ``kv_entries``, ``kv_bytes``,
+``tokens_per_s``), so ``list(stream_generate(...))`` can be plotted as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+MB = 1e6
+MODE_COLORS = {"full": "#64748b", "anchor": "#ea580c"}
+_PALETTE = ("#2563eb", "#16a34a", "#9333ea", "#db2777", "#0891b2")
+
+
+def mode_color(mode: str, index: int = 0) -> str:
+    """The colour a mode is drawn in, the same in every figure (grey = full, orange = anchor)."""
+    return MODE_COLORS.get(mode, _PALETTE[index % len(_PALETTE)])
+
+
+def _layout(fig: go.Figure, title: str, height: int, uirevision: str) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.01, "xanchor": "left"},
+        height=height,
+        margin={"l": 60, "r": 60, "t": 50, "b": 45},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+        uirevision=uirevision,  # keep the user's zoom across streamed updates
+        template="plotly_white",
+    )
+    return fig
+
+
+def kv_cache_figure(
+    runs: Mapping[str, Sequence[Any]], *, title: str = "KV cache size over generated tokens", height: int = 320
+) -> go.Figure:
+    """KV-cache size per mode over generated tokens: MB on the left axis, entries per layer on the right.
+
+    Args:
+        runs: mode name -> records with ``step``, ``kv_entries`` and ``kv_bytes`` (e.g. ``GenerationResponse``).
+    """
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    max_mb, max_entries = 0.0, 0
+    for i, (mode, records) in enumerate(runs.items()):
+        steps = [r.step for r in records]
+        entries = [r.kv_entries for r in records]
+        mb = [r.kv_bytes / MB for r in records]
+        max_mb = max([max_mb, *mb])
+        max_entries = max([max_entries, *entries])
+        color = mode_color(mode, i)
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=mb,
+                name=mode,
+                mode="lines",
+                line={"color": color, "width": 2.5},
+                customdata=entries,
+                hovertemplate="token %{x}<br>%{y:.3f} MB<br>%{customdata} entries<extra>" + mode + "</extra>",
+            ),
+            secondary_y=False,
+        )
+        # The same curve in entries, invisible: it only gives the right axis its scale.
+        fig.add_trace(
+            go.Scatter(
+                x=steps, y=entries, name=f"{mode} (entries)", showlegend=False, hoverinfo="skip", opacity=0
+            ),
+            secondary_y=True,
+        )
+    _layout(fig, title, height, "kv")
+    fig.update_xaxes(title_text="generated tokens", rangemode="tozero")
+    top = 1.08
+    fig.update_yaxes(title_text="KV cache (MB, all layers)", range=[0, max(max_mb, 1e-6) * top], secondary_y=False)
+    fig.update_yaxes(
+        title_text="KV entries per layer", range=[0, max(max_entries, 1) * top], showgrid=False, secondary_y=True
+    )
+    return fig
+
+
+def speed_figure(
+    runs: Mapping[str, Sequence[Any]], *, title: str = "Decode speed over generated tokens", height: int = 320
+) -> go.Figure:
+    """Decode tokens/s (running average since the first token) per mode over generated tokens.
+
+    Args:
+        runs: mode name -> records with ``step`` and ``tokens_per_s``.
+    """
+    fig = go.Figure()
+    for i, (mode, records) in enumerate(runs.items()):
+        # the first token's rate divides by ~0 decode time: start the curve at the second token
+        pts = [r for r in records if r.step > 1]
+        fig.add_trace(
+            go.Scatter(
+                x=[r.step for r in pts],
+                y=[r.tokens_per_s for r in pts],
+                name=mode,
+                mode="lines",
+                line={"color": mode_color(mode, i), "width": 2.5},
+                hovertemplate="token %{x}<br>%{y:.1f} tokens/s<extra>" + mode + "</extra>",
+            )
+        )
+    _layout(fig, title, height, "speed")
+    fig.update_xaxes(title_text="generated tokens", rangemode="tozero")
+    fig.update_yaxes(title_text="decode speed (tokens/s)", rangemode="tozero")
+    return fig
+
+
+def _tick_labels(labels: Sequence[str], anchors: Sequence[bool]) -> list[str]:
+    out = []
+    for i, (text, anchor) in enumerate(zip(labels, anchors)):
+        shown = text.replace("\n", "⏎").replace(" ", "␣") or "∅"
+        out.append(f"{i}:{shown}" + (" ⚓" if anchor else ""))
+    return out
+
+
+def mask_figure(
+    masks: Mapping[str, Any],
+    labels: Sequence[str],
+    anchors: Sequence[bool],
+    *,
+    title: str = "Attention masks (row = query token, column = key token)",
+    height: int = 480,
+) -> go.Figure:
+    """Side-by-side heatmaps of boolean ``(T, T)`` attention masks (True = may attend).
+
+    Args:
+        masks: panel title -> bool matrix (tensor or array), e.g. ``{"causal": ..., "AnSAN": ...}``.
+        labels: the text of each token (axis ticks); anchors are marked with ⚓.
+        anchors: whether each token is an anchor.
+    """
+    names = list(masks)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.08)
+    ticks = _tick_labels(labels, anchors)
+    idx = list(range(len(ticks)))
+    for c, name in enumerate(names, start=1):
+        m = np.asarray(masks[name], dtype=float)
+        visible = int(m.sum())
+        fig.add_trace(
+            go.Heatmap(
+                z=m,
+                x=idx,
+                y=idx,
+                zmin=0,
+                zmax=1,
+                colorscale=[[0, "#f8fafc"], [1, "#1d4ed8"]],
+                showscale=False,
+                customdata=[[f"{ticks[q]} → {ticks[k]}" for k in idx] for q in idx],
+                hovertemplate="%{customdata}: %{z}<extra>" + f"{name} ({visible} allowed pairs)" + "</extra>",
+            ),
+            row=1,
+            col=c,
+        )
+        fig.update_xaxes(title_text="key token (index)", row=1, col=c)
+        fig.update_yaxes(title_text="query token (index)", autorange="reversed", row=1, col=c)
+    _layout(fig, title, height, "masks")
+    _token_ticks(fig, ticks)
+    return fig
+
+
+def _token_ticks(fig: go.Figure, ticks: list[str]) -> None:
+    if len(ticks) <= 48:  # readable: show token text; otherwise plain indices
+        fig.update_xaxes(tickmode="array", tickvals=list(range(len(ticks))), ticktext=ticks, tickangle=-60)
+        fig.update_yaxes(tickmode="array", tickvals=list(range(len(ticks))), ticktext=ticks)
+
+
+def schedule_figure(
+    kept: Any,
+    labels: Sequence[str],
+    anchors: Sequence[bool],
+    *,
+    title: str = "KV-drop schedule (row = step, column = cached token)",
+    height: int = 480,
+) -> go.Figure:
+    """Which tokens the cache holds after each step.
+
+    Args:
+        kept: ``(T, T)`` array: 1 kept, 0 evicted, NaN not seen yet (row ``t`` = after feeding token ``t``).
+        labels: the text of each token; anchors: whether each token is an anchor.
+    """
+    z = np.asarray(kept, dtype=float)
+    ticks = _tick_labels(labels, anchors)
+    idx = list(range(len(ticks)))
+    n_kept = np.nansum(z, axis=1).astype(int).tolist()
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=idx,
+            y=idx,
+            zmin=0,
+            zmax=1,
+            colorscale=[[0, "#fecaca"], [1, "#15803d"]],
+            showscale=False,
+            customdata=[[f"after {ticks[t]}: {ticks[k]} ({n_kept[t]} kept)" for k in idx] for t in idx],
+            hovertemplate="%{customdata}<br>1 = kept, 0 = evicted<extra></extra>",
+        )
+    )
+    _layout(fig, title, height, "schedule")
+    fig.update_xaxes(title_text="cached token (index)")
+    fig.update_yaxes(title_text="decoding step (token just fed)", autorange="reversed")
+    _token_ticks(fig, ticks)
+    return fig

@@ -1,0 +1,88 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from anllm.cli import main
+
+pytestmark = pytest.mark.core
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate_json_stream_and_summary(capsys):
+    code, out, _ = run_cli(capsys, "generate", "--model", "tiny-random", "--prompt", "Hi. There", "--mode", "anchor",
+                           "--max-new-tokens", "6", "--json", "--raw")
+    lines = [json.loads(x) for x in out.strip().splitlines()]
+    assert code == 0 and len(lines) == 7
+    tokens, summary = lines[:-1], lines[-1]
+    assert summary["summary"] is True and summary["generated_tokens"] == 6 == tokens[-1]["step"]
+    assert summary["text"] == "".join(t["text"] for t in tokens)
+    assert summary["kv_entries"] == tokens[-1]["kv_entries"] <= summary["kv_full_entries"]
+    assert {"token", "text", "kv_entries", "kv_bytes", "n_evicted", "elapsed_s", "tokens_per_s"} <= set(tokens[0])
+
+
+def test_generate_text_output_and_prompt_file(capsys, tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("A prompt. From a file", encoding="utf-8")
+    code, out, err = run_cli(capsys, "generate", "--model", "tiny-random", "--prompt-file", str(f),
+                             "--max-new-tokens", "4", "--raw")
+    assert code == 0 and "KV kept" in err and "mode defaults to full" in err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["generate", "--model", "tiny-random", "--prompt", "  "], "prompt is empty"),
+        (["generate", "--model", "no-such-model", "--prompt", "x"], "unknown model 'no-such-model'"),
+        (["generate", "--model", "tiny-random", "--prompt-file", "/nonexistent.txt"], "does not exist"),
+        (["generate", "--model", "tiny-random", "--prompt", "x", "--top-p", "2"], "top_p"),
+        (["generate", "--model", "org/not-on-this-machine", "--prompt", "x"], "could not load model"),
+    ],
+)
+def test_bad_input_exits_2_with_message(capsys, argv, message):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_verify_reports_exactness(capsys, tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("Anchors gather sentences. Later tokens see anchors! Is it exact? It is. Tail words", encoding="utf-8")
+    for mode, n_anchor in (("ep", 4), ("ac", 5)):  # AC marks the unterminated last sentence too
+        code, out, _ = run_cli(capsys, "verify", "--model", "tiny-random", "--text-file", str(f), "--mode", mode,
+                               "--json", "--verify-chunk-size", "9")
+        report = json.loads(out.strip().splitlines()[-1])
+        assert code == 0 and report["ok"] and report["max_abs_diff"] < 1e-4
+        assert report["anchors"] == n_anchor and report["tokens"] > 80 and report["kv_kept"] < report["tokens"]
+
+
+def test_python_dash_m_help():
+    res = subprocess.run([sys.executable, "-m", "anllm", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "generate" in res.stdout and "verify" in res.stdout
+
+
+def test_trust_remote_code_is_off_unless_asked(monkeypatch):
+    import transformers
+
+    from anllm import models
+
+    seen = []
+
+    def fake(*args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code"))
+        raise OSError("stop here")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake)
+    for flag in (False, True):
+        with pytest.raises(models.AnLLMError):
+            models.load_model("org/some-model", trust_remote_code=flag)
+    assert seen == [False, True]
+    with pytest.raises(models.AnLLMError):
+        models.load_model("org/some-model")
+    assert seen[-1] is False
