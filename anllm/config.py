@@ -103,8 +103,8 @@ class CheckpointPreset:
 
 
 # Llama-2 vocab ids: "." = 29889 (the piece without a leading "▁"), [PAD] = 32000, <AC> = 32001.
-_EP = AnchorConfig(mode="ep", anchor_ids=(29889,), position_policy="compact")
-_AC = AnchorConfig(mode="ac", anchor_ids=(32001,), position_policy="compact")
+_EP = AnchorConfig(mode="ep", anchor_ids=(29889,))  # "compact" positions reproduce the official code
+_AC = AnchorConfig(mode="ac", anchor_ids=(32001,))
 
 PRESETS: dict[str, CheckpointPreset] = {
     "anllm-ac-7b": CheckpointPreset(
