@@ -147,3 +147,20 @@ def test_unsupported_architecture_and_backend():
     lm.model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(AnLLMError, match="flash_attention_2.*ignores custom 4D"):
         check_supported(lm.model)
+
+
+def test_compact_positions_change_decoding_after_eviction():
+    from anllm.generation import decode_step
+
+    lm = make_lm()
+    ids = torch.tensor([encode_prompt(lm, PROMPT, chat=False)])
+    logits = {}
+    for policy in ("true", "compact"):
+        lm.anchor = lm.anchor.replace(position_policy=policy)
+        cache = make_cache(lm, "anchor")
+        with torch.no_grad():
+            first = prefill(lm.model, cache, ids)  # one chunk from an empty cache: same positions either way
+            logits[policy] = (first, decode_step(lm.model, cache, first.argmax(-1)))
+    assert torch.equal(logits["true"][0], logits["compact"][0])
+    assert (logits["true"][1] - logits["compact"][1]).abs().max() > 1e-6  # position 85 vs position 7
+    assert torch.isfinite(logits["compact"][1]).all()
