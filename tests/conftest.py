@@ -11,7 +11,7 @@ from anllm.anchors import resolve_anchor_ids  # noqa: E402
 from anllm.config import AnchorConfig  # noqa: E402
 from anllm.models import LoadedModel, tiny_model, tiny_tokenizer  # noqa: E402
 
-ARCHS = ("llama", "mistral", "qwen2")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def make_lm(arch="llama", mode="ep", dtype=torch.float64, seed=0, **anchor_kw) -> LoadedModel:
