@@ -84,6 +84,12 @@ def combine(visible: Tensor, q_pos: Tensor, q_valid: Tensor, k_pos: Tensor, k_va
     return mask[:, None]  # (B, 1, Q, K)
 
 
+def _row_meta(is_anchor: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(valid, pos, seg, anchor)``, each ``(B, T)``, for a batch read in one pass."""
+    valid = torch.ones_like(is_anchor) if attention_mask is None else attention_mask.bool()
+    return valid, token_positions(valid), segment_ids(is_anchor, valid), is_anchor & valid
+
+
 def ansan_mask(
     is_anchor: Tensor,
     attention_mask: Tensor | None = None,
@@ -100,21 +106,11 @@ def ansan_mask(
     Returns:
         bool ``(B, 1, T, T)``, True = may attend.
     """
-    valid = torch.ones_like(is_anchor) if attention_mask is None else attention_mask.bool()
-    pos = token_positions(valid)  # (B, T)
-    seg = segment_ids(is_anchor, valid)  # (B, T)
-    anchor = is_anchor & valid
-    vis = ansan_visible(
-        pos[:, :, None],
-        seg[:, :, None],
-        anchor[:, :, None],
-        pos[:, None, :],
-        seg[:, None, :],
-        anchor[:, None, :],
-        anchors_see_anchors=anchors_see_anchors,
-        n_sink=n_sink,
-        window=window,
-    )  # (B, T, T)
+    valid, pos, seg, anchor = _row_meta(is_anchor, attention_mask)  # (B, T) each
+    q = (pos[:, :, None], seg[:, :, None], anchor[:, :, None])
+    k = (pos[:, None, :], seg[:, None, :], anchor[:, None, :])
+    rule = dict(anchors_see_anchors=anchors_see_anchors, n_sink=n_sink, window=window)
+    vis = ansan_visible(*q, *k, **rule)  # (B, T, T)
     return combine(vis, pos, valid, pos, valid, q_offset=0)
 
 
@@ -123,35 +119,18 @@ def to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-def ansan_mask_mod(
-    is_anchor: Tensor,
-    attention_mask: Tensor | None = None,
-    *,
-    anchors_see_anchors: bool = False,
-    n_sink: int = 0,
-    window: int = 0,
-):
+def ansan_mask_mod(is_anchor: Tensor, attention_mask: Tensor | None = None, **rule):
     """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool`` for the same rule as :func:`ansan_mask`.
 
-    Only ``(B, T)`` metadata is captured, so no ``T x T`` tensor is built; pair it with
-    :func:`ansan_block_mask` for long sequences on GPU.
+    ``rule`` takes the same options (``anchors_see_anchors``, ``n_sink``, ``window``). Only ``(B, T)`` metadata is
+    captured, so no ``T x T`` tensor is built; pair it with :func:`ansan_block_mask` for long sequences on GPU.
     """
-    valid = torch.ones_like(is_anchor) if attention_mask is None else attention_mask.bool()
-    pos = token_positions(valid)
-    seg = segment_ids(is_anchor, valid)
-    anchor = is_anchor & valid
+    valid, pos, seg, anchor = _row_meta(is_anchor, attention_mask)
 
     def mask_mod(b, h, q_idx, kv_idx):
         qp, kp = pos[b, q_idx], pos[b, kv_idx]
-        qa, ka = anchor[b, q_idx], anchor[b, kv_idx]
-        see_anchor = ka if anchors_see_anchors else ka & ~qa
-        vis = (seg[b, kv_idx] == seg[b, q_idx]) | see_anchor
-        if n_sink > 0:
-            vis = vis | (kp < n_sink)
-        if window > 0:
-            vis = vis | (qp - kp < window)
-        real = vis & (kp <= qp) & valid[b, kv_idx]
-        return torch.where(valid[b, q_idx], real, q_idx == kv_idx)
+        vis = ansan_visible(qp, seg[b, q_idx], anchor[b, q_idx], kp, seg[b, kv_idx], anchor[b, kv_idx], **rule)
+        return torch.where(valid[b, q_idx], vis & (kp <= qp) & valid[b, kv_idx], q_idx == kv_idx)
 
     return mask_mod
 
