@@ -1,0 +1,436 @@
+"""Training with the AnSAN mask on every example (method.md §3), on accelerate: one CPU, DDP, FSDP or DeepSpeed.
+
+The loop reads top to bottom in :func:`train`; the pieces it uses are small functions:
+
+* :func:`anchor_attention` builds the mask of a batch: a dense 4D mask (SDPA) or a FlexAttention ``BlockMask``;
+* :func:`micro_batch_loss` computes the LM loss and/or the KL distillation loss against the model's own
+  full-attention predictions (teacher = adapters disabled for LoRA, a frozen copy for full fine-tuning);
+* :func:`evaluate_perplexity` measures held-out perplexity under full and under anchor attention (one AnSAN-masked
+  pass with true positions equals anchor-cache decoding exactly, see ``anllm.verify``);
+* :mod:`anllm.checkpointing` writes and reads checkpoints atomically.
+
+Losses are normalised by the number of predicted tokens in the whole global batch (all processes and micro-batches),
+so a run on N processes with batch B computes the same gradients as one process with batch N x B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from anllm.anchors import is_anchor
+from anllm.config import AnLLMError
+from anllm.data import IGNORE_INDEX, collate
+from anllm.masks import ansan_block_mask, ansan_mask, to_additive, token_positions
+from anllm.training_config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the per-step losses (global batch means) and the evaluations made."""
+
+    output_dir: Path
+    start_step: int
+    step: int
+    losses: dict[int, float] = field(default_factory=dict)
+    evals: list[dict] = field(default_factory=list)
+    final_dir: Path | None = None
+
+
+# -- masks and losses ------------------------------------------------------------------------------------------------
+def anchor_attention(input_ids: Tensor, attention_mask: Tensor, anchor_ids, rule: dict, *, path: str, dtype=None):
+    """The AnSAN attention of a right-padded batch.
+
+    Args:
+        input_ids: long ``(B, T)``; attention_mask: ``(B, T)``, 1 = real token.
+        path: ``"dense"`` (4D mask, any backend honouring it) or ``"flex"`` (``BlockMask``, FlexAttention on GPU).
+        dtype: ``None`` for a bool mask (SDPA, any autocast dtype), else the dtype of an additive mask (eager).
+    Returns:
+        (mask, position_ids): bool/float ``(B, 1, T, T)`` or a ``BlockMask``; long ``(B, T)`` true positions.
+    """
+    valid = attention_mask.bool()
+    anchor = is_anchor(input_ids, anchor_ids) & valid
+    if path == "flex":
+        mask = ansan_block_mask(anchor, valid, **rule)
+    else:
+        mask = ansan_mask(anchor, valid, **rule)  # (B, 1, T, T) bool
+        mask = mask if dtype is None else to_additive(mask, dtype)
+    return mask, token_positions(valid)
+
+
+def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Summed next-token negative log-likelihood: logits ``(B, T, V)``, labels ``(B, T)`` -> scalar."""
+    return F.cross_entropy(
+        _wide(logits[:, :-1].flatten(0, 1)), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
+def _wide(x: Tensor) -> Tensor:
+    """At least float32 (bf16 logits are upcast; float64 stays float64)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def token_kl(student: Tensor, teacher: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+    """Summed KL(teacher || student) over the positions that predict a label, times ``temperature**2``.
+
+    Args:
+        student, teacher: logits ``(B, T, V)``; labels: long ``(B, T)``.
+    """
+    keep = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
+    s = F.log_softmax(_wide(student[:, :-1][keep]) / temperature, -1)  # (N, V)
+    t = F.log_softmax(_wide(teacher[:, :-1][keep]) / temperature, -1)
+    return (t.exp() * (t - s)).sum() * temperature**2
+
+
+def micro_batch_loss(model, batch: dict[str, Tensor], anchor_ids, cfg: TrainConfig, *, teacher=None, path="dense"):
+    """Summed losses of one micro-batch under the AnSAN mask.
+
+    Args:
+        batch: ``input_ids``, ``labels``, ``attention_mask``, each ``(B, T)``, on the model's device.
+        teacher: callable ``(input_ids, attention_mask, position_ids) -> logits`` with full attention (KL losses).
+    Returns:
+        (objective, nll_sum, kl_sum): scalar tensors; the objective is what to minimise (sums, not means).
+    """
+    mask, pos = anchor_attention(batch["input_ids"], batch["attention_mask"], anchor_ids, cfg.mask_rule(), path=path)
+    logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=pos).logits  # (B, T, V)
+    nll = token_nll(logits, batch["labels"])
+    kl = torch.zeros((), device=logits.device)
+    if cfg.loss != "lm":
+        with torch.no_grad():
+            t_logits = teacher(batch["input_ids"], batch["attention_mask"], pos)
+        kl = token_kl(logits, t_logits, batch["labels"], cfg.kl_temperature)
+    objective = {"lm": nll, "kl": kl, "lm+kl": nll + cfg.kl_weight * kl}[cfg.loss]
+    return objective, nll.detach(), kl.detach()
+
+
+@torch.no_grad()
+def evaluate_perplexity(
+    model, blocks: list[list[int]], anchor_ids, rule: dict, device, path: str = "dense"
+) -> dict[str, float]:
+    """Perplexity of held-out blocks under full (causal) attention and under the AnSAN mask (true positions).
+
+    The anchor number equals decoding through the evicting anchor cache (exactness is tested in the core).
+    """
+    was_training = model.training
+    model.eval()
+    nll = {"full": 0.0, "anchor": 0.0}
+    count = 0
+    for block in blocks:
+        ids = torch.tensor([block], device=device)  # (1, T)
+        ones = torch.ones_like(ids)
+        labels = ids.clone()
+        nll["full"] += float(token_nll(model(input_ids=ids, attention_mask=ones).logits, labels))
+        mask, pos = anchor_attention(ids, ones, anchor_ids, rule, path=path)
+        nll["anchor"] += float(token_nll(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits, labels))
+        count += ids.shape[1] - 1
+    model.train(was_training)
+    return {f"ppl_{k}": math.exp(v / count) for k, v in nll.items()} | {"eval_tokens": count}
+
+
+# -- schedule and data order -----------------------------------------------------------------------------------------
+def lr_lambda(cfg: TrainConfig, max_steps: int) -> Callable[[int], float]:
+    """LR multiplier after ``step`` optimiser steps: linear warm-up, then constant, cosine or linear decay."""
+    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * max_steps)
+
+    def f(step: int) -> float:
+        if cfg.lr_scheduler == "constant":
+            return 1.0
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+        if cfg.lr_scheduler == "cosine":
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.lr_scheduler == "linear":
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * (1 - progress)
+        return 1.0
+
+    return f
+
+
+class SampleOrder:
+    """Deterministic example order: a fresh seeded permutation per epoch, read as one endless stream.
+
+    The data position of a run is just the number of examples consumed, so resuming needs only the step number.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self._perms = n, seed, {}
+
+    def __getitem__(self, p: int) -> int:
+        epoch, i = divmod(p, self.n)
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
+        return self._perms[epoch][i]
+
+    def global_batch(self, step: int, size: int) -> list[int]:
+        return [self[p] for p in range(step * size, (step + 1) * size)]
+
+
+def process_slice(indices: list[int], micro: int, rank: int, world: int, batch_size: int) -> list[int]:
+    """This process's examples of micro-batch ``micro``: the global batch is laid out [micro][rank][row]."""
+    start = (micro * world + rank) * batch_size
+    return indices[start : start + batch_size]
+
+
+# -- model setup -----------------------------------------------------------------------------------------------------
+def resolve_precision(cfg: TrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def resolve_attention(cfg: TrainConfig) -> str:
+    if cfg.attention != "auto":
+        return cfg.attention
+    return "flex" if torch.cuda.is_available() else "dense"
+
+
+def prepare_model(cfg: TrainConfig):
+    """Load the model (``<AC>`` added in AC mode), attach LoRA if asked, and build the KL teacher.
+
+    Returns:
+        (model, loaded, frozen): the trainable module, the :class:`anllm.models.LoadedModel`, and a frozen copy of
+        the initial model as KL teacher for full fine-tuning (None otherwise: LoRA disables its adapters instead).
+    """
+    from anllm.models import load_model
+
+    attn_impl = "flex_attention" if resolve_attention(cfg) == "flex" else "sdpa"
+    lm = load_model(cfg.model, anchor=cfg.anchor_config(), attn_implementation=attn_impl)
+    model = lm.model
+    frozen = None
+    if cfg.loss != "lm" and cfg.finetune == "full":
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    if cfg.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        extra = {}
+        if cfg.anchors == "ac":  # the new <AC> embedding row must learn too
+            extra["trainable_token_indices"] = {"embed_tokens": list(lm.anchor_ids)}
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_targets),
+            task_type="CAUSAL_LM",
+            **extra,
+        )
+        model = get_peft_model(model, lora)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.train()
+    return model, lm, frozen
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay only on matrices (not on norms/biases)."""
+    decay = [p for p in trainable_parameters(model) if p.ndim >= 2]
+    rest = [p for p in trainable_parameters(model) if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas))
+
+
+# -- the loop --------------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int, dict], None] | None = None):
+    """Train ``cfg`` under whatever ``accelerate launch`` set up (or one local process).
+
+    Args:
+        resume: continue from the newest complete checkpoint in ``cfg.output_dir`` (error if there is none).
+        on_step_end: called on every process after each optimiser step with ``(step, metrics)``.
+    Returns:
+        :class:`TrainResult`.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from anllm import checkpointing as ckpt
+    from anllm.data import build_examples, eval_blocks
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    precision = resolve_precision(cfg)
+    path = resolve_attention(cfg)
+    if path == "flex" and not torch.cuda.is_available():
+        raise AnLLMError("attention: flex needs a CUDA GPU here; use attention: dense on CPU")
+    cfg.precision = precision  # record the resolved value in the saved config
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision="bf16" if precision == "bf16" else "no",
+        gradient_accumulation_steps=cfg.grad_accum,
+    )
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    out = Path(cfg.output_dir)
+    if resume and ckpt.latest_checkpoint(out) is None:
+        raise AnLLMError(f"--resume: no complete checkpoint in {out / ckpt.CHECKPOINT_DIR}")
+    if not resume and ckpt.latest_checkpoint(out) is not None:
+        raise AnLLMError(f"{out} already holds checkpoints: pass --resume to continue, or choose another output_dir")
+    set_seed(cfg.seed)
+
+    model, lm, frozen = prepare_model(cfg)
+    tokenizer = lm.tokenizer
+    examples, stats = build_examples(cfg, tokenizer)
+    blocks = eval_blocks(cfg.eval_file, cfg, tokenizer) if cfg.eval_file else None
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / global_batch))
+    order = SampleOrder(len(examples), cfg.seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, max_steps))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if frozen is not None:
+        frozen.to(accelerator.device)
+    unwrapped = accelerator.unwrap_model(model)
+    teacher = None if cfg.loss == "lm" else _bind_teacher(frozen if frozen is not None else unwrapped)
+    n_pred = [sum(lab != IGNORE_INDEX for lab in e.labels[1:]) for e in examples]
+
+    start_step, tokens_seen = 0, 0
+    if resume:
+        state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out), accelerator, unwrapped, optimizer, scheduler)
+        if state["global_batch"] != global_batch:
+            raise AnLLMError(
+                f"--resume: the checkpoint used a global batch of {state['global_batch']} examples, this run "
+                f"{global_batch}; keep batch_size * grad_accum * processes unchanged to continue the data order"
+            )
+        start_step, tokens_seen = state["step"], state["tokens_seen"]
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        ckpt.trim_metrics(out / ckpt.METRICS_FILE, start_step)
+        logger.info("data: %s; %d steps of %d examples (global batch)", stats, max_steps, global_batch)
+    logger.info(
+        "process %d/%d: %s precision, %s attention, %s anchors %s",
+        rank,
+        world,
+        precision,
+        path,
+        cfg.anchors,
+        lm.anchor_ids[:8],
+    )
+    log = ckpt.MetricsLog(out, enabled=main, tensorboard=cfg.tensorboard)
+    result = TrainResult(out, start_step, start_step)
+
+    def run_eval(step: int) -> None:
+        if blocks is None:
+            return
+        ev = evaluate_perplexity(model, blocks, lm.anchor_ids, cfg.mask_rule(), accelerator.device, path)
+        record = {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            **{f"eval_{k}" if k.startswith("ppl") else k: v for k, v in ev.items()},
+        }
+        result.evals.append(record)
+        log.write(record)
+
+    if start_step == 0:
+        run_eval(0)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=max_steps, initial=start_step, disable=not (main and cfg.progress), desc="train", unit="step")
+    for step in range(start_step, max_steps):
+        t0 = time.perf_counter()
+        indices = order.global_batch(step, global_batch)
+        n_norm = sum(n_pred[i] for i in indices)  # predicted tokens in the global batch
+        nll_sum = kl_sum = torch.zeros((), device=accelerator.device)
+        n_tokens = 0
+        for micro in range(cfg.grad_accum):
+            rows = [examples[i] for i in process_slice(indices, micro, rank, world, cfg.batch_size)]
+            batch = {k: v.to(accelerator.device) for k, v in collate(rows, pad_id).items()}
+            n_tokens += int(batch["attention_mask"].sum())
+            with accelerator.accumulate(model), accelerator.autocast():
+                objective, nll, kl = micro_batch_loss(model, batch, lm.anchor_ids, cfg, teacher=teacher, path=path)
+                # DDP averages over processes and accelerate divides by grad_accum: undo both, normalise globally
+                accelerator.backward(objective * (world * cfg.grad_accum / max(n_norm, 1)))
+                nll_sum, kl_sum = nll_sum + nll, kl_sum + kl
+                grad_norm = None
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        sums = accelerator.reduce(torch.stack([nll_sum, kl_sum, torch.tensor(float(n_tokens))]), "sum")
+        tokens_seen += int(sums[2])
+        dt = time.perf_counter() - t0
+        record = {
+            "step": step + 1,
+            "loss": float({"lm": sums[0], "kl": sums[1], "lm+kl": sums[0] + cfg.kl_weight * sums[1]}[cfg.loss])
+            / max(n_norm, 1),
+            "lm_loss": float(sums[0]) / max(n_norm, 1),
+            "kl": float(sums[1]) / max(n_norm, 1),
+            "lr": lr,
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "tokens": int(sums[2]),
+            "tokens_seen": tokens_seen,
+            "tokens_per_s": float(sums[2]) / dt,
+            "epoch": (step + 1) * global_batch / len(examples),
+        }
+        result.losses[step + 1] = record["loss"]
+        result.step = step + 1
+        if (step + 1) % cfg.log_every == 0 or step + 1 == max_steps:
+            log.write(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < max_steps:
+            run_eval(step + 1)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < max_steps:
+            ckpt.save_checkpoint(
+                out,
+                step + 1,
+                accelerator,
+                unwrapped,
+                optimizer,
+                scheduler,
+                tokenizer,
+                {"global_batch": global_batch, "tokens_seen": tokens_seen, "config": cfg.to_dict()},
+                keep=cfg.keep_checkpoints,
+            )
+        if on_step_end is not None:
+            on_step_end(step + 1, record)
+    bar.close()
+    if result.step > start_step or start_step == max_steps:
+        run_eval(result.step)
+    ckpt.save_checkpoint(
+        out,
+        result.step,
+        accelerator,
+        unwrapped,
+        optimizer,
+        scheduler,
+        tokenizer,
+        {"global_batch": global_batch, "tokens_seen": tokens_seen, "config": cfg.to_dict()},
+        keep=cfg.keep_checkpoints,
+    )
+    result.final_dir = ckpt.export_final(out, accelerator, unwrapped, tokenizer, cfg.finetune)
+    log.close()
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _bind_teacher(model):
+    """Full-attention (no AnSAN) logits of the base model: a frozen copy, or the peft model with adapters disabled."""
+
+    def teacher(input_ids, attention_mask, position_ids):
+        ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+        with ctx:
+            return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+
+    return teacher

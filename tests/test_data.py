@@ -1,0 +1,196 @@
+"""Training data: record formats, SFT label masking, AC insertion, packing, truncation and bad input."""
+
+import json
+import logging
+
+import pytest
+
+from anllm.anchors import split_sentences
+from anllm.config import AC_TOKEN, AnLLMError
+from anllm.corpus import build_corpus
+from anllm.data import IGNORE_INDEX, build_examples, collate, eval_blocks, translation_to_alpaca
+from anllm.models import tiny_tokenizer
+from anllm.training_config import TrainConfig
+
+RECORDS = [
+    {"instruction": "Name a colour. Keep it short.", "input": "", "output": "Blue. It is calm."},
+    {"instruction": "Repeat the word.", "input": "The word is cat. Say it twice.", "output": "cat cat."},
+]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+@pytest.fixture
+def tok():
+    tk = tiny_tokenizer()
+    tk.add_tokens([AC_TOKEN])
+    return tk
+
+
+def test_sft_labels_masked_on_prompt_token_by_token(tmp_path, tok):
+    cfg = TrainConfig(mode="sft", train_files=[write_jsonl(tmp_path / "a.jsonl", RECORDS)], block_size=4096)
+    examples, stats = build_examples(cfg, tok)
+    assert stats.n_examples == 2 and stats.n_truncated == 0
+    for rec, ex in zip(RECORDS, examples):
+        text = tok.decode(ex.input_ids, skip_special_tokens=False)
+        prompt_len = len(text) - len(rec["output"]) - len("</s>")  # char tokenizer: one token per character
+        assert text.endswith(rec["output"] + "</s>")
+        assert text[:prompt_len].endswith("### Response:\n") and rec["instruction"] in text[:prompt_len]
+        assert (rec["input"] in text[:prompt_len]) and (("### Input:" in text) == bool(rec["input"]))
+        for i, (tid, lab) in enumerate(zip(ex.input_ids, ex.labels)):
+            assert lab == (IGNORE_INDEX if i < prompt_len else tid), i
+
+
+def test_ac_inserted_in_prompt_and_response(tmp_path, tok):
+    cfg = TrainConfig(mode="sft", anchors="ac", train_files=[write_jsonl(tmp_path / "a.jsonl", RECORDS[1:])])
+    (ex,), _ = build_examples(cfg, tok)
+    ac = tok.convert_tokens_to_ids(AC_TOKEN)
+    n_prompt = sum(lab == IGNORE_INDEX for lab in ex.labels)
+    prompt_ac = ex.input_ids[:n_prompt].count(ac)
+    rec = RECORDS[1]
+    from anllm.data import PREAMBLE_INPUT
+
+    expected = sum(len(split_sentences(s)) for s in (PREAMBLE_INPUT, rec["instruction"], rec["input"]))
+    assert prompt_ac == expected == 2 + 1 + 2
+    response = tok.decode(ex.input_ids[n_prompt:], skip_special_tokens=False)
+    assert response == "cat cat. <AC></s>"
+
+
+def test_ep_text_is_unchanged(tmp_path, tok):
+    text = "One. Two! Three?"
+    f = tmp_path / "t.txt"
+    f.write_text(text)
+    (ex,), _ = build_examples(TrainConfig(train_files=[str(f)]), tok)
+    assert tok.decode(ex.input_ids) == text + "</s>" and ex.labels == ex.input_ids
+
+
+def test_translation_pairs_become_alpaca(tmp_path, tok):
+    rec = translation_to_alpaca({"translation": {"de": "Hallo Welt.", "en": "Hello world."}}, "de", "en")
+    assert rec == {
+        "instruction": "Translate the following text from German to English.",
+        "input": "Hallo Welt.",
+        "output": "Hello world.",
+    }
+    path = write_jsonl(tmp_path / "mt.jsonl", [{"de": "Guten Tag.", "en": "Good day."}])
+    cfg = TrainConfig(mode="sft", data_format="translation", train_files=[path])
+    (ex,), _ = build_examples(cfg, tok)
+    text = tok.decode(ex.input_ids)
+    assert "Guten Tag." in text and text.endswith("Good day.</s>")
+    with pytest.raises(AnLLMError, match="'de'"):
+        translation_to_alpaca({"fr": "x", "en": "y"}, "de", "en")
+
+
+def test_packing_concatenates_documents_into_full_blocks(tmp_path, tok):
+    docs = [{"text": "abc. " * n} for n in (3, 7, 1, 12, 5)]
+    cfg = TrainConfig(train_files=[write_jsonl(tmp_path / "p.jsonl", docs)], packing=True, block_size=16)
+    examples, stats = build_examples(cfg, tok)
+    stream = [t for d in docs for t in tok(d["text"])["input_ids"] + [tok.eos_token_id]]
+    flat = [t for e in examples for t in e.input_ids]
+    assert flat == stream[: len(flat)] and len(stream) - len(flat) < 2  # a 1-token tail predicts nothing
+    assert all(len(e.input_ids) == 16 for e in examples[:-1]) and stats.n_truncated == 0
+    with pytest.raises(AnLLMError, match="packing"):
+        TrainConfig(mode="sft", packing=True)
+
+
+def test_overlong_examples_truncated_warned_and_counted(tmp_path, tok, caplog):
+    docs = [{"text": "x" * 50}, {"text": "short"}, {"text": "y" * 80}]
+    cfg = TrainConfig(train_files=[write_jsonl(tmp_path / "l.jsonl", docs)], block_size=32)
+    with caplog.at_level(logging.WARNING, logger="anllm.data"):
+        examples, stats = build_examples(cfg, tok)
+    assert stats.n_truncated == 2 and [len(e.input_ids) for e in examples] == [32, 6, 32]
+    assert "2 of 3 examples" in caplog.text and "truncated" in caplog.text
+
+
+def test_sft_prompt_filling_the_block_is_dropped(tmp_path, tok):
+    cfg = TrainConfig(mode="sft", train_files=[write_jsonl(tmp_path / "a.jsonl", RECORDS)], block_size=64)
+    with pytest.raises(AnLLMError, match="empty"):
+        build_examples(cfg, tok)  # the Alpaca preamble alone is longer than 64 characters
+    from anllm.data import alpaca_prompt
+
+    short = len(alpaca_prompt(RECORDS[0]["instruction"]))  # record 1 has an input: its prompt is longer
+    assert len(alpaca_prompt(RECORDS[1]["instruction"], RECORDS[1]["input"])) > short + 4
+    cfg = TrainConfig(mode="sft", train_files=[write_jsonl(tmp_path / "b.jsonl", RECORDS)], block_size=short + 4)
+    (ex,), stats = build_examples(cfg, tok)
+    assert (stats.n_examples, stats.n_dropped, stats.n_truncated) == (1, 1, 2)
+    assert len(ex.input_ids) == short + 4 and ex.labels[short:] == ex.input_ids[short:]
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path, tok):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine."}\n\n{"text": "broken\n{"text": "x"}\n')
+    with pytest.raises(AnLLMError, match=r"bad\.jsonl:3: malformed JSON"):
+        build_examples(TrainConfig(train_files=[str(path)]), tok)
+    path.write_text('{"text": "ok"}\n[1, 2]\n')
+    with pytest.raises(AnLLMError, match=r"bad\.jsonl:2: expected a JSON object"):
+        build_examples(TrainConfig(train_files=[str(path)]), tok)
+    alpaca = tmp_path / "bad.json"
+    alpaca.write_text('[\n{"instruction": "a", "output": "b"},\n{"instruction": }\n]')
+    with pytest.raises(AnLLMError, match=r"bad\.json:3"):
+        build_examples(TrainConfig(mode="sft", train_files=[str(alpaca)]), tok)
+
+
+def test_missing_field_and_empty_dataset(tmp_path, tok):
+    path = write_jsonl(tmp_path / "f.jsonl", [{"content": "no text field"}])
+    with pytest.raises(AnLLMError, match="'text'"):
+        build_examples(TrainConfig(train_files=[path]), tok)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(AnLLMError, match="empty"):
+        build_examples(TrainConfig(train_files=[str(empty)]), tok)
+    with pytest.raises(AnLLMError, match="no training data"):
+        build_examples(TrainConfig(), tok)
+    with pytest.raises(AnLLMError, match="does not exist"):
+        build_examples(TrainConfig(train_files=[str(tmp_path / "nope.txt")]), tok)
+
+
+def test_collate_pads_right_and_masks_labels(tok):
+    from anllm.data import Example
+
+    batch = collate([Example([5, 6, 7], [5, 6, 7]), Example([8], [8])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_eval_blocks(tmp_path, tok):
+    f = tmp_path / "e.txt"
+    f.write_text("Held out. " * 30)
+    cfg = TrainConfig(eval_block_size=64, eval_max_tokens=200)
+    blocks = eval_blocks(str(f), cfg, tok)
+    assert [len(b) for b in blocks] == [64, 64, 64, 8]
+    f.write_text("   ")
+    with pytest.raises(AnLLMError, match="no text"):
+        eval_blocks(str(f), cfg, tok)
+
+
+def test_unknown_config_key_and_bad_values(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("lr: 1e-4\nbatch_size: 2\nlerning_rate: 3\n")
+    with pytest.raises(AnLLMError, match="unknown training setting 'lerning_rate'"):
+        TrainConfig.load(cfg_file)
+    cfg_file.write_text("lr: 1e-4\nbatch_size: 2\n")
+    cfg = TrainConfig.load(cfg_file, ["block_size=64", "train_files=[a.txt, b.txt]"])
+    assert cfg.lr == 1e-4 and cfg.block_size == 64 and cfg.train_files == ["a.txt", "b.txt"]
+    with pytest.raises(AnLLMError, match="TrainConfig.batch_size"):
+        TrainConfig.load(cfg_file, ["batch_size=0"])
+    with pytest.raises(AnLLMError, match="TrainConfig.loss"):
+        TrainConfig(loss="mse")
+    with pytest.raises(AnLLMError, match="TrainConfig.lr must be a number"):
+        TrainConfig.load(None, ["lr=fast"])
+    with pytest.raises(AnLLMError, match="key=value"):
+        TrainConfig.load(None, ["lr"])
+
+
+def test_corpus_builder_falls_back_and_holds_out(tmp_path, monkeypatch):
+    import anllm.corpus as corpus
+
+    monkeypatch.setattr(corpus, "FORTUNES_DIR", tmp_path / "none")
+    monkeypatch.setattr(corpus, "fortune_documents", lambda: [])
+    info = build_corpus(tmp_path / "c", sources=("fortunes",), heldout_fraction=0.1)
+    assert info["sources"] == ["synthetic"] and info["train_docs"] > 0 and info["heldout_docs"] > 0
+    train = {json.loads(line)["text"] for line in (tmp_path / "c" / "train.jsonl").read_text().splitlines()}
+    held = set((tmp_path / "c" / "heldout.txt").read_text().strip().split("\n\n"))
+    assert train.isdisjoint(held) and len(held) == info["heldout_docs"]

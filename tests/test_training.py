@@ -1,0 +1,227 @@
+"""Training on tiny models: loss goes down, labels and <AC> rows, exact resume, losses, eval, checkpoints."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anllm.config import AC_TOKEN, AnLLMError
+from anllm.training import SampleOrder, lr_lambda, process_slice, token_kl, train
+from anllm.training_config import TrainConfig
+
+PROSE = [
+    "The cat sat on the mat. It was warm! Was it happy? The dog ran to the park.",
+    "My friend read a book. The old man saw a bird. Our teacher ate an apple.",
+    "A girl found a key. The key was old. She opened the door and went in.",
+    "Rain fell all day. The river rose. Nobody went out until the evening came.",
+]
+ALPACA = [
+    {"instruction": "Repeat the word.", "input": "cat", "output": "cat cat."},
+    {"instruction": "Say hello.", "input": "", "output": "Hello there. Nice day!"},
+    {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+    {"instruction": "Count to three.", "input": "", "output": "One, two, three."},
+]
+
+
+@pytest.fixture
+def data(tmp_path):
+    (tmp_path / "pt.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in PROSE))
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ALPACA))
+    (tmp_path / "heldout.txt").write_text("The bird sat on the key. It was old. The girl ran to the river.")
+    return tmp_path
+
+
+def cfg_for(data, mode="pretrain", **kw) -> TrainConfig:
+    base = dict(
+        model="tiny-random",
+        mode=mode,
+        train_files=[str(data / ("sft.jsonl" if mode == "sft" else "pt.jsonl"))],
+        output_dir=str(data / f"out-{mode}-{kw.get('anchors', 'ep')}-{kw.get('finetune', 'full')}"),
+        block_size=512 if mode == "sft" else 128,
+        batch_size=2,
+        max_steps=30,
+        lr=3e-3,
+        lr_scheduler="constant",
+        save_every=0,
+        progress=False,
+        seed=3,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "sft"])
+@pytest.mark.parametrize("anchors", ["ep", "ac"])
+def test_loss_decreases(data, mode, anchors):
+    res = train(cfg_for(data, mode, anchors=anchors))
+    losses = [res.losses[s] for s in sorted(res.losses)]
+    assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:3]) / 3
+
+
+def test_ac_rows_from_dot_and_tokenizer_reloads(data):
+    from transformers import AutoTokenizer
+
+    from anllm.training import prepare_model
+
+    cfg = cfg_for(data, anchors="ac", max_steps=2, save_every=1)
+    model, lm, _ = prepare_model(cfg)
+    ac, dot = lm.tokenizer.convert_tokens_to_ids(AC_TOKEN), lm.tokenizer.convert_tokens_to_ids(".")
+    assert lm.anchor_ids == (ac,) and ac == len(lm.tokenizer) - 1
+    assert torch.equal(model.get_input_embeddings().weight[ac], model.get_input_embeddings().weight[dot])
+    assert torch.equal(model.get_output_embeddings().weight[ac], model.get_output_embeddings().weight[dot])
+
+    res = train(cfg)
+    for path in (res.output_dir / "checkpoints" / "step-0000001" / "tokenizer", res.final_dir):
+        reloaded = AutoTokenizer.from_pretrained(path)
+        assert reloaded.get_vocab() == lm.tokenizer.get_vocab()
+        text = "Hi. <AC> Bye! <AC>"
+        assert reloaded(text)["input_ids"] == lm.tokenizer(text)["input_ids"]
+        assert reloaded(text)["input_ids"].count(ac) == 2
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(anchors="ac"), dict(finetune="lora", loss="lm+kl", lora_r=4, lr=1e-2, lr_scheduler="cosine", warmup_steps=3)],
+    ids=["full-ac-lm", "lora-ep-lm+kl"],
+)
+def test_kill_after_checkpoint_and_resume_matches_unbroken_run(data, kw):
+    unbroken = train(cfg_for(data, max_steps=12, save_every=4, output_dir=str(data / "a"), **kw))
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_7(step, _):
+        if step == 7:  # after the step-4 checkpoint, before the next one
+            raise Killed
+
+    cfg = cfg_for(data, max_steps=12, save_every=4, output_dir=str(data / "b"), **kw)
+    with pytest.raises(Killed):
+        train(cfg, on_step_end=kill_at_7)
+    with pytest.raises(AnLLMError, match="--resume"):
+        train(cfg)  # refuses to start over on top of checkpoints
+    resumed = train(cfg, resume=True)
+    assert resumed.start_step == 4
+    for step in range(5, 13):
+        assert resumed.losses[step] == pytest.approx(unbroken.losses[step], rel=1e-5, abs=1e-6), step
+    from safetensors.torch import load_file
+
+    pa = load_file(str(data / "a" / "checkpoints" / "step-0000012" / "trainable.safetensors"))
+    pb = load_file(str(data / "b" / "checkpoints" / "step-0000012" / "trainable.safetensors"))
+    assert pa.keys() == pb.keys() and all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa)
+    steps = [json.loads(line)["step"] for line in (data / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))  # the killed run's steps 5-7 were trimmed, then recomputed once
+
+
+def test_resume_needs_a_checkpoint(data):
+    with pytest.raises(AnLLMError, match="no complete checkpoint"):
+        train(cfg_for(data, output_dir=str(data / "none")), resume=True)
+
+
+def test_gradient_accumulation_equals_one_big_batch(data):
+    big = train(cfg_for(data, batch_size=4, grad_accum=1, max_steps=6, output_dir=str(data / "big")))
+    acc = train(cfg_for(data, batch_size=1, grad_accum=4, max_steps=6, output_dir=str(data / "acc")))
+    for step in big.losses:
+        assert acc.losses[step] == pytest.approx(big.losses[step], rel=1e-5)
+
+
+def test_kl_is_zero_without_anchors_at_lora_init(data):
+    (data / "plain.jsonl").write_text(json.dumps({"text": "no sentence end here, only commas, and words"}) + "\n")
+    cfg = cfg_for(data, finetune="lora", loss="kl", max_steps=1, train_files=[str(data / "plain.jsonl")])
+    res = train(cfg)  # no anchor: AnSAN == causal, LoRA starts as identity -> student == teacher
+    assert res.losses[1] == pytest.approx(0.0, abs=1e-6)
+    cfg = cfg_for(data, finetune="lora", loss="kl", max_steps=1, output_dir=str(data / "kl2"))
+    assert train(cfg).losses[1] > 1e-4  # with anchors the masked student differs from the full teacher
+
+
+def test_token_kl_matches_torch_kl_div():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    labels = torch.tensor([[1, 2, -100, 3, 4], [5, -100, -100, 6, 7]])
+    keep = labels[:, 1:] != -100
+    ref = F.kl_div(
+        F.log_softmax(s[:, :-1][keep] / 2, -1), F.log_softmax(t[:, :-1][keep] / 2, -1), log_target=True, reduction="sum"
+    )
+    assert token_kl(s, t, labels, temperature=2.0) == pytest.approx(float(ref) * 4, rel=1e-5)
+
+
+def test_eval_anchor_ppl_equals_anchor_cache_decoding(data):
+    from anllm.generation import forward_chunk, make_cache
+    from anllm.training import evaluate_perplexity
+    from tests.conftest import make_lm
+
+    lm = make_lm(dtype=torch.float64)
+    ids = lm.tokenizer("It is late. We go home! Is it dark? Yes it is.")["input_ids"]
+    got = evaluate_perplexity(lm.model, [ids], lm.anchor_ids, {}, "cpu")
+    cache = make_cache(lm, "anchor")
+    with torch.no_grad():
+        logits = torch.cat([forward_chunk(lm.model, cache, torch.tensor([[t]])) for t in ids], 1)
+    nll = F.cross_entropy(logits[0, :-1], torch.tensor(ids[1:]), reduction="mean")
+    assert got["ppl_anchor"] == pytest.approx(float(nll.exp()), rel=1e-9)
+    full = F.cross_entropy(lm.model(torch.tensor([ids])).logits[0, :-1], torch.tensor(ids[1:]))
+    assert got["ppl_full"] == pytest.approx(float(full.exp()), rel=1e-9)
+
+
+def test_eval_logged_and_anchor_ppl_improves(data):
+    res = train(cfg_for(data, eval_file=str(data / "heldout.txt"), eval_every=15, max_steps=30))
+    assert [e["step"] for e in res.evals] == [0, 15, 30]
+    assert res.evals[-1]["eval_ppl_anchor"] < res.evals[0]["eval_ppl_anchor"]
+    lines = [json.loads(x) for x in (res.output_dir / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if "loss" in x]
+    assert len(train_lines) == 30 and all(x["lr"] > 0 and x["tokens_per_s"] > 0 for x in train_lines)
+
+
+def test_sample_order_and_process_slices():
+    order = SampleOrder(5, seed=1)
+    stream = [order[p] for p in range(15)]
+    assert all(sorted(stream[i : i + 5]) == list(range(5)) for i in (0, 5, 10))
+    indices = list(range(8))  # global batch 8 = 2 micro x 2 ranks x 2 rows
+    parts = [process_slice(indices, m, r, 2, 2) for m in range(2) for r in range(2)]
+    assert sorted(i for p in parts for i in p) == indices
+
+
+def test_lr_schedule_shapes():
+    cfg = TrainConfig(lr_scheduler="cosine", warmup_steps=4, min_lr_ratio=0.1)
+    f = lr_lambda(cfg, 20)
+    warm = [f(s) for s in range(4)]
+    assert warm == sorted(warm) and warm[-1] < 1 and f(4) == pytest.approx(1.0)
+    assert f(20) == pytest.approx(0.1) and all(f(s) >= f(s + 1) for s in range(4, 20))
+
+
+def test_stale_temporary_checkpoint_is_ignored(data):
+    from anllm.checkpointing import latest_checkpoint
+
+    res = train(cfg_for(data, max_steps=4, save_every=2, output_dir=str(data / "c")))
+    root = res.output_dir / "checkpoints"
+    (root / ".step-0000006.tmp").mkdir()  # a save killed half-way
+    (root / "step-0000008").mkdir()  # no state.json: incomplete
+    assert latest_checkpoint(res.output_dir) == root / "step-0000004"
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-0000002", "step-0000004", "step-0000008"]
+
+
+def test_cli_train_and_errors(data, capsys):
+    from anllm.cli import main
+
+    cfg = data / "cfg.yaml"
+    cfg.write_text(f"model: tiny-random\ntrain_files: [{data / 'pt.jsonl'}]\nmax_steps: 2\nprogress: false\n")
+    assert main(["train", "--config", str(cfg), "--set", f"output_dir={data / 'cli'}"]) == 0
+    assert (data / "cli" / "final" / "model.safetensors").is_file()
+    assert main(["train", "--config", str(cfg), "--set", "nonsense=1"]) == 2
+    assert "unknown training setting 'nonsense'" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_flex_attention_matches_dense_on_gpu(data):
+    from anllm.data import build_examples, collate
+    from anllm.training import micro_batch_loss, prepare_model
+
+    cfg = cfg_for(data, precision="fp32")
+    model, lm, _ = prepare_model(cfg)
+    model = model.cuda()
+    examples, _ = build_examples(cfg, lm.tokenizer)
+    batch = {k: v.cuda() for k, v in collate(examples, lm.tokenizer.pad_token_id).items()}
+    dense, _, _ = micro_batch_loss(model, batch, lm.anchor_ids, cfg, path="dense")
+    model.config._attn_implementation = "flex_attention"
+    flex, _, _ = micro_batch_loss(model, batch, lm.anchor_ids, cfg, path="flex")
+    assert float(flex) == pytest.approx(float(dense), rel=1e-3)
