@@ -20,6 +20,8 @@ from anllm.generation import forward_chunk, make_cache
 from anllm.models import LoadedModel
 from anllm.policies import EvictionPolicy
 
+BUDGETED = ("streaming", "sepllm")  # bare mode names that a budget resizes
+
 
 @dataclass
 class PPLResult:
@@ -131,10 +133,29 @@ def perplexity_text(
     *,
     chunk_size: int | None = None,
     max_tokens: int | None = None,
+    budget: int | str | None = None,
 ) -> dict[str, PPLResult]:
-    """Perplexity of ``text`` under each mode; keys are the mode strings as given."""
+    """Perplexity of ``text`` under each mode; keys are the mode strings as given.
+
+    Args:
+        budget: KV entries for the bare ``streaming`` / ``sepllm`` modes (sinks + window; SepLLM keeps its
+            separators on top), or ``"anchor"``: the anchor cache's mean size in this run. None: their defaults.
+    """
     if not modes:
         raise AnLLMError("no modes given: use e.g. full,anchor,streaming,sepllm")
+    if isinstance(budget, int) and budget < 1:
+        raise AnLLMError(f"budget must be >= 1 KV entry (a budget of zero keeps nothing), got {budget}")
+    if budget == "anchor" and "anchor" not in modes:
+        raise AnLLMError("budget='anchor' matches the anchor cache's mean size, so 'anchor' must be among the modes")
     ids = encode_text(lm, text, max_tokens)
-    policies = {m: lm.policy(m) for m in modes}  # validate every spec before the slow part
-    return {m: replace(perplexity(lm, ids, policies[m], chunk_size=chunk_size), mode=m) for m in modes}
+    for m in modes:
+        lm.policy(m)  # validate every spec before the slow part
+    order = sorted(modes, key=lambda m: m != "anchor")  # anchor first: it may size the others
+    out: dict[str, PPLResult] = {}
+    for m in order:
+        spec = m
+        if budget is not None and m in BUDGETED:
+            n = max(2, round(out["anchor"].kv_kept_mean)) if budget == "anchor" else int(budget)
+            spec = f"{m}:budget={n},sink={min(4, n - 1)}"
+        out[m] = replace(perplexity(lm, ids, lm.policy(spec), chunk_size=chunk_size), mode=spec)
+    return {m: out[m] for m in modes}

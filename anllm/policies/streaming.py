@@ -32,7 +32,9 @@ class StreamingPolicy(EvictionPolicy):
         if self.n_sink < 0:
             raise AnLLMError(f"StreamingPolicy.n_sink must be >= 0, got {self.n_sink}")
         if self.window < 1:
-            raise AnLLMError(f"StreamingPolicy.window must be >= 1 (a KV budget of zero keeps nothing), got {self.window}")
+            raise AnLLMError(
+                f"StreamingPolicy.window must be >= 1 (a KV budget of zero keeps nothing), got {self.window}"
+            )
 
     @property
     def budget(self) -> int:

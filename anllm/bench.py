@@ -1,0 +1,402 @@
+"""Speed and memory benchmark: prefill time, decode tokens/s, KV entries/bytes and peak memory per cache mode.
+
+Every mode decodes the same tokens: the context is the first ``N`` tokens of a text, decoding is teacher-forced
+on the text's next tokens (one token per step through :func:`anllm.generation.decode_step`, the argmax computed
+as in greedy decoding), so all modes do identical work apart from their cache. Two extra rows:
+
+* ``limit``: the empirical limit of eviction, a plain full cache holding as many entries as the anchor cache
+  after prefill (the last ``K`` context tokens): anchor decoding cannot beat it.
+* ``hf_generate``: ``model.generate`` (greedy, stock ``DynamicCache``) on the same context, for scale.
+
+Peak memory is the process RSS sampled every few ms on CPU (freed memory is trimmed back to the OS before each
+run), CUDA max-allocated on GPU. The roofline helpers give the ideal anchor/full speed-up from bytes and FLOPs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from anllm.anchors import insert_ac
+from anllm.config import AnLLMError
+from anllm.evaluation.metrics import median
+from anllm.generation import decode_step, make_cache, prefill
+from anllm.models import LoadedModel
+from anllm.policies import FullCachePolicy
+
+logger = logging.getLogger(__name__)
+
+PASSAGE_FILE = Path(__file__).parent / "data" / "kjv_genesis.txt"
+DEFAULT_MODES = ("full", "anchor", "streaming", "sepllm", "limit")
+EXTRA_ROWS = ("limit", "hf_generate")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``anllm bench`` measures."""
+
+    contexts: tuple[int, ...] = (256, 1024)  # context lengths in tokens
+    modes: tuple[str, ...] = DEFAULT_MODES  # cache modes / specs; "limit" needs "anchor" before it
+    new_tokens: int = 32  # decoded tokens per run
+    repeats: int = 3  # runs per (context, mode); medians are reported
+    chunk_size: int | None = None  # prefill chunk for every mode (None: the model's anchor chunk size)
+    compare_hf: bool = True  # add an `hf_generate` row (model.generate on the same context)
+    warmup: bool = True  # one untimed short run first (first calls are slower)
+
+    def __post_init__(self) -> None:
+        if not self.contexts:
+            raise AnLLMError("BenchConfig.contexts is empty: give at least one context length, e.g. 256")
+        if any(int(c) < 2 for c in self.contexts):
+            raise AnLLMError(f"BenchConfig.contexts must be >= 2 tokens each, got {self.contexts}")
+        if not self.modes:
+            raise AnLLMError("BenchConfig.modes is empty: e.g. full,anchor,streaming,sepllm,limit")
+        if "limit" in self.modes and "anchor" not in self.modes[: self.modes.index("limit")]:
+            raise AnLLMError("BenchConfig.modes: 'limit' is sized from the anchor run, so list 'anchor' before it")
+        if self.new_tokens < 1:
+            raise AnLLMError(f"BenchConfig.new_tokens must be >= 1, got {self.new_tokens}")
+        if self.repeats < 1:
+            raise AnLLMError(f"BenchConfig.repeats must be >= 1, got {self.repeats}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise AnLLMError(f"BenchConfig.chunk_size must be >= 1, got {self.chunk_size}")
+
+
+@dataclass
+class ModeResult:
+    """Medians over repetitions for one (context, mode)."""
+
+    prefill_s: float
+    decode_tok_s: float
+    kv_entries: int  # entries stored at the end (after decoding)
+    kv_bytes: int
+    peak_mem_bytes: int | None  # process RSS peak on CPU, CUDA max-allocated on GPU
+    kv_entries_prefill: int = 0  # entries stored right after prefill
+    kv_full_entries: int = 0  # entries a full cache holds at the end (tokens seen)
+    prefill_tok_s: float = 0.0
+    runs: list[dict] = field(default_factory=list)  # every repetition, for the record
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- inputs ------------------------------------------------------------------------------------------------------
+def builtin_passage() -> str:
+    """The built-in English passage: KJV Genesis 1-36 (public domain), about 33.9k SmolLM2 tokens."""
+    return PASSAGE_FILE.read_text(encoding="utf-8")
+
+
+def bench_tokens(lm: LoadedModel, text: str, n_tokens: int) -> list[int]:
+    """The first ``n_tokens`` ids of ``text`` (``<AC>`` inserted in AC mode); errors if it is too short/long."""
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    if limit is not None and n_tokens > limit:
+        raise AnLLMError(
+            f"context + new tokens = {n_tokens} tokens but the model supports {limit} positions; use a shorter "
+            "--context"
+        )
+    if not text.strip():
+        raise AnLLMError("the benchmark text is empty")
+    if lm.anchor.mode == "ac":
+        text = insert_ac(text)
+    ids = list(lm.tokenizer(text)["input_ids"])
+    if len(ids) < n_tokens:
+        raise AnLLMError(f"the text has {len(ids)} tokens, fewer than the {n_tokens} needed; give a longer --text-file")
+    return ids[:n_tokens]
+
+
+# -- memory ------------------------------------------------------------------------------------------------------
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: ru_maxrss (kB on Linux, bytes on macOS) is the best available
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS, so the next RSS peak starts from a fair base."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class PeakMemory:
+    """Context manager measuring peak memory: CUDA max-allocated on ``cuda`` devices, else sampled process RSS."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.002):
+        self.device, self.interval_s, self.peak = device, interval_s, 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.peak = _rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _rss_bytes())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- one run -----------------------------------------------------------------------------------------------------
+def run_once(lm: LoadedModel, ctx: Tensor, cont: Tensor, policy, chunk_size: int) -> dict:
+    """Prefill ``ctx`` ``(1, N)`` through a ``policy`` cache, then decode the tokens of ``cont`` ``(G,)`` one by one.
+
+    Returns a dict with ``prefill_s``, ``decode_s``, ``decode_tok_s``, ``kv_entries(_prefill)``, ``kv_bytes``,
+    ``kv_full_entries`` and ``peak_mem_bytes``.
+    """
+    model, device = lm.model, ctx.device
+    release_memory()
+    with torch.inference_mode(), PeakMemory(device) as mem:
+        cache = make_cache(lm, policy)
+        _sync(device)
+        t0 = time.perf_counter()
+        logits = prefill(model, cache, ctx, chunk_size=chunk_size)  # (1, V)
+        _sync(device)
+        t1 = time.perf_counter()
+        kv_prefill = int(cache.n_kept()[0])
+        for tok in cont:
+            logits.argmax(-1)  # the greedy pick costs what it costs; the text's token is fed (teacher forcing)
+            logits = decode_step(model, cache, tok.reshape(1))
+        _sync(device)
+        t2 = time.perf_counter()
+    return {
+        "prefill_s": t1 - t0,
+        "decode_s": t2 - t1,
+        "decode_tok_s": len(cont) / max(t2 - t1, 1e-9),
+        "kv_entries_prefill": kv_prefill,
+        "kv_entries": int(cache.n_kept()[0]),
+        "kv_full_entries": int(cache.n_seen[0]),
+        "kv_bytes": int(cache.kv_bytes()[0]),
+        "peak_mem_bytes": mem.peak,
+    }
+
+
+def run_hf_generate(lm: LoadedModel, ctx: Tensor, new_tokens: int) -> dict:
+    """``model.generate`` (greedy, exactly ``new_tokens`` + 1 tokens) timed against a 1-token call for prefill."""
+    model, device = lm.model, ctx.device
+    kw = dict(attention_mask=torch.ones_like(ctx), do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+    release_memory()
+    with torch.inference_mode(), PeakMemory(device) as mem:
+        _sync(device)
+        t0 = time.perf_counter()
+        model.generate(ctx, max_new_tokens=1, min_new_tokens=1, **kw)
+        _sync(device)
+        t1 = time.perf_counter()
+        model.generate(ctx, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, **kw)
+        _sync(device)
+        t2 = time.perf_counter()
+    decode_s = max((t2 - t1) - (t1 - t0), 1e-9)  # the long call minus its prefill + first token
+    n = ctx.shape[1] + new_tokens  # entries after feeding the context and the first new_tokens generated tokens
+    return {
+        "prefill_s": t1 - t0,
+        "decode_s": decode_s,
+        "decode_tok_s": new_tokens / decode_s,
+        "kv_entries_prefill": ctx.shape[1],
+        "kv_entries": n,
+        "kv_full_entries": n,
+        "kv_bytes": n * kv_bytes_per_entry(lm.model.config, lm.model.dtype),
+        "peak_mem_bytes": mem.peak,
+    }
+
+
+def _summarise(runs: list[dict], n_ctx: int) -> ModeResult:
+    prefill_s = median([r["prefill_s"] for r in runs])
+    return ModeResult(
+        prefill_s=prefill_s,
+        decode_tok_s=median([r["decode_tok_s"] for r in runs]),
+        kv_entries=runs[0]["kv_entries"],
+        kv_bytes=runs[0]["kv_bytes"],
+        peak_mem_bytes=int(median([r["peak_mem_bytes"] for r in runs])),
+        kv_entries_prefill=runs[0]["kv_entries_prefill"],
+        kv_full_entries=runs[0]["kv_full_entries"],
+        prefill_tok_s=n_ctx / max(prefill_s, 1e-9),
+        runs=runs,
+    )
+
+
+# -- the benchmark -----------------------------------------------------------------------------------------------
+def run_bench(lm: LoadedModel, cfg: BenchConfig, text: str | None = None) -> dict[str, dict[str, ModeResult]]:
+    """Measure every mode at every context length; returns ``{str(context): {mode: ModeResult}}``."""
+    text = builtin_passage() if text is None else text
+    device = next(lm.model.parameters()).device
+    chunk = cfg.chunk_size or lm.anchor.chunk_size
+    policies = {m: lm.policy(m) for m in cfg.modes if m not in EXTRA_ROWS}  # validate specs before timing
+    if cfg.warmup:
+        ids = torch.tensor([bench_tokens(lm, text, 40)], device=device)
+        for policy in list(policies.values())[:2] or [FullCachePolicy()]:
+            run_once(lm, ids[:, :32], ids[0, 32:], policy, chunk)
+    results: dict[str, dict[str, ModeResult]] = {}
+    for n_ctx in cfg.contexts:
+        ids = torch.tensor([bench_tokens(lm, text, n_ctx + cfg.new_tokens)], device=device)  # (1, N + G)
+        ctx, cont = ids[:, :n_ctx], ids[0, n_ctx:]
+        row: dict[str, ModeResult] = {}
+        for mode in cfg.modes:
+            if mode == "limit":
+                k = row["anchor"].kv_entries_prefill  # a full cache of the anchor cache's size
+                runs = [run_once(lm, ctx[:, n_ctx - k :], cont, FullCachePolicy(), chunk) for _ in range(cfg.repeats)]
+            else:
+                runs = [run_once(lm, ctx, cont, policies[mode], chunk) for _ in range(cfg.repeats)]
+            row[mode] = _summarise(runs, ctx.shape[1] if mode != "limit" else runs[0]["kv_entries_prefill"])
+            logger.info("context %d %s: %s", n_ctx, mode, {k: v for k, v in row[mode].to_dict().items() if k != "runs"})
+        if cfg.compare_hf:
+            runs = [run_hf_generate(lm, ctx, cfg.new_tokens) for _ in range(cfg.repeats)]
+            row["hf_generate"] = _summarise(runs, n_ctx)
+        results[str(n_ctx)] = row
+    return results
+
+
+def results_json(results: dict[str, dict[str, ModeResult]], *, with_runs: bool = False) -> dict:
+    """The ``--json`` last line: ``{context: {mode: {prefill_s, decode_tok_s, kv_entries, kv_bytes, …}}}``."""
+    out = {}
+    for ctx, row in results.items():
+        out[ctx] = {}
+        for mode, r in row.items():
+            d = r.to_dict()
+            if not with_runs:
+                d.pop("runs")
+            out[ctx][mode] = d
+    return out
+
+
+# -- roofline ----------------------------------------------------------------------------------------------------
+def kv_bytes_per_entry(config, dtype: torch.dtype) -> int:
+    """Bytes one token's K and V take across all layers."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return 2 * config.num_hidden_layers * n_kv * head_dim * torch.finfo(dtype).bits // 8
+
+
+def decode_cost(model, kv_entries: int) -> dict[str, float]:
+    """Bytes read and FLOPs for decoding one token against ``kv_entries`` cached entries (batch 1).
+
+    Bytes: every weight once (a tied embedding is read once, by the LM head) plus every cached K/V entry once.
+    FLOPs: 2 per weight multiply-add (the embedding lookup is free) plus 4 * layers * query heads * head_dim per
+    cached entry (QK^T and PV).
+    """
+    cfg = model.config
+    dtype = next(model.parameters()).dtype
+    elem = torch.finfo(dtype).bits // 8
+    n_params = sum(p.numel() for p in model.parameters())  # tied weights counted once
+    emb = model.get_input_embeddings().weight.numel()
+    tied = model.get_output_embeddings() is not None and (
+        model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    )
+    matmul_params = n_params if tied else n_params - emb
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attn_flops = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * kv_entries
+    return {
+        "bytes": float(n_params * elem + kv_entries * kv_bytes_per_entry(cfg, dtype)),
+        "flops": float(2 * matmul_params + attn_flops),
+    }
+
+
+def measure_machine(device: torch.device, size_mb: int = 256) -> dict[str, float]:
+    """Achievable memory bandwidth (bytes/s, a large copy) and matmul throughput (FLOP/s, 1024^2 fp32)."""
+    n = size_mb * 2**20 // 4
+    a = torch.empty(n, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        b.copy_(a)
+    _sync(device)
+    bw = 5 * 2 * a.numel() * 4 / (time.perf_counter() - t0)  # read + write
+    x = torch.randn(1024, 1024, device=device)
+    x @ x
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        x @ x
+    _sync(device)
+    flops = 10 * 2 * 1024**3 / (time.perf_counter() - t0)
+    return {"bytes_per_s": bw, "flops_per_s": flops}
+
+
+def roofline(model, kv_by_mode: dict[str, int], machine: dict[str, float] | None = None) -> dict[str, dict]:
+    """Ideal decode time per token and speed-up over ``full`` for each mode's KV entries.
+
+    ``speedup_bytes`` / ``speedup_flops`` are the ratios if decoding were purely memory- / compute-bound;
+    with ``machine`` also ``ideal_s`` = max(bytes / bandwidth, FLOPs / throughput) and ``speedup_roofline``.
+    """
+    costs = {m: decode_cost(model, n) for m, n in kv_by_mode.items()}
+    base = costs.get("full") or max(costs.values(), key=lambda c: c["bytes"])
+    out = {}
+    for m, c in costs.items():
+        d = {
+            "kv_entries": kv_by_mode[m],
+            "bytes": c["bytes"],
+            "flops": c["flops"],
+            "speedup_bytes": base["bytes"] / c["bytes"],
+            "speedup_flops": base["flops"] / c["flops"],
+        }
+        if machine:
+            t = max(c["bytes"] / machine["bytes_per_s"], c["flops"] / machine["flops_per_s"])
+            t_base = max(base["bytes"] / machine["bytes_per_s"], base["flops"] / machine["flops_per_s"])
+            d.update(ideal_s=t, speedup_roofline=t_base / t)
+        out[m] = d
+    return out
+
+
+# -- plot --------------------------------------------------------------------------------------------------------
+def write_plot(results: dict[str, dict[str, ModeResult]], path: str | Path) -> Path:
+    """A plotly HTML page (plotly.js embedded, works offline): four panels against context length."""
+    try:
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+    except ImportError as e:
+        raise AnLLMError("--plot needs plotly: python3 -m pip install plotly==7.1.0") from e
+    panels = [
+        ("prefill_s", "prefill time (s)"),
+        ("decode_tok_s", "decode tokens/s"),
+        ("kv_bytes", "KV bytes at the end"),
+        ("peak_mem_bytes", "peak memory (bytes)"),
+    ]
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in panels])
+    contexts = [int(c) for c in results]
+    modes = list(dict.fromkeys(m for row in results.values() for m in row))
+    for mode in modes:
+        for j, (key, _) in enumerate(panels):
+            ys = [getattr(results[str(c)][mode], key) if mode in results[str(c)] else None for c in contexts]
+            fig.add_trace(
+                go.Scatter(x=contexts, y=ys, mode="lines+markers", name=mode, legendgroup=mode, showlegend=j == 0),
+                row=j // 2 + 1,
+                col=j % 2 + 1,
+            )
+    fig.update_xaxes(title_text="context (tokens)", type="log")
+    fig.update_layout(title="anllm bench", height=800)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(path), include_plotlyjs=True)
+    return path

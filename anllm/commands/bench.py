@@ -1,0 +1,87 @@
+"""``anllm bench``: prefill time, decode tokens/s, KV bytes and peak memory per cache mode and context length."""
+
+from __future__ import annotations
+
+import sys
+
+from anllm.commands.common import add_model_args, emit_json, load_from_args, read_text
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        from anllm.config import AnLLMError
+
+        raise AnLLMError(f"--context takes comma-separated integers, got {s!r}") from None
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="speed and memory of each cache mode at several context lengths")
+    add_model_args(p)
+    p.add_argument("--context", required=True, help="context length(s) in tokens, comma-separated: 256,1024,8192")
+    p.add_argument(
+        "--modes",
+        default="full,anchor,streaming,sepllm,limit",
+        help="cache modes/specs, comma-separated; 'limit' = a full cache of the anchor cache's size (after anchor); "
+        "specs use ';' between parameters, e.g. streaming:sink=4;window=64",
+    )
+    p.add_argument("--text-file", default=None, help="text to take contexts from (default: built-in KJV Genesis)")
+    p.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per run")
+    p.add_argument("--repeats", type=int, default=3, help="runs per mode; medians are reported")
+    p.add_argument("--no-hf", action="store_true", help="skip the model.generate comparison row")
+    p.add_argument("--roofline", action="store_true", help="also print the ideal speed-ups (bytes, FLOPs, machine)")
+    p.add_argument("--json", action="store_true", help="last line: {context: {mode: {prefill_s, decode_tok_s, …}}}")
+    p.add_argument("--plot", default=None, help="write a plotly HTML figure to this path")
+    p.set_defaults(func=run)
+
+
+def split_modes(s: str) -> tuple[str, ...]:
+    """``"full,streaming:sink=4;window=64"`` -> ``("full", "streaming:sink=4,window=64")``."""
+    return tuple(m.strip().replace(";", ",") for m in s.split(",") if m.strip())
+
+
+def run(args) -> int:
+    from anllm.bench import BenchConfig, measure_machine, results_json, roofline, run_bench, write_plot
+
+    cfg = BenchConfig(
+        contexts=_ints(args.context),
+        modes=split_modes(args.modes),
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        chunk_size=args.chunk_size,
+        compare_hf=not args.no_hf,
+    )
+    text = read_text(None, args.text_file) if args.text_file else None
+    lm = load_from_args(args)
+    for note in lm.notes:
+        print(f"note: {note}", file=sys.stderr)
+    results = run_bench(lm, cfg, text)
+    machine = measure_machine(next(lm.model.parameters()).device) if args.roofline else None
+    for ctx, row in results.items():
+        full = row.get("full")
+        print(f"context {ctx}:", file=sys.stderr)
+        for mode, r in row.items():
+            rel = ""
+            if full is not None and mode != "full":
+                rel = f"  decode x{r.decode_tok_s / full.decode_tok_s:.2f}  prefill x{full.prefill_s / r.prefill_s:.2f}"
+            print(
+                f"  {mode:<22} prefill {r.prefill_s:8.3f} s  decode {r.decode_tok_s:7.2f} tok/s  "
+                f"KV {r.kv_entries:6d} entries {r.kv_bytes / 2**20:8.2f} MiB  "
+                f"peak {(r.peak_mem_bytes or 0) / 2**20:8.1f} MiB{rel}",
+                file=sys.stderr,
+            )
+        if machine is not None:
+            kv = {m: r.kv_entries for m, r in row.items() if m != "hf_generate"}
+            for mode, d in roofline(lm.model, kv, machine).items():
+                print(
+                    f"  roofline {mode:<13} ideal x{d['speedup_roofline']:.2f} "
+                    f"(bytes x{d['speedup_bytes']:.2f}, FLOPs x{d['speedup_flops']:.2f})",
+                    file=sys.stderr,
+                )
+    if args.plot:
+        path = write_plot(results, args.plot)
+        print(f"plot written to {path}", file=sys.stderr)
+    if args.json:
+        emit_json(results_json(results))
+    return 0

@@ -1,0 +1,442 @@
+"""Log-likelihood multiple choice, scored the paper's way and by real cache decoding (method.md §6).
+
+Each item has a context (the query, after few-shot demonstrations) and choices; a choice's score is the summed
+log-probability of its tokens after the context; the prediction is the best-scoring choice (``acc``) or the best
+score per character (``acc_norm``). Scorers:
+
+* ``masked``: one AnSAN-masked pass over context + choice: what the paper's harness did (method.md §6.1);
+* ``anchor``: the context prefilled through the anchor cache (chunked, evicting), then the choice decoded
+  against the compressed cache: real anchor inference;
+* ``full``: the same with a full cache; ``nocache``: one plain causal pass per choice (no cache at all).
+
+Timings give T⇑ of anchor decoding against no-cache (the paper's 3.5× baseline) and against a full cache (its
+≈1.03×); kept entries give C⇓ at the end of the prompt and after the scored choice.
+
+Local data: JSONL, one item per line: ``{"query": str, "choices": [str, ...], "label": int}``, optional ``"id"``;
+``"queries": [str, ...]`` (one context per choice, WinoGrande-style) may replace ``"query"``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from anllm.anchors import is_anchor
+from anllm.config import AC_TOKEN, AnLLMError
+from anllm.evaluation.metrics import accuracy, kv_reduction, speedup
+from anllm.generation import forward_chunk, make_cache, prefill
+from anllm.models import LoadedModel
+from anllm.verify import masked_forward
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+LOCAL_TASKS = {"toy": DATA_DIR / "toy_mc.jsonl"}
+SCORERS = ("masked", "anchor", "full", "nocache")
+AcPlacement = Literal["demo", "sentence"]
+
+
+@dataclass
+class MCItem:
+    """One multiple-choice item: a context per choice (usually the same) and the index of the right choice."""
+
+    contexts: list[str]
+    choices: list[str]
+    label: int
+    id: str = ""
+
+
+# -- loading -----------------------------------------------------------------------------------------------------
+def parse_item(obj, where: str) -> MCItem:
+    """Validate one decoded JSON object against the schema; ``where`` (``file:line``) prefixes every error."""
+    if not isinstance(obj, dict):
+        raise AnLLMError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        raise AnLLMError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
+    if ("query" in obj) == ("queries" in obj):
+        raise AnLLMError(f"{where}: give exactly one of 'query' (a string) or 'queries' (one string per choice)")
+    if "query" in obj:
+        if not isinstance(obj["query"], str):
+            raise AnLLMError(f"{where}: 'query' must be a string")
+        contexts = [obj["query"]] * len(choices)
+    else:
+        contexts = obj["queries"]
+        if (
+            not isinstance(contexts, list)
+            or len(contexts) != len(choices)
+            or not all(isinstance(q, str) for q in contexts)
+        ):
+            raise AnLLMError(f"{where}: 'queries' must be a list of strings, one per choice ({len(choices)})")
+    label = obj.get("label")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+        raise AnLLMError(
+            f"{where}: 'label' must be an integer index into 'choices' (0..{len(choices) - 1}), got {label!r}"
+        )
+    return MCItem(contexts, choices, label, str(obj.get("id", "")))
+
+
+def load_jsonl(path: str | Path) -> list[MCItem]:
+    """Items of a local JSONL file in the schema above; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnLLMError(f"task file {path} does not exist")
+    items = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise AnLLMError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            items.append(parse_item(obj, f"{path}:{n}"))
+    if not items:
+        raise AnLLMError(f"task file {path} has no items")
+    return items
+
+
+def _letters(choices: dict) -> tuple[list[str], list[str]]:
+    return list(choices["text"]), list(choices["label"])
+
+
+def _obqa(d: dict) -> dict:
+    texts, labels = _letters(d["choices"])
+    return {"query": d["question_stem"], "choices": texts, "label": labels.index(d["answerKey"].strip())}
+
+
+def _arc(d: dict) -> dict:
+    texts, labels = _letters(d["choices"])
+    return {"query": f"Question: {d['question']}\nAnswer:", "choices": texts, "label": labels.index(d["answerKey"])}
+
+
+def _piqa(d: dict) -> dict:
+    return {"query": f"Question: {d['goal']}\nAnswer:", "choices": [d["sol1"], d["sol2"]], "label": int(d["label"])}
+
+
+def _boolq(d: dict) -> dict:
+    q = f"{d['passage']}\nQuestion: {d['question']}?\nAnswer:"
+    return {"query": q, "choices": ["no", "yes"], "label": int(bool(d["answer"]))}
+
+
+def _hellaswag(d: dict) -> dict:
+    ctx = f"{d['activity_label']}: {d['ctx_a']} {d['ctx_b'].capitalize()}".strip()
+    return {"query": ctx, "choices": list(d["endings"]), "label": int(d["label"])}
+
+
+def _winogrande(d: dict) -> dict:
+    cut = d["sentence"].index("_")
+    rest = d["sentence"][cut + 1 :].strip()
+    queries = [d["sentence"][:cut] + d["option1"], d["sentence"][:cut] + d["option2"]]
+    return {"queries": queries, "choices": [rest, rest], "label": int(d["answer"]) - 1}
+
+
+def _sciq(d: dict) -> dict:
+    q = f"{d['support'].strip()}\nQuestion: {d['question']}\nAnswer:".lstrip()
+    choices = [d["distractor1"], d["distractor2"], d["distractor3"], d["correct_answer"]]
+    return {"query": q, "choices": choices, "label": 3}
+
+
+# name -> (hub dataset, config, split, converter to the local schema)
+HUB_TASKS: dict[str, tuple[str, str | None, str, Callable[[dict], dict]]] = {
+    "openbookqa": ("allenai/openbookqa", "main", "test", _obqa),
+    "piqa": ("ybisk/piqa", None, "validation", _piqa),
+    "boolq": ("google/boolq", None, "validation", _boolq),
+    "hellaswag": ("Rowan/hellaswag", None, "validation", _hellaswag),
+    "winogrande": ("allenai/winogrande", "winogrande_xl", "validation", _winogrande),
+    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test", _arc),
+    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "test", _arc),
+    "sciq": ("allenai/sciq", None, "test", _sciq),
+}
+
+
+def load_task(task: str, limit: int | None = None) -> list[MCItem]:
+    """Items of ``task``: a bundled local task (``toy``), a ``.jsonl`` path, or a paper task via ``datasets``."""
+    if limit is not None and limit < 1:
+        raise AnLLMError(f"--limit must be >= 1, got {limit}")
+    if task in LOCAL_TASKS:
+        items = load_jsonl(LOCAL_TASKS[task])
+    elif task.endswith(".jsonl") or Path(task).is_file():
+        items = load_jsonl(task)
+    elif task in HUB_TASKS:
+        items = _load_hub(task, limit)
+    else:
+        raise AnLLMError(
+            f"unknown task {task!r}: use a local .jsonl file, one of {', '.join(LOCAL_TASKS)} (bundled), "
+            f"or one of {', '.join(HUB_TASKS)} (needs `datasets` and the Hugging Face Hub)"
+        )
+    return items[:limit] if limit is not None else items
+
+
+def _load_hub(task: str, limit: int | None) -> list[MCItem]:
+    path, name, split, convert = HUB_TASKS[task]
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise AnLLMError(
+            f"task {task!r} is loaded from the Hugging Face Hub with `datasets` (not installed); offline, convert it "
+            "to a local JSONL file (docs/evaluation.md) and pass its path as --task"
+        ) from None
+    try:
+        ds = load_dataset(path, name, split=split)
+    except Exception as e:  # noqa: BLE001 - network / hub / cache errors all mean the same to the user
+        raise AnLLMError(
+            f"could not load {path} for task {task!r} ({type(e).__name__}); the Hub may be unreachable"
+        ) from e
+    rows = ds if limit is None else ds.select(range(min(limit, len(ds))))
+    return [parse_item(convert(dict(r)), f"{task}[{i}]") for i, r in enumerate(rows)]
+
+
+# -- prompts -----------------------------------------------------------------------------------------------------
+@dataclass
+class MCRequest:
+    """Texts to score for one item: a context per choice and the continuations (choices with a leading space)."""
+
+    contexts: list[str]
+    continuations: list[str]
+    label: int
+    choice_chars: list[int]  # characters of each choice, for acc_norm
+
+
+def _continuation(choice: str) -> str:
+    return choice if choice[:1].isspace() else " " + choice
+
+
+def build_requests(
+    items: list[MCItem], shots: int = 0, *, ac: bool = False, ac_placement: AcPlacement = "demo", seed: int = 1234
+) -> list[MCRequest]:
+    """Few-shot contexts: ``shots`` other items (with their right answer) before each query, blank-line separated.
+
+    In AC mode ``<AC>`` closes every demonstration (``ac_placement="demo"``, the paper's 5-shot setting,
+    method.md §6.1) or every sentence of it (``"sentence"``); the final query is left unmarked so its tokens stay
+    in the cache while the choices are scored.
+    """
+    if shots < 0:
+        raise AnLLMError(f"--shots must be >= 0, got {shots}")
+    if shots and len(items) <= shots:
+        raise AnLLMError(f"{shots}-shot needs more than {shots} items to draw demonstrations from, got {len(items)}")
+    if ac_placement not in ("demo", "sentence"):
+        raise AnLLMError(f"ac_placement must be 'demo' or 'sentence', got {ac_placement!r}")
+    from anllm.anchors import insert_ac
+
+    out = []
+    for i, item in enumerate(items):
+        others = [j for j in range(len(items)) if j != i]
+        demos = []
+        for j in random.Random(seed + i).sample(others, shots) if shots else []:
+            d = items[j]
+            text = d.contexts[d.label] + _continuation(d.choices[d.label])
+            if ac:
+                text = insert_ac(text) if ac_placement == "sentence" else f"{text} {AC_TOKEN}"
+            demos.append(text)
+        prefix = "".join(t + "\n\n" for t in demos)
+        out.append(
+            MCRequest(
+                contexts=[prefix + c for c in item.contexts],
+                continuations=[_continuation(c) for c in item.choices],
+                label=item.label,
+                choice_chars=[len(c) for c in item.choices],
+            )
+        )
+    return out
+
+
+# -- scoring -----------------------------------------------------------------------------------------------------
+def _loglik(logits: Tensor, targets: Tensor) -> tuple[float, bool]:
+    """Sum of log p(targets) from logits ``(n, V)`` predicting targets ``(n,)``, and whether all are the argmax."""
+    logp = torch.log_softmax(logits.double(), -1)  # (n, V)
+    return float(logp.gather(1, targets[:, None]).sum()), bool((logp.argmax(-1) == targets).all())
+
+
+@torch.inference_mode()
+def score_one_pass(lm: LoadedModel, ctx: list[int], cont: list[int], *, masked: bool, greedy: bool = False):
+    """Log-likelihood of ``cont`` after ``ctx`` from one forward pass: AnSAN-masked or plain causal (no cache).
+
+    Returns the float, or ``(float, is_greedy)`` when ``greedy``.
+    """
+    device = next(lm.model.parameters()).device
+    ids = torch.tensor([ctx + cont], device=device)  # (1, C + N)
+    if masked:
+        pol = lm.policy("anchor")
+        rule = dict(anchors_see_anchors=pol.anchors_see_anchors, n_sink=pol.n_sink, window=pol.window)
+        logits = masked_forward(lm.model, ids, is_anchor(ids, lm.anchor_ids), **rule)[0]  # (C + N, V)
+    else:
+        logits = lm.model(input_ids=ids).logits[0]  # (C + N, V)
+    ll, is_greedy = _loglik(logits[len(ctx) - 1 : -1], ids[0, len(ctx) :])
+    return (ll, is_greedy) if greedy else ll
+
+
+def _snapshot(cache) -> tuple:
+    # the K/V tensors are replaced (cat / gather), never written in place, so references are a cheap snapshot
+    layers = [(layer.keys, layer.values) for layer in cache.layers]
+    return layers, cache.meta, cache.n_seen, cache.n_seg, cache.n_evicted
+
+
+def _restore(cache, snap: tuple) -> None:
+    layers, cache.meta, cache.n_seen, cache.n_seg, cache.n_evicted = snap
+    for layer, (k, v) in zip(cache.layers, layers):
+        layer.keys, layer.values = k, v
+
+
+@dataclass
+class CachedScores:
+    logliks: list[float]
+    ctx_tokens: int
+    kept_after_ctx: int  # entries stored after the context
+    kept_end: list[int]  # entries stored after each choice
+    seen_end: list[int]  # tokens seen after each choice
+    greedy: list[bool]  # each continuation is the greedy output
+
+
+@torch.inference_mode()
+def score_cached(lm: LoadedModel, ctx: list[int], conts: list[list[int]], mode: str) -> CachedScores:
+    """Prefill ``ctx`` once through a ``mode`` cache, then score each continuation against that cache."""
+    device = next(lm.model.parameters()).device
+    cache = make_cache(lm, mode)
+    chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
+    last = prefill(lm.model, cache, torch.tensor([ctx], device=device), chunk_size=chunk)  # (1, V)
+    snap = _snapshot(cache)
+    kept_ctx = int(cache.n_kept()[0])
+    logliks, kept, seen, greedy = [], [], [], []
+    for cont in conts:
+        ids = torch.tensor([cont], device=device)  # (1, N)
+        logits = forward_chunk(lm.model, cache, ids)[0]  # (N, V)
+        ll, is_greedy = _loglik(torch.cat([last, logits[:-1]], 0), ids[0])
+        logliks.append(ll)
+        greedy.append(is_greedy)
+        kept.append(int(cache.n_kept()[0]))
+        seen.append(int(cache.n_seen[0]))
+        _restore(cache, snap)
+    return CachedScores(logliks, len(ctx), kept_ctx, kept, seen, greedy)
+
+
+def _encode(lm: LoadedModel, text: str) -> list[int]:
+    return list(lm.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def _encode_cont(lm: LoadedModel, text: str) -> list[int]:
+    return list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass
+class ScorerResult:
+    acc: float
+    acc_norm: float
+    seconds: float
+    predictions: list[int] = field(default_factory=list)
+
+
+@dataclass
+class QAResult:
+    """Accuracy per scorer, C⇓ of the anchor cache and T⇑ of anchor decoding."""
+
+    task: str
+    shots: int
+    items: int
+    scorers: dict[str, ScorerResult]
+    ctx_tokens: int  # summed over items (one context per item and choice-context)
+    kept_after_ctx: int  # anchor-cache entries after the contexts, summed
+    kept_end: int  # anchor-cache entries after each scored choice, summed over choices
+    seen_end: int  # tokens seen after each scored choice, summed over choices
+
+    @property
+    def kv_reduction_prompt(self) -> float | None:
+        """C⇓ at the end of the prompt: 1 - kept / context tokens (anchor cache; None without the anchor scorer)."""
+        return kv_reduction(self.kept_after_ctx, self.ctx_tokens) if self.ctx_tokens else None
+
+    @property
+    def kv_reduction_end(self) -> float | None:
+        """C⇓ after the scored choice: 1 - kept / tokens seen (anchor cache; None without the anchor scorer)."""
+        return kv_reduction(self.kept_end, self.seen_end) if self.seen_end else None
+
+    def speedups(self) -> dict[str, float]:
+        """T⇑ of anchor-cache scoring against no-cache and full-cache scoring (present scorers only)."""
+        out = {}
+        a = self.scorers.get("anchor")
+        if a is not None:
+            for base in ("nocache", "full"):
+                if base in self.scorers:
+                    out[f"speedup_vs_{base}"] = speedup(self.scorers[base].seconds, a.seconds)
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "task": self.task,
+            "shots": self.shots,
+            "items": self.items,
+            **{f"acc_{k}": v.acc for k, v in self.scorers.items()},
+            **{f"acc_norm_{k}": v.acc_norm for k, v in self.scorers.items()},
+            **{f"seconds_{k}": v.seconds for k, v in self.scorers.items()},
+            "kv_reduction_prompt": self.kv_reduction_prompt,
+            "kv_reduction_end": self.kv_reduction_end,
+            **self.speedups(),
+            "scorers": {k: asdict(v) for k, v in self.scorers.items()},
+        }
+
+
+def _best(scores: list[float]) -> int:
+    return max(range(len(scores)), key=scores.__getitem__)
+
+
+def evaluate_qa(
+    lm: LoadedModel,
+    items: list[MCItem],
+    *,
+    task: str = "local",
+    shots: int = 0,
+    scorers: tuple[str, ...] = SCORERS,
+    ac_placement: AcPlacement = "demo",
+    seed: int = 1234,
+) -> QAResult:
+    """Score every item with every scorer in ``scorers`` (``masked``, ``anchor``, ``full``, ``nocache``)."""
+    bad = [s for s in scorers if s not in SCORERS]
+    if bad or not scorers:
+        raise AnLLMError(f"unknown scorer(s) {bad}; choose from {', '.join(SCORERS)}")
+    reqs = build_requests(items, shots, ac=lm.anchor.mode == "ac", ac_placement=ac_placement, seed=seed)
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    logliks = {s: [] for s in scorers}
+    seconds = dict.fromkeys(scorers, 0.0)
+    ctx_tokens = kept_ctx = kept_end = seen_end = 0
+    with torch.inference_mode():
+        for r in reqs:
+            ctxs = [_encode(lm, c) for c in r.contexts]
+            conts = [_encode_cont(lm, c) for c in r.continuations]
+            longest = max(len(c) + len(k) for c, k in zip(ctxs, conts))
+            if limit is not None and longest > limit:
+                raise AnLLMError(
+                    f"an item has {longest} tokens but the model supports {limit} positions; use fewer shots"
+                )
+            groups = {}  # identical contexts share one cached prefill
+            for i, c in enumerate(ctxs):
+                groups.setdefault(tuple(c), []).append(i)
+            for s in scorers:
+                scores = [0.0] * len(conts)
+                t0 = time.perf_counter()
+                if s in ("masked", "nocache"):
+                    for i, (c, k) in enumerate(zip(ctxs, conts)):
+                        scores[i] = score_one_pass(lm, c, k, masked=s == "masked")
+                else:
+                    for c, idx in groups.items():
+                        res = score_cached(lm, list(c), [conts[i] for i in idx], s)
+                        for i, ll in zip(idx, res.logliks):
+                            scores[i] = ll
+                        if s == "anchor":
+                            ctx_tokens += res.ctx_tokens
+                            kept_ctx += res.kept_after_ctx
+                            kept_end += sum(res.kept_end)
+                            seen_end += sum(res.seen_end)
+                seconds[s] += time.perf_counter() - t0
+                logliks[s].append(scores)
+    gold = [r.label for r in reqs]
+    results = {}
+    for s in scorers:
+        pred = [_best(sc) for sc in logliks[s]]
+        pred_norm = [_best([x / max(n, 1) for x, n in zip(sc, r.choice_chars)]) for sc, r in zip(logliks[s], reqs)]
+        results[s] = ScorerResult(accuracy(pred, gold), accuracy(pred_norm, gold), seconds[s], pred)
+    return QAResult(task, shots, len(items), results, ctx_tokens, kept_ctx, kept_end, seen_end)

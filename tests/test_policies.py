@@ -1,0 +1,130 @@
+"""StreamingLLM and SepLLM-style policies keep exactly the entries their rule says, and decode exactly."""
+
+import pytest
+import torch
+
+from anllm.config import AnLLMError
+from anllm.generation import forward_chunk, make_cache
+from anllm.masks import to_additive
+from anllm.policies import POLICIES, SepLLMPolicy, StreamingPolicy, parse_spec, policy_from_spec
+from anllm.policies.sepllm import separator_ids
+from tests.conftest import make_lm
+
+TEXT = "The sun rose; birds sang, loudly. Was it spring?\nYes: it was! Then came rain, and wind. End"
+# SepLLM separators (the tiny character vocabulary has no tab); one token = one character
+SEP_CHARS = set(".,?!;: \n")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add contention on a shared 2-core machine
+    yield
+    torch.set_num_threads(n)
+
+
+def expected_positions(text, n_seen, rule, n_sink, window):
+    """Positions a cache must hold after `n_seen` characters, from the rule's wording (not from the policy)."""
+    keep = set(range(min(n_sink, n_seen)))
+    keep |= {p for p in range(n_seen) if p >= n_seen - window}
+    if rule == "sepllm":
+        keep |= {p for p in range(n_seen) if text[p] in SEP_CHARS}
+    return sorted(keep)
+
+
+def brute_mask(text, rule, n_sink, window):
+    """Bool (1, 1, T, T): query q sees key k <= q if k is a sink, within `window` before q, or (SepLLM) a separator."""
+    T = len(text)
+    m = torch.zeros(1, 1, T, T, dtype=torch.bool)
+    for q in range(T):
+        for k in range(q + 1):
+            m[0, 0, q, k] = k < n_sink or q - k <= window or (rule == "sepllm" and text[k] in SEP_CHARS)
+    return m
+
+
+def make_policy(lm, rule, n_sink, window):
+    return (
+        StreamingPolicy(n_sink, window)
+        if rule == "streaming"
+        else SepLLMPolicy.from_model(lm, n_sink=n_sink, window=window)
+    )
+
+
+def test_separator_ids_are_punctuation_and_whitespace():
+    lm = make_lm()
+    expected = {lm.tokenizer.convert_tokens_to_ids(c) for c in SEP_CHARS}
+    assert set(separator_ids(lm.tokenizer)) == expected
+
+
+@pytest.mark.parametrize("rule", ["streaming", "sepllm"])
+@pytest.mark.parametrize("n_sink,window,chunk", [(4, 6, 1), (2, 9, 7), (0, 3, 5)])
+def test_cache_keeps_exactly_the_rule(rule, n_sink, window, chunk):
+    lm = make_lm()
+    policy = make_policy(lm, rule, n_sink, window)
+    ids = torch.tensor([lm.tokenizer(TEXT)["input_ids"]])
+    assert ids.shape[1] == len(TEXT)
+    cache, full = make_cache(lm, policy), make_cache(lm, "full")
+    with torch.inference_mode():
+        for s in range(0, ids.shape[1], chunk):
+            forward_chunk(lm.model, cache, ids[:, s : s + chunk])
+            forward_chunk(lm.model, full, ids[:, s : s + chunk])
+            n_seen = min(s + chunk, ids.shape[1])
+            kept = cache.meta.pos[0][cache.meta.valid[0]].tolist()
+            assert kept == expected_positions(TEXT, n_seen, rule, n_sink, window)
+            assert int(cache.n_seen[0]) == n_seen and int(cache.n_evicted[0]) == n_seen - len(kept)
+            # layer-0 keys depend only on token and true position: the kept ones equal the full cache's rows
+            k0 = cache.layers[0].keys[0, :, : len(kept)]  # (H_kv, M, D)
+            torch.testing.assert_close(k0, full.layers[0].keys[0, :, kept], rtol=0, atol=1e-12)
+    if rule == "streaming":
+        assert cache.n_kept()[0] == min(len(TEXT), policy.budget)
+
+
+@pytest.mark.parametrize("rule", ["streaming", "sepllm"])
+@pytest.mark.parametrize("chunk", [1, 6, 64])
+def test_decoding_equals_one_masked_pass(rule, chunk):
+    lm = make_lm()
+    n_sink, window = 3, 5
+    ids = torch.tensor([lm.tokenizer(TEXT)["input_ids"]])
+    T = ids.shape[1]
+    with torch.inference_mode():
+        mask = to_additive(brute_mask(TEXT, rule, n_sink, window), lm.model.dtype)
+        ref = lm.model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(T)[None]).logits
+        cache = make_cache(lm, make_policy(lm, rule, n_sink, window))
+        got = torch.cat([forward_chunk(lm.model, cache, ids[:, s : s + chunk]) for s in range(0, T, chunk)], 1)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)
+
+
+def test_spec_strings_and_budget():
+    lm = make_lm()
+    assert set(POLICIES) >= {"full", "anchor", "streaming", "sepllm"}
+    assert parse_spec("Streaming: sink=2, window=9") == ("streaming", {"sink": 2, "window": 9})
+    p = policy_from_spec("streaming:budget=64", lm)
+    assert (p.n_sink, p.window, p.budget) == (4, 60, 64)
+    p = policy_from_spec("sepllm:sink=1,window=8", lm)
+    assert (p.n_sink, p.window) == (1, 8) and p.separator_ids == separator_ids(lm.tokenizer)
+    assert lm.policy("streaming:sink=0,window=5") == StreamingPolicy(0, 5)
+
+
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ("streaming:budget=0", "budget must be >= 1"),
+        ("sepllm:window=0", "budget of zero"),
+        ("streaming:budget=4", "no room for a window"),
+        ("nosuch", "unknown mode 'nosuch'"),
+        ("streaming:size=3", "unknown key(s) size"),
+        ("streaming:window=many", "must be an integer"),
+        ("streaming:window", "is not key=value"),
+    ],
+)
+def test_bad_specs_raise_clear_errors(spec, words):
+    with pytest.raises(AnLLMError, match=None) as e:
+        make_lm().policy(spec)
+    assert words in str(e.value)
+
+
+def test_dataclass_validation_names_the_field():
+    with pytest.raises(AnLLMError, match="StreamingPolicy.window"):
+        StreamingPolicy(window=0)
+    with pytest.raises(AnLLMError, match="SepLLMPolicy.separator_ids"):
+        SepLLMPolicy()
