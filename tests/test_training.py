@@ -225,3 +225,21 @@ def test_flex_attention_matches_dense_on_gpu(data):
     model.config._attn_implementation = "flex_attention"
     flex, _, _ = micro_batch_loss(model, batch, lm.anchor_ids, cfg, path="flex")
     assert float(flex) == pytest.approx(float(dense), rel=1e-3)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    root = Path(__file__).parents[1] / "configs"
+    train_cfgs = sorted(root.glob("*.yaml"))
+    assert len(train_cfgs) >= 5
+    for path in train_cfgs:
+        TrainConfig.load(path)  # raises on an unknown key or a bad value
+    kinds = {load_config_from_file(str(p)).distributed_type.value for p in (root / "accelerate").glob("*.yaml")}
+    assert kinds == {"FSDP", "DEEPSPEED"}
+    ds = json.loads((root / "deepspeed" / "zero3-offload.json").read_text())
+    paper = TrainConfig.load(root / "paper-cpt-ep-7b.yaml")
+    assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_accumulation_steps"] == paper.grad_accum
+    assert ds["train_micro_batch_size_per_gpu"] == paper.batch_size
