@@ -8,6 +8,7 @@ to the model's :class:`~anllm.config.AnchorConfig` it runs under (EP vs AC, ``an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from anllm.anchors import resolve_anchor_ids
-from anllm.config import AnLLMError
+from anllm.config import AC_TOKEN, AnLLMError
 from anllm.evaluation.ppl import encode_text, perplexity
 from anllm.models import LoadedModel
 
@@ -61,20 +62,32 @@ class AblationRow:
         return dataclasses.asdict(self)
 
 
-def with_anchor(lm: LoadedModel, **changes: Any) -> LoadedModel:
-    """A copy of ``lm`` (same model and tokenizer objects) whose anchor config has ``changes`` applied.
+def _has_ac(lm: LoadedModel) -> bool:
+    ac_id = lm.tokenizer.get_vocab().get(AC_TOKEN)
+    return ac_id is not None and ac_id < lm.model.get_input_embeddings().weight.shape[0]
 
-    When the anchor identity changes (``mode``, ``anchor_chars``, ``anchor_ids``) the anchor ids are resolved again;
-    switching to ``mode="ac"`` adds ``<AC>`` to the shared tokenizer and model if missing (embedding rows copied from
-    ``"."``), which leaves EP behaviour unchanged.
+
+def with_anchor(lm: LoadedModel, **changes: Any) -> LoadedModel:
+    """A copy of ``lm`` whose anchor config has ``changes`` applied; ``lm`` itself is never modified.
+
+    The copy shares the model and tokenizer, except when it switches to ``mode="ac"`` on a model without ``<AC>``:
+    then model and tokenizer are deep-copied before ``<AC>`` is added (embedding and LM-head rows copied from
+    ``"."``). Adding it in place would change every later EP score, because the new LM-head row competes with
+    ``"."`` in the softmax. When the anchor identity changes (``mode``, ``anchor_chars``, ``anchor_ids``) the
+    anchor ids are resolved again.
     """
     if not changes:
         return lm
     resolve = any(k in changes for k in _RESOLVE_KEYS)
     base = lm.anchor.replace(anchor_ids=None) if resolve and "anchor_ids" not in changes else lm.anchor
     cfg = base.replace(**changes)
-    ids = resolve_anchor_ids(cfg, lm.tokenizer, lm.model) if resolve else lm.anchor_ids
-    return dataclasses.replace(lm, anchor=cfg, anchor_ids=tuple(ids), notes=list(lm.notes))
+    model, tokenizer = lm.model, lm.tokenizer
+    if resolve and cfg.mode == "ac" and cfg.anchor_ids is None and not _has_ac(lm):
+        model, tokenizer = copy.deepcopy(model), copy.deepcopy(tokenizer)
+    ids = resolve_anchor_ids(cfg, tokenizer, model) if resolve else lm.anchor_ids
+    return dataclasses.replace(
+        lm, model=model, tokenizer=tokenizer, anchor=cfg, anchor_ids=tuple(ids), notes=list(lm.notes)
+    )
 
 
 def run_variants(
@@ -103,8 +116,15 @@ def run_variants(
     if len(set(names)) != len(names):
         raise AnLLMError(f"variant names must be unique, got {names}")
     rows = []
+    ac_base: LoadedModel | None = None  # one <AC> copy of the model, shared by every AC variant
     for v in variants:
-        lmv = with_anchor(lm, **dict(v.anchor))
+        changes = dict(v.anchor)
+        base = lm
+        if changes.get("mode") == "ac" and lm.anchor.mode != "ac" and "anchor_ids" not in changes:
+            ac_base = ac_base or with_anchor(lm, mode="ac")
+            base = ac_base
+            changes.pop("mode")
+        lmv = with_anchor(base, **changes)
         ids = encode_text(lmv, text, max_tokens)
         r = perplexity(lmv, ids, lmv.policy(v.mode), chunk_size=chunk_size)
         rows.append(
