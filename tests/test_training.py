@@ -126,13 +126,30 @@ def test_gradient_accumulation_equals_one_big_batch(data):
         assert acc.losses[step] == pytest.approx(big.losses[step], rel=1e-5)
 
 
-def test_kl_is_zero_without_anchors_at_lora_init(data):
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_kl_is_zero_without_anchors_at_init(data, finetune):
     (data / "plain.jsonl").write_text(json.dumps({"text": "no sentence end here, only commas, and words"}) + "\n")
-    cfg = cfg_for(data, finetune="lora", loss="kl", max_steps=1, train_files=[str(data / "plain.jsonl")])
-    res = train(cfg)  # no anchor: AnSAN == causal, LoRA starts as identity -> student == teacher
+    cfg = cfg_for(data, finetune=finetune, loss="kl", max_steps=1, train_files=[str(data / "plain.jsonl")])
+    res = train(cfg)  # no anchor: AnSAN == causal, and the student starts as the teacher (LoRA B = 0 / a copy)
     assert res.losses[1] == pytest.approx(0.0, abs=1e-6)
-    cfg = cfg_for(data, finetune="lora", loss="kl", max_steps=1, output_dir=str(data / "kl2"))
+    cfg = cfg_for(data, finetune=finetune, loss="kl", max_steps=1, output_dir=str(data / "kl2"))
     assert train(cfg).losses[1] > 1e-4  # with anchors the masked student differs from the full teacher
+
+
+def test_lora_with_ac_trains_the_ac_row(data):
+    from safetensors.torch import load_file
+
+    from anllm.training import prepare_model
+
+    cfg = cfg_for(data, finetune="lora", anchors="ac", lora_r=4, max_steps=3)
+    _, lm, _ = prepare_model(cfg)
+    dot_row = lm.model.get_input_embeddings().weight[lm.tokenizer.convert_tokens_to_ids(".")].detach().clone()
+    res = train(cfg)
+    params = load_file(str(res.output_dir / "checkpoints" / "step-0000003" / "trainable.safetensors"))
+    token_rows = [params[k] for k in params if "trainable_tokens" in k]
+    assert len(token_rows) == 1 and token_rows[0].shape == (1, dot_row.shape[0])
+    assert not torch.allclose(token_rows[0][0], dot_row)  # the <AC> row started as "." and has learned
+    assert any("lora_A" in k for k in params)
 
 
 def test_token_kl_matches_torch_kl_div():
