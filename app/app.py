@@ -1,0 +1,46 @@
+"""anllm demo: the same model answering with a full KV cache and with an anchor cache, side by side.
+
+Run ``python app/app.py`` (or ``anllm app``); flags ``--host`` (default 127.0.0.1), ``--port`` and ``--model``,
+or the environment variables ``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT`` and ``ANLLM_MODEL`` (Spaces).
+Importing this file builds ``demo`` without loading a model or starting a server (``gradio app/app.py`` reloads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+try:
+    import anllm  # noqa: F401
+except ImportError:  # running from a checkout (or a Space) where anllm is not installed: use the copy next door
+    for root in (Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent):
+        if (root / "anllm" / "__init__.py").is_file():
+            sys.path.insert(0, str(root))
+            break
+
+import gradio as gr  # noqa: E402
+
+from anllm.app_support import ModelRegistry  # noqa: E402
+from anllm.app_ui import build_demo, serve  # noqa: E402
+from anllm.commands.app import add_app_args, default_model_name  # noqa: E402
+from anllm.commands.common import default_device  # noqa: E402
+
+if gr.NO_RELOAD:
+    REGISTRY = ModelRegistry(default_model_name(), device=default_device())  # loads lazily, on first use
+
+demo = build_demo(REGISTRY)
+
+__all__ = ["build_demo", "demo"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="anllm demo: full vs anchor KV cache, side by side")
+    add_app_args(parser)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Unit tests of the app's handlers (anllm.app_support), called directly with the tiny random model."""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import re
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io
+import pytest
+import torch
+from gradio.components.plot import PlotData
+
+from anllm import app_support
+from anllm.app_support import (
+    AppHandlers,
+    ModelRegistry,
+    compare_stream,
+    explore_masks,
+    kv_drop_schedule,
+    make_generation_config,
+    maybe_gpu,
+    model_choices,
+)
+from anllm.config import PRESETS, AnLLMError, GenerationConfig
+from anllm.generation import forward_chunk, make_cache, stream_generate
+from anllm.masks import ansan_mask
+from anllm.policies import POLICIES, AnchorPolicy, FullCachePolicy
+
+PROMPT = "Hello there. How are you? I am fine!"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def registry():
+    reg = ModelRegistry("tiny-random")
+    reg.get()
+    return reg
+
+
+@pytest.fixture(scope="module")
+def handlers(registry):
+    return AppHandlers(registry, interval_s=0.0, plot_interval_s=0.0)
+
+
+def run_handler(h, prompt=PROMPT, model=None, peer="none", chat=False, max_new=40, temp=0.0, top_p=1.0, top_k=0,
+                rep=1.0, seed=0):  # fmt: skip
+    return list(h.generate(prompt, model, peer, chat, max_new, temp, top_p, top_k, rep, seed))
+
+
+def visible_text(html_value: str) -> str:
+    """The generated text shown in an output column (placeholders left out)."""
+    html_value = re.sub(r'<span class="anllm-placeholder">.*?</span>', "", html_value)
+    return html.unescape(re.sub(r"<[^>]+>", "", html_value))
+
+
+def as_figure(value) -> go.Figure | None:
+    """The plotly figure in a ``gr.Plot`` value (validated by plotly on the way), or None for ``gr.skip()``."""
+    if isinstance(value, PlotData):
+        return plotly.io.from_json(value.plot)
+    return None
+
+
+def is_skip(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+
+
+def test_handler_numbers_match_the_decode_loop(handlers, registry):
+    lm = registry.get()
+    gen = GenerationConfig(max_new_tokens=40, chat=False, seed=0)
+    ref = {m: list(stream_generate(lm, PROMPT, m, gen)) for m in ("full", "anchor")}
+    assert ref["anchor"][-1].n_evicted > 0  # the prompt has anchors: the comparison is not trivial
+    outs = run_handler(handlers)
+    full_html, anchor_html, peer_html, kv_fig, speed_fig, stats, status = outs[-1]
+    kv_fig, speed_fig = as_figure(kv_fig), as_figure(speed_fig)
+    assert status.startswith("✅"), status
+    # streamed text, anchors highlighted exactly where the loop says a token is an anchor
+    for value, mode in ((full_html, "full"), (anchor_html, "anchor")):
+        assert visible_text(value) == "".join(r.text for r in ref[mode])
+        marks = re.findall(r'<mark class="anllm-anchor"[^>]*>(.*?)</mark>', value)
+        assert marks == [html.escape(r.text) for r in ref[mode] if r.is_anchor and r.text]
+    assert visible_text(peer_html) == ""
+    # charts: per-token KV MB and entries, tokens/s present
+    assert isinstance(kv_fig, go.Figure) and isinstance(speed_fig, go.Figure)
+    traces = {t.name: t for t in kv_fig.data}
+    for mode in ("full", "anchor"):
+        np.testing.assert_allclose(traces[mode].y, [r.kv_bytes / 1e6 for r in ref[mode]])
+        assert list(traces[mode].customdata) == [r.kv_entries for r in ref[mode]]
+        assert list(traces[mode].x) == [r.step for r in ref[mode]]
+    assert {t.name for t in speed_fig.data} == {"full", "anchor"}
+    assert all(len(t.y) == len(ref[t.name]) - 1 and min(t.y) > 0 for t in speed_fig.data)
+    # stats table
+    rows = {row[0]: row for row in stats}
+    for mode in ("full", "anchor"):
+        last = ref[mode][-1]
+        row = rows[mode]
+        assert row[3] == last.step and row[4] == last.kv_entries and row[5] == last.kv_full_entries
+        assert row[6] == pytest.approx(last.kv_bytes / 1e6, abs=1e-4)
+        assert row[7] == f"{1 - last.kv_entries / last.kv_full_entries:.1%}"
+        assert row[8] == last.n_evicted and row[9] == last.finish_reason
+        assert row[1] > 0 and row[2] > 0  # TTFT and tokens/s measured
+    assert rows["full"][8] == 0 and rows["anchor"][4] < rows["full"][4]
+
+
+def test_intermediate_updates_stream_and_grow(handlers):
+    outs = run_handler(handlers, max_new=60)
+    assert len(outs) >= 3
+    for col in (0, 1):
+        texts = [visible_text(o[col]) for o in outs]
+        assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))  # text only grows
+        assert len(set(texts)) >= 2 and texts[-1]  # and it streamed in more than one piece
+    assert any("generating" in o[6] for o in outs[:-1])
+
+
+def test_modes_run_sequentially(registry):
+    lm = registry.get()
+    gen = GenerationConfig(max_new_tokens=30, chat=False)
+    seen = []
+    for state in compare_stream(lm, PROMPT, ["full", "anchor"], gen, interval_s=0.0, plot_interval_s=0.0):
+        full, anchor = state.runs
+        if anchor.responses:
+            assert full.done, "the anchor run started before the full run finished"
+        seen.append((len(full.responses), len(anchor.responses)))
+    assert seen[-1] == (30, 30)
+
+
+def test_plot_updates_are_throttled(registry):
+    h = AppHandlers(registry, interval_s=0.0, plot_interval_s=3600.0)
+    outs = run_handler(h, max_new=200)
+    figs = [o[3] for o in outs if as_figure(o[3]) is not None]
+    skipped = [o[3] for o in outs if is_skip(o[3])]
+    assert len(figs) + len(skipped) == len(outs)
+    assert skipped, "figures were re-sent on every update"
+    # a figure is sent when the first update is due, when each mode finishes and at the end: never more
+    assert 1 <= len(figs) <= 4
+    assert as_figure(outs[-1][3]) is not None
+
+
+def test_bad_input_gives_a_message_not_a_traceback(handlers):
+    cases = {
+        "": "prompt is empty",
+        "   \n ": "prompt is empty",
+        "x" * 5000: "the prompt has 5000 tokens but the model supports 4096",
+    }
+    for prompt, expected in cases.items():
+        outs = run_handler(handlers, prompt=prompt)
+        assert outs[-1][6].startswith("⚠️") and expected in outs[-1][6]
+    bad_settings = [
+        (dict(max_new=0), "max new tokens must be between 1 and"),
+        (dict(max_new=100_000), "max new tokens must be between 1 and"),
+        (dict(max_new=2.5), "max new tokens must be an integer"),
+        (dict(temp=-1), "temperature must be >= 0"),
+        (dict(temp=float("nan")), "temperature must be >= 0"),
+        (dict(top_p=0), "top_p must be in (0, 1]"),
+        (dict(top_k=-3), "top_k must be >= 0"),
+        (dict(rep=0), "repetition_penalty must be > 0"),
+        (dict(seed="abc"), "seed must be an integer"),
+        (dict(model="no-such-model"), "unknown model 'no-such-model'"),
+        (dict(peer="no-such-policy"), "unknown peer policy"),
+    ]
+    for kw, expected in bad_settings:
+        outs = run_handler(handlers, **kw)
+        assert len(outs) == 1 and outs[0][6].startswith("⚠️") and expected in outs[0][6], (kw, outs[0][6])
+    assert handlers.active_streams == 0
+
+
+def test_hub_ids_fail_fast_offline(monkeypatch):
+    reg = ModelRegistry("tiny-random")
+    for name in ("someone/some-model", next(iter(PRESETS))):
+        t0 = time.perf_counter()
+        with pytest.raises(AnLLMError, match="could not load|unreachable"):
+            reg.get(name)
+        assert time.perf_counter() - t0 < 10
+    # without the offline flags, an unreachable Hub is detected before transformers starts retrying
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(app_support, "hub_reachable", lambda timeout_s=3.0: False)
+    with pytest.raises(AnLLMError, match="Hub is unreachable"):
+        reg.get("someone/never-cached")
+    assert reg.loaded() == []
+
+
+def test_registry_keeps_the_latest_model_only():
+    calls = []
+
+    def loader(name, **kw):
+        calls.append(name)
+        return types.SimpleNamespace(name=name)
+
+    reg = ModelRegistry("a", loader=loader, max_loaded=1)
+    assert reg.get().name == "a" and reg.get("a").name == "a" and calls == ["a"]
+    reg.get("tiny-random")
+    assert reg.loaded() == ["tiny-random"] and calls == ["a", "tiny-random"]
+
+
+def test_settings_are_converted_from_ui_values():
+    gen = make_generation_config(max_new_tokens=12.0, temperature="0.5", top_p=0.9, top_k=5.0, seed=-1, chat=False)
+    assert gen == GenerationConfig(max_new_tokens=12, temperature=0.5, top_p=0.9, top_k=5, seed=None, chat=False)
+
+
+def test_model_picker_lists_default_first():
+    choices = model_choices()
+    assert choices[:2] == ["default", "smollm2-135m"] and set(PRESETS) <= set(choices)
+
+
+def test_mask_explorer_matches_the_mask_and_the_cache(registry):
+    lm = registry.get()
+    text = "The cat sat. It was warm! Was it happy? Yes"
+    for kw in (dict(), dict(n_sink=2), dict(window=3), dict(anchors_see_anchors=True)):
+        view = explore_masks(lm, text, "ep", **kw)
+        ids = torch.tensor([view.token_ids])
+        is_anc = torch.isin(ids, torch.tensor(lm.anchor_ids))
+        assert view.anchors == is_anc[0].tolist() and sum(view.anchors) == 3
+        np.testing.assert_array_equal(view.ansan, ansan_mask(is_anc, **kw)[0, 0].numpy())
+        # the schedule equals what the cache keeps when the real model is run token by token
+        cache = make_cache(lm, AnchorPolicy(**kw))
+        with torch.inference_mode():
+            for t in range(ids.shape[1]):
+                forward_chunk(lm.model, cache, ids[:, t : t + 1], logits_to_keep=1)
+                kept = set(cache.meta.pos[0][cache.meta.valid[0]].tolist())
+                assert kept == {k for k in range(t + 1) if view.schedule[t, k] == 1}
+                assert np.isnan(view.schedule[t, t + 1 :]).all()
+        # exact: an entry leaves only when no later query may see it
+        T = len(ids[0])
+        for t in range(T):
+            for k in range(t + 1):
+                if view.schedule[t, k] == 0:
+                    assert not view.ansan[t + 1 :, k].any()
+
+
+def test_mask_explorer_ac_mode_leaves_the_model_alone(registry, handlers):
+    lm = registry.get()
+    n_rows = lm.model.get_input_embeddings().weight.shape[0]
+    view = explore_masks(lm, "One. Two! Three", "ac")
+    assert view.labels.count("<AC>") == 3 and sum(view.anchors) == 3
+    assert lm.model.get_input_embeddings().weight.shape[0] == n_rows and "<AC>" not in lm.tokenizer.get_vocab()
+    tokens, masks, schedule, summary = handlers.explore(None, "One. Two! Three", "AC", 1, 0, False)
+    assert tokens.count("anllm-anchor") == 3 and "3 anchors" in summary
+    assert [t.name for t in masks.data] == [None, None] and len(schedule.data) == 1
+    for bad, expected in (("", "text is empty"), ("Fine.", None)):
+        out = handlers.explore(None, bad, "EP", -1 if expected is None else 0, 0, False)
+        assert out[3].startswith("⚠️") and (expected or "n_sink") in out[3]
+
+
+def test_kv_drop_schedule_without_a_model(registry):
+    lm = registry.get()
+    ids = lm.tokenizer("Ab. Cd. E", add_special_tokens=False)["input_ids"]
+    sched = kv_drop_schedule(lm.model.config, ids, lm.anchor_ids, AnchorPolicy())
+    full = kv_drop_schedule(lm.model.config, ids, lm.anchor_ids, FullCachePolicy())
+    assert np.nansum(full, axis=1).tolist() == list(range(1, len(ids) + 1))
+    anchors = [i for i, t in enumerate(ids) if t in lm.anchor_ids]
+    assert len(anchors) == 2
+    assert np.nansum(sched[-1]) == len(anchors) + (len(ids) - 1 - anchors[-1])  # anchors + the open sentence
+    assert np.nansum(sched[-1]) < np.nansum(full[-1])
+
+
+def test_peer_policy_gets_a_third_column(registry, monkeypatch):
+    class Peer(FullCachePolicy):
+        name = "peer-test"
+
+    monkeypatch.setitem(POLICIES, "peer-test", Peer)
+    assert "peer-test" in app_support.peer_policies()
+    h = AppHandlers(registry, interval_s=0.0)
+    outs = run_handler(h, peer="peer-test", max_new=10)
+    assert outs[-1][6].startswith("✅")
+    assert [row[0] for row in outs[-1][5]] == ["full", "anchor", "peer-test"]
+    assert visible_text(outs[-1][2]) == visible_text(outs[-1][0])  # a full-cache peer writes what full writes
+    assert h.peer_column("peer-test")["visible"] is True and h.peer_column("none")["visible"] is False
+
+
+def test_maybe_gpu_is_a_noop_without_spaces(monkeypatch):
+    fn = lambda x: x  # noqa: E731
+    monkeypatch.setitem(sys.modules, "spaces", None)  # import fails
+    assert maybe_gpu(fn) is fn
+    fake = types.ModuleType("spaces")
+    fake.GPU = lambda duration=60: lambda f: ("wrapped", f, duration)
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    assert maybe_gpu(fn, duration=90) == ("wrapped", fn, 90)
+
+
+def test_app_module_builds_without_loading_or_serving(monkeypatch):
+    monkeypatch.setenv("ANLLM_MODEL", "tiny-random")
+    spec = importlib.util.spec_from_file_location("anllm_app_under_test", ROOT / "app" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.REGISTRY.loaded() == [] and module.REGISTRY.default == "tiny-random"
+    assert not module.demo.is_running
+    assert {"/generate", "/model_info", "/explore"} <= set(module.demo.get_api_info()["named_endpoints"])
+
+
+def test_cli_has_the_app_command():
+    from anllm.cli import build_parser
+
+    args = build_parser().parse_args(["app", "--port", "7999", "--model", "tiny-random"])
+    assert args.command == "app" and args.host == "127.0.0.1" and args.port == 7999 and args.model == "tiny-random"

@@ -1,0 +1,135 @@
+"""Real-browser test: headless Debian Chromium driven by Playwright against the app on 127.0.0.1 (tiny model).
+
+Skipped only when chromium or playwright is not installed (``.ci/extra-setup.sh`` installs both in CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from anllm.app_support import ModelRegistry
+from anllm.app_ui import build_demo
+
+CHROMIUM = os.environ.get("ANLLM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+if not Path(CHROMIUM).is_file():
+    pytest.skip("Debian chromium is not installed (run .ci/extra-setup.sh)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (run .ci/extra-setup.sh)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    demo = build_demo(ModelRegistry("tiny-random"), interval_s=0.05, plot_interval_s=0.2)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1500})
+        pg = context.new_page()
+        external = []
+        pg.on(
+            "request",
+            lambda r: external.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None,
+        )
+        pg.external_requests = external
+        yield pg
+        browser.close()
+
+
+def test_browser_streams_both_columns_and_draws_charts(app_url, page, tmp_path):
+    page.goto(app_url)
+    page.wait_for_selector("#prompt textarea", timeout=30_000)
+    page.fill("#prompt textarea", "Hello there. How are you? I am fine!")
+    page.click("#go")
+    full = page.locator("#out-full .anllm-text")
+    anchor = page.locator("#out-anchor .anllm-text")
+    # text streams into the full column first, then the anchor column (the two runs share one slot)
+    has_text = "() => { const e = document.querySelector('#out-full .anllm-text'); return e && e.innerText.trim() }"
+    page.wait_for_function(has_text, timeout=30_000)
+    page.wait_for_function(
+        "() => { const e = document.querySelector('#status'); return e && e.innerText.includes('done') }",
+        timeout=60_000,
+    )
+    assert full.inner_text().strip() and anchor.inner_text().strip()
+    assert "waiting for" not in anchor.inner_text()
+    page.wait_for_selector("#kv-plot .js-plotly-plot", timeout=30_000)
+    page.wait_for_selector("#speed-plot .js-plotly-plot", timeout=30_000)
+    assert page.locator("#kv-plot .js-plotly-plot .scatterlayer .trace").count() >= 2  # full + anchor curves
+    stats = page.locator("#stats").inner_text()
+    assert "full" in stats and "anchor" in stats
+    shot = tmp_path / "app.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("ANLLM_SCREENSHOT_DIR"):  # keep a copy to look at
+        shutil.copy(shot, Path(os.environ["ANLLM_SCREENSHOT_DIR"]) / "app-generate.png")
+    assert page.external_requests == []
+
+
+def test_browser_mask_explorer(app_url, page, tmp_path):
+    page.goto(app_url)
+    page.get_by_role("tab", name="Mask explorer").click()
+    page.fill("#mask-text textarea", "The cat sat. It was warm! Was it happy? Yes.")
+    page.click("#show-masks")
+    page.wait_for_selector("#mask-plot .js-plotly-plot", timeout=30_000)
+    page.wait_for_selector("#schedule-plot .js-plotly-plot", timeout=30_000)
+    assert page.locator("#mask-tokens .anllm-tok.anllm-anchor").count() == 4
+    assert "4 anchors" in page.locator("#mask-summary").inner_text()
+    shot = tmp_path / "masks.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("ANLLM_SCREENSHOT_DIR"):
+        shutil.copy(shot, Path(os.environ["ANLLM_SCREENSHOT_DIR"]) / "app-masks.png")
+
+
+def set_max_new(page, box, n: int) -> None:
+    box.fill(str(n))
+    box.press("Tab")
+    page.wait_for_function(
+        f"() => document.querySelector('#max-new input[type=range]')?.value === '{n}'", timeout=10_000
+    )
+
+
+def test_browser_stop_button_stops_the_stream(app_url, page):
+    page.goto(app_url)
+    page.wait_for_selector("#prompt textarea", timeout=30_000)
+    page.locator("#settings").get_by_text("Settings").first.click()
+    box = page.locator("#max-new input[type=number]")
+    set_max_new(page, box, 1024)
+    page.fill("#prompt textarea", "Hello there. How are you?")
+    page.click("#go")
+    page.wait_for_function("() => document.querySelector('#status')?.innerText.includes('generating')", timeout=30_000)
+    page.click("#stop")
+    page.wait_for_timeout(1000)
+    first = page.locator("#out-full").inner_text() + page.locator("#out-anchor").inner_text()
+    page.wait_for_timeout(1500)
+    second = page.locator("#out-full").inner_text() + page.locator("#out-anchor").inner_text()
+    assert first == second, "text kept streaming after Stop"
+    status = page.locator("#status").inner_text()
+    assert "done" not in status, status
+    # the slot is free again: a new short run completes
+    set_max_new(page, box, 8)
+    page.click("#go")
+    page.wait_for_function("() => document.querySelector('#status')?.innerText.includes('done')", timeout=30_000)
