@@ -93,7 +93,7 @@ def save_checkpoint(out, step, accelerator, model, optimizer, scheduler, tokeniz
     torch.save(_rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        if hasattr(model, "peft_config"):
+        if hasattr(model, "peft_config") and not _sharded(accelerator):  # sharded: see export_final
             model.save_pretrained(tmp / "adapter")
         tokenizer.save_pretrained(tmp / "tokenizer")
         state = {"step": step, "world_size": accelerator.num_processes, "time": time.time(), **meta}
@@ -135,18 +135,19 @@ def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> dic
     return state
 
 
-def export_final(out, accelerator, model, tokenizer, finetune: str) -> Path:
-    """Save the trained adapter (LoRA) or model (full) plus tokenizer into ``<out>/final``, atomically."""
+def export_final(out, accelerator, model, tokenizer) -> Path:
+    """Save the trained adapter (LoRA) or model (full) plus tokenizer into ``<out>/final``, atomically.
+
+    ``model`` is the prepared (possibly wrapped or sharded) model; every process must call this.
+    """
     final, tmp = Path(out) / "final", Path(out) / ".final.tmp"
     accelerator.wait_for_everyone()
-    state = accelerator.get_state_dict(model) if finetune == "full" else None
+    state = accelerator.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards (every process must call it)
     if accelerator.is_main_process:
         if tmp.exists():
             shutil.rmtree(tmp)
-        if finetune == "lora":
-            model.save_pretrained(tmp)
-        else:
-            model.save_pretrained(tmp, state_dict=state)
+        # peft keeps only the adapter weights of the full state dict
+        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
         if final.exists():
             shutil.rmtree(final)

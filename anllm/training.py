@@ -419,7 +419,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int,
         {"global_batch": global_batch, "tokens_seen": tokens_seen, "config": cfg.to_dict()},
         keep=cfg.keep_checkpoints,
     )
-    result.final_dir = ckpt.export_final(out, accelerator, unwrapped, tokenizer, cfg.finetune)
+    result.final_dir = ckpt.export_final(out, accelerator, model, tokenizer)
     log.close()
     accelerator.wait_for_everyone()
     return result

@@ -260,3 +260,22 @@ def test_shipped_configs_load():
     paper = TrainConfig.load(root / "paper-cpt-ep-7b.yaml")
     assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_accumulation_steps"] == paper.grad_accum
     assert ds["train_micro_batch_size_per_gpu"] == paper.batch_size
+
+
+def test_final_lora_adapter_reloads_with_peft(data):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from anllm.models import load_model
+
+    res = train(cfg_for(data, finetune="lora", lora_r=4, max_steps=3))
+    trained = load_file(str(res.output_dir / "checkpoints" / "step-0000003" / "trainable.safetensors"))
+    assert sorted(p.name for p in res.final_dir.glob("adapter_*")) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    peft_model = PeftModel.from_pretrained(load_model("tiny-random").model, str(res.final_dir))
+    reloaded = dict(peft_model.named_parameters())
+    assert set(trained) <= set(reloaded)
+    assert all(torch.equal(reloaded[k], v) for k, v in trained.items())
+    assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)  # B moved away from its zero init
