@@ -102,18 +102,26 @@ def micro_batch_loss(model, batch: dict[str, Tensor], anchor_ids, cfg: TrainConf
         batch: ``input_ids``, ``labels``, ``attention_mask``, each ``(B, T)``, on the model's device.
         teacher: callable ``(input_ids, attention_mask, position_ids) -> logits`` with full attention (KL losses).
     Returns:
-        (objective, nll_sum, kl_sum): scalar tensors; the objective is what to minimise (sums, not means).
+        (objective, parts): the scalar to minimise (a sum over predicted tokens, not a mean) and its detached
+        summed parts ``nll``, ``kl`` and ``kl_full`` (the student under full attention, when
+        ``cfg.full_kl_weight > 0``).
     """
-    mask, pos = anchor_attention(batch["input_ids"], batch["attention_mask"], anchor_ids, cfg.mask_rule(), path=path)
-    logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=pos).logits  # (B, T, V)
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    mask, pos = anchor_attention(ids, attn, anchor_ids, cfg.mask_rule(), path=path)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (B, T, V)
     nll = token_nll(logits, batch["labels"])
-    kl = torch.zeros((), device=logits.device)
-    if cfg.loss != "lm":
+    zero = torch.zeros((), device=logits.device)
+    kl = kl_full = zero
+    if cfg.loss != "lm" or cfg.full_kl_weight > 0:
         with torch.no_grad():
-            t_logits = teacher(batch["input_ids"], batch["attention_mask"], pos)
-        kl = token_kl(logits, t_logits, batch["labels"], cfg.kl_temperature)
-    objective = {"lm": nll, "kl": kl, "lm+kl": nll + cfg.kl_weight * kl}[cfg.loss]
-    return objective, nll.detach(), kl.detach()
+            t_logits = teacher(ids, attn, pos)
+        if cfg.loss != "lm":
+            kl = token_kl(logits, t_logits, batch["labels"], cfg.kl_temperature)
+        if cfg.full_kl_weight > 0:  # keep the model's own full-attention behaviour while it learns anchors
+            full = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
+            kl_full = token_kl(full, t_logits, batch["labels"], cfg.kl_temperature)
+    objective = {"lm": nll, "kl": kl, "lm+kl": nll + cfg.kl_weight * kl}[cfg.loss] + cfg.full_kl_weight * kl_full
+    return objective, {"nll": nll.detach(), "kl": kl.detach(), "kl_full": kl_full.detach()}
 
 
 @torch.no_grad()
@@ -212,7 +220,7 @@ def prepare_model(cfg: TrainConfig):
     lm = load_model(cfg.model, anchor=cfg.anchor_config(), attn_implementation=attn_impl)
     model = lm.model
     frozen = None
-    if cfg.loss != "lm" and cfg.finetune == "full":
+    if (cfg.loss != "lm" or cfg.full_kl_weight > 0) and cfg.finetune == "full":
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
     if cfg.finetune == "lora":
         from peft import LoraConfig, get_peft_model
@@ -299,7 +307,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int,
     if frozen is not None:
         frozen.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(model)
-    teacher = None if cfg.loss == "lm" else _bind_teacher(frozen if frozen is not None else unwrapped)
+    needs_teacher = cfg.loss != "lm" or cfg.full_kl_weight > 0
+    teacher = _bind_teacher(frozen if frozen is not None else unwrapped) if needs_teacher else None
     n_pred = [sum(lab != IGNORE_INDEX for lab in e.labels[1:]) for e in examples]
 
     start_step, tokens_seen = 0, 0
@@ -349,17 +358,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int,
         t0 = time.perf_counter()
         indices = order.global_batch(step, global_batch)
         n_norm = sum(n_pred[i] for i in indices)  # predicted tokens in the global batch
-        nll_sum = kl_sum = torch.zeros((), device=accelerator.device)
+        sums = torch.zeros(5, device=accelerator.device)  # objective, nll, kl, kl_full, tokens
         n_tokens = 0
+        zero = sums[0] * 0
         for micro in range(cfg.grad_accum):
             rows = [examples[i] for i in process_slice(indices, micro, rank, world, cfg.batch_size)]
             batch = {k: v.to(accelerator.device) for k, v in collate(rows, pad_id).items()}
             n_tokens += int(batch["attention_mask"].sum())
             with accelerator.accumulate(model), accelerator.autocast():
-                objective, nll, kl = micro_batch_loss(model, batch, lm.anchor_ids, cfg, teacher=teacher, path=path)
+                objective, parts = micro_batch_loss(model, batch, lm.anchor_ids, cfg, teacher=teacher, path=path)
                 # DDP averages over processes and accelerate divides by grad_accum: undo both, normalise globally
                 accelerator.backward(objective * (world * cfg.grad_accum / max(n_norm, 1)))
-                nll_sum, kl_sum = nll_sum + nll, kl_sum + kl
+                sums += torch.stack([objective.detach(), parts["nll"], parts["kl"], parts["kl_full"], zero])
                 grad_norm = None
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -367,20 +377,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int,
                 optimizer.zero_grad(set_to_none=True)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
-        sums = accelerator.reduce(torch.stack([nll_sum, kl_sum, torch.tensor(float(n_tokens))]), "sum")
-        tokens_seen += int(sums[2])
+        sums[4] = n_tokens
+        sums = accelerator.reduce(sums, "sum").tolist()
+        n_step = int(sums[4])
+        tokens_seen += n_step
         dt = time.perf_counter() - t0
         record = {
             "step": step + 1,
-            "loss": float({"lm": sums[0], "kl": sums[1], "lm+kl": sums[0] + cfg.kl_weight * sums[1]}[cfg.loss])
-            / max(n_norm, 1),
-            "lm_loss": float(sums[0]) / max(n_norm, 1),
-            "kl": float(sums[1]) / max(n_norm, 1),
+            "loss": sums[0] / max(n_norm, 1),
+            "lm_loss": sums[1] / max(n_norm, 1),
+            "kl": sums[2] / max(n_norm, 1),
+            "kl_full": sums[3] / max(n_norm, 1),
             "lr": lr,
             "grad_norm": None if grad_norm is None else float(grad_norm),
-            "tokens": int(sums[2]),
+            "tokens": n_step,
             "tokens_seen": tokens_seen,
-            "tokens_per_s": float(sums[2]) / dt,
+            "tokens_per_s": n_step / dt,
             "epoch": (step + 1) * global_batch / len(examples),
         }
         result.losses[step + 1] = record["loss"]

@@ -238,9 +238,9 @@ def test_flex_attention_matches_dense_on_gpu(data):
     model = model.cuda()
     examples, _ = build_examples(cfg, lm.tokenizer)
     batch = {k: v.cuda() for k, v in collate(examples, lm.tokenizer.pad_token_id).items()}
-    dense, _, _ = micro_batch_loss(model, batch, lm.anchor_ids, cfg, path="dense")
+    dense, _ = micro_batch_loss(model, batch, lm.anchor_ids, cfg, path="dense")
     model.config._attn_implementation = "flex_attention"
-    flex, _, _ = micro_batch_loss(model, batch, lm.anchor_ids, cfg, path="flex")
+    flex, _ = micro_batch_loss(model, batch, lm.anchor_ids, cfg, path="flex")
     assert float(flex) == pytest.approx(float(dense), rel=1e-3)
 
 
@@ -279,3 +279,16 @@ def test_final_lora_adapter_reloads_with_peft(data):
     assert set(trained) <= set(reloaded)
     assert all(torch.equal(reloaded[k], v) for k, v in trained.items())
     assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)  # B moved away from its zero init
+
+
+def test_full_attention_kl_term(data):
+    cfg = cfg_for(data, finetune="lora", loss="kl", full_kl_weight=0.5, lora_r=4, max_steps=4, lr=1e-2)
+    res = train(cfg)
+    lines = [json.loads(x) for x in (res.output_dir / "metrics.jsonl").read_text().splitlines()]
+    first, last = lines[0], lines[-1]
+    assert first["kl_full"] == pytest.approx(0.0, abs=1e-6) and first["kl"] > 1e-4  # LoRA starts as the teacher
+    assert last["kl_full"] > 0  # training moved the full-attention student away from the teacher
+    for x in lines:
+        assert x["loss"] == pytest.approx(x["kl"] + 0.5 * x["kl_full"], rel=1e-6)
+    with pytest.raises(AnLLMError, match="full_kl_weight"):
+        TrainConfig(full_kl_weight=-1)
