@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import importlib.util
+import os
 import re
 import sys
 import time
@@ -35,6 +36,15 @@ from anllm.policies import POLICIES, AnchorPolicy, FullCachePolicy
 
 PROMPT = "Hello there. How are you? I am fine!"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tiny model runs fastest on one thread, and OpenMP threads spinning on a shared CPU slow it 30x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -286,6 +296,7 @@ def test_maybe_gpu_is_a_noop_without_spaces(monkeypatch):
 
 def test_app_module_builds_without_loading_or_serving(monkeypatch):
     monkeypatch.setenv("ANLLM_MODEL", "tiny-random")
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))  # restored afterwards
     spec = importlib.util.spec_from_file_location("anllm_app_under_test", ROOT / "app" / "app.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -299,3 +310,31 @@ def test_cli_has_the_app_command():
 
     args = build_parser().parse_args(["app", "--port", "7999", "--model", "tiny-random"])
     assert args.command == "app" and args.host == "127.0.0.1" and args.port == 7999 and args.model == "tiny-random"
+
+
+def test_spaces_front_matter_and_requirements():
+    yaml = pytest.importorskip("yaml")
+    text = (ROOT / "app" / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert meta["sdk"] == "gradio" and (ROOT / "app" / meta["app_file"]).is_file()
+    assert str(meta["python_version"]).startswith("3.") and 0 < len(meta["short_description"]) <= 60
+    import gradio
+
+    assert meta["sdk_version"] == gradio.__version__
+    reqs = (ROOT / "app" / "requirements.txt").read_text().split()
+    for pkg in ("torch", "transformers", "plotly"):
+        assert any(r.startswith(pkg + "==") for r in reqs), pkg
+
+
+def test_default_model_on_spaces(monkeypatch):
+    from anllm.commands import app as app_cmd
+
+    monkeypatch.delenv("ANLLM_MODEL", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert app_cmd.default_model_name() == "default"
+    monkeypatch.setenv("SPACE_ID", "someone/anllm")
+    monkeypatch.setattr(app_cmd.importlib.util, "find_spec", lambda name: None)
+    assert app_cmd.default_model_name() == app_cmd.SPACES_FALLBACK_MODEL
+    monkeypatch.setenv("ANLLM_MODEL", "tiny-random")
+    assert app_cmd.default_model_name() == "tiny-random"

@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from anllm.app_support import ModelRegistry
 from anllm.app_ui import build_demo
@@ -34,6 +35,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tiny model runs fastest on one thread, and OpenMP threads spinning on a shared CPU slow it 30x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
