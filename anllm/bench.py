@@ -202,24 +202,39 @@ def run_once(lm: LoadedModel, ctx: Tensor, cont: Tensor, policy, chunk_size: int
     }
 
 
+class _StepClock:
+    """A ``generate`` streamer that only records when each step's tokens arrive (the prompt comes first)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
 def run_hf_generate(lm: LoadedModel, ctx: Tensor, new_tokens: int) -> dict:
-    """``model.generate`` (greedy, exactly ``new_tokens`` + 1 tokens) timed against a 1-token call for prefill."""
+    """``model.generate`` (greedy, exactly ``new_tokens`` + 1 tokens), timed per step with a streamer.
+
+    Prefill = call start to the first generated token; decode tokens/s = ``new_tokens`` / time from the first to
+    the last generated token (both as seen by the streamer, i.e. including sampling, like our loop).
+    """
     model, device = lm.model, ctx.device
     kw = dict(attention_mask=torch.ones_like(ctx), do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+    clock = _StepClock()
     release_memory()
     with torch.inference_mode(), PeakMemory(device) as mem:
         _sync(device)
         t0 = time.perf_counter()
-        model.generate(ctx, max_new_tokens=1, min_new_tokens=1, **kw)
+        model.generate(ctx, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, streamer=clock, **kw)
         _sync(device)
-        t1 = time.perf_counter()
-        model.generate(ctx, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, **kw)
-        _sync(device)
-        t2 = time.perf_counter()
-    decode_s = max((t2 - t1) - (t1 - t0), 1e-9)  # the long call minus its prefill + first token
+    first, last = clock.times[1], clock.times[-1]  # times[0] is the prompt being handed to the streamer
+    decode_s = max(last - first, 1e-9)
     n = ctx.shape[1] + new_tokens  # entries after feeding the context and the first new_tokens generated tokens
     return {
-        "prefill_s": t1 - t0,
+        "prefill_s": first - t0,
         "decode_s": decode_s,
         "decode_tok_s": new_tokens / decode_s,
         "kv_entries_prefill": ctx.shape[1],
@@ -260,18 +275,22 @@ def run_bench(lm: LoadedModel, cfg: BenchConfig, text: str | None = None) -> dic
     for n_ctx in cfg.contexts:
         ids = torch.tensor([bench_tokens(lm, text, n_ctx + cfg.new_tokens)], device=device)  # (1, N + G)
         ctx, cont = ids[:, :n_ctx], ids[0, n_ctx:]
-        row: dict[str, ModeResult] = {}
-        for mode in cfg.modes:
-            if mode == "limit":
-                k = row["anchor"].kv_entries_prefill  # a full cache of the anchor cache's size
-                runs = [run_once(lm, ctx[:, n_ctx - k :], cont, FullCachePolicy(), chunk) for _ in range(cfg.repeats)]
-            else:
-                runs = [run_once(lm, ctx, cont, policies[mode], chunk) for _ in range(cfg.repeats)]
-            row[mode] = _summarise(runs, ctx.shape[1] if mode != "limit" else runs[0]["kv_entries_prefill"])
-            logger.info("context %d %s: %s", n_ctx, mode, {k: v for k, v in row[mode].to_dict().items() if k != "runs"})
+        runs: dict[str, list[dict]] = {m: [] for m in cfg.modes}
         if cfg.compare_hf:
-            runs = [run_hf_generate(lm, ctx, cfg.new_tokens) for _ in range(cfg.repeats)]
-            row["hf_generate"] = _summarise(runs, n_ctx)
+            runs["hf_generate"] = []
+        for _ in range(cfg.repeats):  # modes interleaved, so drift on a shared machine hits every mode alike
+            for mode in cfg.modes:
+                if mode == "limit":
+                    k = runs["anchor"][0]["kv_entries_prefill"]  # a full cache of the anchor cache's size
+                    runs[mode].append(run_once(lm, ctx[:, n_ctx - k :], cont, FullCachePolicy(), chunk))
+                else:
+                    runs[mode].append(run_once(lm, ctx, cont, policies[mode], chunk))
+            if cfg.compare_hf:
+                runs["hf_generate"].append(run_hf_generate(lm, ctx, cfg.new_tokens))
+        row: dict[str, ModeResult] = {}
+        for mode, rs in runs.items():
+            row[mode] = _summarise(rs, rs[0]["kv_entries_prefill"] if mode == "limit" else n_ctx)
+            logger.info("context %d %s: %s", n_ctx, mode, {k: v for k, v in row[mode].to_dict().items() if k != "runs"})
         results[str(n_ctx)] = row
     return results
 

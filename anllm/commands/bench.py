@@ -42,6 +42,8 @@ def split_modes(s: str) -> tuple[str, ...]:
 
 
 def run(args) -> int:
+    import torch
+
     from anllm.bench import BenchConfig, measure_machine, results_json, roofline, run_bench, write_plot
 
     cfg = BenchConfig(
@@ -58,6 +60,12 @@ def run(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     results = run_bench(lm, cfg, text)
     machine = measure_machine(next(lm.model.parameters()).device) if args.roofline else None
+    if machine is not None:
+        print(
+            f"machine: copy bandwidth {machine['bytes_per_s'] / 1e9:.1f} GB/s, "
+            f"fp32 matmul {machine['flops_per_s'] / 1e9:.1f} GFLOP/s, {torch.get_num_threads()} threads",
+            file=sys.stderr,
+        )
     for ctx, row in results.items():
         full = row.get("full")
         print(f"context {ctx}:", file=sys.stderr)

@@ -5,7 +5,8 @@ imported only here and only when asked for. :class:`HarnessBackend` holds the sc
 ``lm_eval``; :func:`register_with_lm_eval` wraps it in an ``lm_eval.api.model.LM`` registered as ``"anllm"``, so
 any harness task runs with anchor inference::
 
-    lm_eval --model anllm --model_args model=default,mode=anchor --tasks arc_easy --include_path ...
+    AnLLMEvalLM = register_with_lm_eval()
+    lm_eval.simple_evaluate(model=AnLLMEvalLM(model="default", mode="anchor"), tasks=["arc_easy"], num_fewshot=5)
 
 In AC mode the harness's few-shot prompt gets ``<AC>`` at the end of each demonstration (before every
 ``fewshot_delimiter``), the paper's 5-shot placement (method.md §6.1).
@@ -115,8 +116,13 @@ class HarnessBackend:
         return out
 
 
+_REGISTERED: list = []  # the class, once registered (lm_eval refuses a second registration of the name)
+
+
 def register_with_lm_eval():
-    """Register and return the ``"anllm"`` model class of lm-evaluation-harness (needs ``lm_eval``)."""
+    """Register (once) and return the ``"anllm"`` model class of lm-evaluation-harness (needs ``lm_eval``)."""
+    if _REGISTERED:
+        return _REGISTERED[0]
     try:
         from lm_eval.api.model import LM
         from lm_eval.api.registry import register_model
@@ -147,6 +153,7 @@ def register_with_lm_eval():
         def generate_until(self, requests):
             return self.backend.generate_until([(r.args[0], r.args[1]) for r in requests])
 
+    _REGISTERED.append(AnLLMEvalLM)
     return AnLLMEvalLM
 
 
