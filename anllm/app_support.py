@@ -434,7 +434,7 @@ def _status(state: CompareState, lm: LoadedModel) -> str:
     return "✅ done · " + " · ".join(parts) + note
 
 
-def plot_value(spec: dict):
+def plot_value(spec: dict) -> Any:
     """A ``gr.Plot`` value from a plotly spec dict, serialised directly (no plotly validation on the hot path)."""
     from gradio.components.plot import PlotData
 
@@ -494,7 +494,9 @@ def tokenize_for_masks(
     return ids, labels, tuple(anchor_ids), truncated
 
 
-def kv_drop_schedule(config, token_ids: Sequence[int], anchor_ids: Sequence[int], policy: AnchorPolicy) -> np.ndarray:
+def kv_drop_schedule(
+    config: Any, token_ids: Sequence[int], anchor_ids: Sequence[int], policy: AnchorPolicy
+) -> np.ndarray:
     """Which tokens a policy cache holds after each token is fed, one token per step (no model is run).
 
     Uses :class:`anllm.cache.PolicyCache` itself (``prepare`` + ``evict``), so the schedule is the cache's own.
@@ -611,7 +613,7 @@ class AppHandlers:
         except AnLLMError as e:
             return error_markdown(str(e))
 
-    def peer_column(self, peer: str | None):
+    def peer_column(self, peer: str | None) -> dict:
         """Show the third column (labelled with the policy) only when a peer policy is chosen."""
         import gradio as gr
 
@@ -635,8 +637,10 @@ class AppHandlers:
         """Stream full vs anchor (vs a peer policy) side by side.
 
         Yields:
-            ``(full_html, anchor_html, peer_html, kv_figure, speed_figure, stats_rows, status_markdown)``;
-            figures are ``gr.skip()`` between throttled updates.
+            ``(full_html, anchor_html, peer_html, kv_figure, speed_figure, stats_rows, status_markdown)``; a value
+            that did not change is ``gr.skip()``: charts, stats and status are re-sent only every
+            ``plot_interval_s`` (and when a mode finishes), so a slow browser is not flooded. The last yield
+            carries every value.
         """
         import gradio as gr
 
@@ -668,18 +672,25 @@ class AppHandlers:
                 yield empty, empty, empty, gr.skip(), gr.skip(), [], error_markdown(str(e))
                 return
             placeholders = {m: f"waiting for the {m} run…" for m in modes}
+            sent: list[str | None] = [None, None, None]
+            first = True
             for state in compare_stream(
                 lm, prompt, modes, gen, interval_s=self.interval_s, plot_interval_s=self.plot_interval_s
             ):
                 texts = [tokens_html(r.responses, placeholders[r.mode]) for r in state.runs]
                 texts += [tokens_html([])] * (3 - len(texts))
-                if state.plots_due:
+                # only what changed goes to the browser: between chart ticks that is the active column alone
+                out = texts if state.finished else [gr.skip() if t == old else t for t, old in zip(texts, sent)]
+                sent = texts
+                if state.plots_due or first:
                     by_mode = runs_by_mode(state)
-                    kv, speed = plot_value(kv_cache_spec(by_mode)), plot_value(speed_spec(by_mode))
+                    charts = [plot_value(kv_cache_spec(by_mode)), plot_value(speed_spec(by_mode))]
+                    tail = [[r.stats_row() for r in state.runs], _status(state, lm)]
                 else:
-                    kv, speed = gr.skip(), gr.skip()
-                stats = [r.stats_row() for r in state.runs]
-                yield (*texts, kv, speed, stats, _status(state, lm))
+                    charts = [gr.skip(), gr.skip()]
+                    tail = [gr.skip(), gr.skip()]
+                first = False
+                yield (*out, *charts, *tail)
             self._bump(0, +1)
         finally:
             self._bump(-1)

@@ -148,8 +148,9 @@ def build_demo(
         ev_submit = prompt.submit(api_name=False, **run)
         stop.click(None, cancels=[ev_click, ev_submit])
         peer.change(h.peer_column, peer, peer_out, queue=False, api_name=False)
-        model.change(h.model_info, model, model_md, api_name="model_info", concurrency_id="model")
-        demo.load(h.model_info, model, model_md, api_name=False, concurrency_id="model")
+        # outside the queue: a page load must not take a queue place (or get "busy") just to describe the model
+        model.change(h.model_info, model, model_md, api_name="model_info", queue=False)
+        demo.load(h.model_info, model, model_md, api_name=False, queue=False)
         explore = dict(fn=h.explore, inputs=[model, text, kind, sink, window, see])
         explore["outputs"] = [tokens_out, mask_plot, schedule_plot, mask_md]
         show.click(api_name="explore", **explore)
