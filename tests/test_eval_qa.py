@@ -159,3 +159,19 @@ def test_harness_backend(tmp_path):
         res = run_harness(make_lm(), str(LOCAL_TASKS["toy"]), limit=4)
         ours = evaluate_qa(make_lm(), load_task("toy", limit=4), scorers=("anchor",))
         assert res["anllm_local_mc"]["acc,none"] == pytest.approx(ours.scorers["anchor"].acc)
+
+
+def test_hub_task_offline_is_a_clear_error():
+    # `datasets` missing -> install/convert hint; present but the Hub unreachable (HF_HUB_OFFLINE=1) -> load error
+    with pytest.raises(AnLLMError, match="arc_easy"):
+        load_task("arc_easy", limit=2)
+
+
+def test_cli_harness_flag(capsys):
+    rc = main(["eval", "qa", "--harness", "--model", "tiny-random", "--task", "toy", "--limit", "2"])
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        assert rc == 2 and "pip install lm_eval" in capsys.readouterr().err
+    else:
+        assert rc == 0
