@@ -50,14 +50,17 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-base", action="store_true", help="evaluate only the adapted model (base rows known)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     base = load_model("smollm2-135m")
-    rows = evaluate(base, args.text, args.max_tokens, args.chunk_size)
+    rows = [] if args.no_base else evaluate(base, args.text, args.max_tokens, args.chunk_size)
     rows += evaluate(with_adapter(base, args.adapter), args.text, args.max_tokens, args.chunk_size)
     for r in rows:
         print(json.dumps(r))
+    if args.no_base:
+        return
     by = {(r["model"].split("+")[-1] if "+" in r["model"] else "base", r["text"], r["mode"].split(":")[0]): r["ppl"]
           for r in rows}  # fmt: skip
     for text in dict.fromkeys(r["text"] for r in rows):
