@@ -12,7 +12,7 @@ SPLIT_CASES = [
     ("The cat sat. The dog ran!", ["The cat sat.", " The dog ran!"]),
     ("Is it? Yes. No", ["Is it?", " Yes.", " No"]),
     ("Dr. Smith paid 3.50 dollars. Then he left.", ["Dr. Smith paid 3.50 dollars.", " Then he left."]),
-    ("He said \"Stop.\" Then silence.", ["He said \"Stop.\"", " Then silence."]),
+    ('He said "Stop." Then silence.', ['He said "Stop."', " Then silence."]),
     ("J. R. R. Tolkien wrote books. E.g. this one.", ["J. R. R. Tolkien wrote books.", " E.g. this one."]),
     ("A heading\n\nA paragraph here.", ["A heading", "\n\nA paragraph here."]),
     ("lowercase after. period stays", ["lowercase after. period stays"]),
@@ -73,7 +73,13 @@ def test_is_anchor():
 
 
 def test_presets_match_the_released_checkpoints():
-    assert set(PRESETS) == {"anllm-ac-7b", "anllm-ac-13b", "anllm-ac-7b-translation", "anllm-ep-7b", "anllm-ep-7b-translation"}
+    assert set(PRESETS) == {
+        "anllm-ac-7b",
+        "anllm-ac-13b",
+        "anllm-ac-7b-translation",
+        "anllm-ep-7b",
+        "anllm-ep-7b-translation",
+    }
     assert preset_for("pangjh3/AnLLM-EP-7B-PT").anchor.anchor_ids == (29889,)
     assert preset_for("anllm-ac-13b").hub_id == "pangjh3/AnLLM-AC-13B-PT"
     for p in PRESETS.values():
@@ -82,8 +88,14 @@ def test_presets_match_the_released_checkpoints():
 
 
 @pytest.mark.parametrize(
-    "kw,field", [({"mode": "xx"}, "mode"), ({"n_sink": -1}, "n_sink"), ({"chunk_size": 0}, "chunk_size"),
-                 ({"anchor_ids": ()}, "anchor_ids"), ({"position_policy": "odd"}, "position_policy")],
+    "kw,field",
+    [
+        ({"mode": "xx"}, "mode"),
+        ({"n_sink": -1}, "n_sink"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"anchor_ids": ()}, "anchor_ids"),
+        ({"position_policy": "odd"}, "position_policy"),
+    ],
 )
 def test_anchor_config_validation(kw, field):
     with pytest.raises(AnLLMError, match=field):

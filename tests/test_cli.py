@@ -16,8 +16,20 @@ def run_cli(capsys, *argv):
 
 
 def test_generate_json_stream_and_summary(capsys):
-    code, out, _ = run_cli(capsys, "generate", "--model", "tiny-random", "--prompt", "Hi. There", "--mode", "anchor",
-                           "--max-new-tokens", "6", "--json", "--raw")
+    code, out, _ = run_cli(
+        capsys,
+        "generate",
+        "--model",
+        "tiny-random",
+        "--prompt",
+        "Hi. There",
+        "--mode",
+        "anchor",
+        "--max-new-tokens",
+        "6",
+        "--json",
+        "--raw",
+    )
     lines = [json.loads(x) for x in out.strip().splitlines()]
     assert code == 0 and len(lines) == 7
     tokens, summary = lines[:-1], lines[-1]
@@ -30,8 +42,9 @@ def test_generate_json_stream_and_summary(capsys):
 def test_generate_text_output_and_prompt_file(capsys, tmp_path):
     f = tmp_path / "p.txt"
     f.write_text("A prompt. From a file", encoding="utf-8")
-    code, out, err = run_cli(capsys, "generate", "--model", "tiny-random", "--prompt-file", str(f),
-                             "--max-new-tokens", "4", "--raw")
+    code, out, err = run_cli(
+        capsys, "generate", "--model", "tiny-random", "--prompt-file", str(f), "--max-new-tokens", "4", "--raw"
+    )
     assert code == 0 and "KV kept" in err and "mode defaults to full" in err
 
 
@@ -54,8 +67,19 @@ def test_verify_reports_exactness(capsys, tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("Anchors gather sentences. Later tokens see anchors! Is it exact? It is. Tail words", encoding="utf-8")
     for mode, n_anchor in (("ep", 4), ("ac", 5)):  # AC marks the unterminated last sentence too
-        code, out, _ = run_cli(capsys, "verify", "--model", "tiny-random", "--text-file", str(f), "--mode", mode,
-                               "--json", "--verify-chunk-size", "9")
+        code, out, _ = run_cli(
+            capsys,
+            "verify",
+            "--model",
+            "tiny-random",
+            "--text-file",
+            str(f),
+            "--mode",
+            mode,
+            "--json",
+            "--verify-chunk-size",
+            "9",
+        )
         report = json.loads(out.strip().splitlines()[-1])
         assert code == 0 and report["ok"] and report["max_abs_diff"] < 1e-4
         assert report["anchors"] == n_anchor and report["tokens"] > 80 and report["kv_kept"] < report["tokens"]
