@@ -33,6 +33,15 @@ def lm():
     return make_lm()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and OpenMP threads spinning on a shared CPU slow them many times."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _restore_default_dtype():
     dtype = torch.get_default_dtype()

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
-import torch
+from app_launch import launch
 
 from anllm.app_support import ModelRegistry
 from anllm.app_ui import build_demo
@@ -31,36 +30,6 @@ LAUNCH_ARGS = [
 if not Path(CHROMIUM).is_file():
     pytest.skip("Debian chromium is not installed (run .ci/extra-setup.sh)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (run .ci/extra-setup.sh)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny model runs fastest on one thread, and OpenMP threads spinning on a shared CPU slow it 30x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def launch(demo) -> str:
-    """Launch on a free 127.0.0.1 port; retried, as gradio's own start-up probe can time out on a saturated CPU."""
-    for attempt in range(3):
-        try:
-            _, url, _ = demo.launch(
-                prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True
-            )
-            return url
-        except ValueError as e:
-            if "localhost is not accessible" not in str(e) or attempt == 2:
-                raise
-            demo.close()
-    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,13 @@ import gc
 import html
 import json
 import re
-import socket
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
+from app_launch import launch
 
 from anllm.app_support import ModelRegistry
 from anllm.app_ui import build_demo
@@ -27,39 +26,11 @@ from gradio_client.exceptions import AppError  # noqa: E402
 PROMPT = "Hello there. How are you? I am fine!"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(demo) -> str:
-    """Launch on a free 127.0.0.1 port; retried, as gradio's own start-up probe can time out on a saturated CPU."""
-    for attempt in range(3):
-        try:
-            _, url, _ = demo.launch(
-                prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True, show_error=False
-            )
-            assert url.startswith("http://127.0.0.1:")
-            return url
-        except ValueError as e:
-            if "localhost is not accessible" not in str(e) or attempt == 2:
-                raise
-            demo.close()
-    raise AssertionError("unreachable")
-
-
 def args(prompt=PROMPT, max_new=24, model="tiny-random", peer="none"):
     return (prompt, model, peer, False, max_new, 0.0, 1.0, 0, 1.0, 0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny model runs fastest on one thread, and OpenMP threads spinning on a shared CPU slow it 30x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

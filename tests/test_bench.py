@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from anllm.bench import BenchConfig, bench_tokens, builtin_passage, decode_cost, roofline, run_bench
 from anllm.cli import main
@@ -11,13 +10,7 @@ from anllm.config import AnLLMError
 from tests.conftest import make_lm
 from tests.reference import expected_kept
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def entry_bytes(cfg, elem):

@@ -5,20 +5,13 @@ import math
 from collections import Counter
 
 import pytest
-import torch
 
 from anllm.cli import main
 from anllm.config import AnLLMError
 from anllm.evaluation.bleu import corpus_bleu, evaluate_bleu
 from tests.conftest import make_lm
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def bleu_by_hand(hyp, ref):

@@ -19,12 +19,7 @@ from tests.reference import expected_kept
 TEXT = "The cat sat on the mat. It was warm! Then the rain came, and we ran home? Yes. We did. " * 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ppl_from_logits(logits, ids):

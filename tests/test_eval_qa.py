@@ -12,13 +12,7 @@ from anllm.evaluation.qa import LOCAL_TASKS, build_requests, evaluate_qa, load_j
 from tests.conftest import make_lm
 from tests.reference import expected_kept
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def uniform_lm(mode="ep"):

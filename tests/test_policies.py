@@ -15,12 +15,7 @@ TEXT = "The sun rose; birds sang, loudly. Was it spring?\nYes: it was! Then came
 SEP_CHARS = set(".,?!;: \n")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def expected_positions(text, n_seen, rule, n_sink, window):
