@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 4: train the anchor adapter shipped as `--model default`, from scratch, on CPU (docs/adapter-training.md).
+# Three stages over one deterministic data order (the checkpoint holds the step; the sample order is a function of it):
+#   1. steps 0-200: lr 5e-4 constant after 20 warm-up steps, KL to the base's full attention under the AnSAN mask
+#      (configs/smollm2-anchor-adapter.yaml as committed);
+#   2. steps 200-650: resumed with a cosine decay (over steps 20-650, floor 5 % of lr);
+#   3. steps 650-800: resumed with full_kl_weight=1 (the same KL also under full attention, so normal full-cache use
+#      stays close to the base) and a linear decay (over steps 20-800, floor 20 % of lr).
+# Every stage is resumable: rerun this script after a stop and it continues from the newest checkpoint.
+# Needs the Debian fortunes corpus: apt-get install -y fortunes fortunes-min
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=runs/smollm2-anchor
+CFG=configs/smollm2-anchor-adapter.yaml
+[ -f runs/corpus-fortunes/train.jsonl ] || "$PY" -m anllm.corpus --out runs/corpus-fortunes --sources fortunes
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+step() { "$PY" - "$OUT" <<'PY'
+import sys
+from anllm.checkpointing import latest_checkpoint
+from pathlib import Path
+c = latest_checkpoint(Path(sys.argv[1]))
+print(0 if c is None else int(c.name.split("-")[-1]))
+PY
+}
+S=$(step)
+RESUME=(); [ "$S" -gt 0 ] && RESUME=(--resume)
+if [ "$S" -lt 200 ]; then
+    "$PY" -m anllm -v train --config "$CFG" "${RESUME[@]}" --set max_steps=200 --set num_threads=2
+    RESUME=(--resume)
+fi
+if [ "$S" -lt 650 ]; then
+    "$PY" -m anllm -v train --config "$CFG" "${RESUME[@]}" --set max_steps=650 --set num_threads=2 \
+        --set lr_scheduler=cosine --set min_lr_ratio=0.05
+fi
+"$PY" -m anllm -v train --config "$CFG" --resume --set max_steps=800 --set num_threads=2 --set lr_scheduler=linear \
+    --set min_lr_ratio=0.2 --set full_kl_weight=1.0 --set eval_every=25
+# the adapter: runs/smollm2-anchor/final (copied to anllm/adapters/smollm2-135m-anchor/ with its model card)
