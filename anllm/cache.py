@@ -139,4 +139,6 @@ class PolicyCache(DynamicCache):
                 if t is not None:
                     total += t.numel() * t.element_size()
         return total
+
+
 AnchorCache = PolicyCache  # the name the paper's readers look for
