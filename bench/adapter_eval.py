@@ -3,8 +3,8 @@
 Perplexity by real cache decoding (``anllm.evaluation.ppl``) on held-out English text, for the base and for the
 base with the peft adapter merged: full cache, anchor cache (plus any ``anchor:sink=N`` ablation), and
 StreamingLLM / SepLLM at the anchor cache's mean KV budget. ``--chat`` adds greedy answers of the adapted model to
-ten chat prompts in anchor mode, with the KV cache kept; ``--json-out`` writes everything to one JSON file (the
-model card's numbers), ``--markdown`` prints the tables.
+ten chat prompts (``--chat-mode``, default anchor), with the KV cache kept; ``--json-out`` writes everything to one
+JSON file (the model card's numbers), ``--markdown`` prints the tables.
 
     python bench/adapter_eval.py --adapter runs/smollm2-anchor/checkpoints/step-0000200/adapter \
         --text runs/corpus-fortunes/heldout.txt --text anllm/data/kjv_genesis.txt --max-tokens 1024
@@ -51,13 +51,13 @@ def with_adapter(lm, adapter: str):
     return replace(lm, model=model, name=f"{lm.name}+{label}", anchor_trained=True)
 
 
-def evaluate(lm, texts: list[str], modes: tuple[str, ...], max_tokens: int, chunk_size: int) -> list[dict]:
+def evaluate(lm, texts: dict[str, str], modes: tuple[str, ...], max_tokens: int, chunk_size: int) -> list[dict]:
+    """Perplexity of every text (name -> text) under every mode; streaming/sepllm get the anchor cache's budget."""
     rows = []
-    for path in texts:
-        text = Path(path).read_text(encoding="utf-8")
+    for name, text in texts.items():
         res = perplexity_text(lm, text, modes, chunk_size=chunk_size, max_tokens=max_tokens, budget="anchor")
         for r in res.values():
-            rows.append({"model": lm.name, "text": Path(path).name, "mode": r.mode, "ppl": r.ppl,
+            rows.append({"model": lm.name, "text": name, "mode": r.mode, "ppl": r.ppl,
                          "kv_kept_mean_frac": r.kv_kept_mean_frac, "kv_kept_end": r.kv_kept_end,
                          "kv_kept_frac": r.kv_kept_frac, "tokens": r.tokens})  # fmt: skip
     return rows
@@ -74,13 +74,12 @@ ABLATION = (
 )
 
 
-def ablation(lm, texts: list[str], max_tokens: int, chunk_size: int) -> list[dict]:
+def ablation(lm, texts: dict[str, str], max_tokens: int, chunk_size: int) -> list[dict]:
     """The EP anchor-cache variants (sinks, window, visibility, positions) by real cache decoding."""
     rows = []
-    for path in texts:
-        text = Path(path).read_text(encoding="utf-8")
+    for name, text in texts.items():
         for r in run_variants(lm, text, ABLATION, max_tokens=max_tokens, chunk_size=chunk_size):
-            rows.append({"model": lm.name, "text": Path(path).name, "variant": r.name, "ppl": r.ppl,
+            rows.append({"model": lm.name, "text": name, "variant": r.name, "ppl": r.ppl,
                          "kv_kept_mean_frac": r.kv_kept_mean_frac, "kv_kept_end_frac": r.kv_kept_end_frac,
                          "tokens": r.tokens})  # fmt: skip
     return rows
@@ -113,7 +112,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def curve(metrics: Path, every: int = 50) -> str:
+def curve(metrics: Path) -> str:
     """The run's learning curve as Markdown: held-out perplexities and the mean training loss between evaluations."""
     recs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     evals = [r for r in recs if "eval_ppl_anchor" in r]
@@ -156,16 +155,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    texts = {Path(t).name: Path(t).read_text(encoding="utf-8") for t in args.text}  # read once, used by every run
     base = load_model("smollm2-135m")
-    rows = [] if args.no_base else evaluate(base, args.text, modes, args.max_tokens, args.chunk_size)
+    rows = [] if args.no_base else evaluate(base, texts, modes, args.max_tokens, args.chunk_size)
     adapted = with_adapter(base, args.adapter)
-    rows += evaluate(adapted, args.text, modes, args.max_tokens, args.chunk_size)
+    rows += evaluate(adapted, texts, modes, args.max_tokens, args.chunk_size)
     for r in rows:
         print(json.dumps(r), flush=True)
     ablations = []
     if args.ablation:
         for lm in ([] if args.no_base else [base]) + [adapted]:
-            ablations += ablation(lm, args.text, args.max_tokens, args.chunk_size)
+            ablations += ablation(lm, texts, args.max_tokens, args.chunk_size)
     for r in ablations:
         print(json.dumps(r), flush=True)
     answers = chat(adapted, args.chat, args.chat_mode) if args.chat else []

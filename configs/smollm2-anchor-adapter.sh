@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 4: train the anchor adapter shipped as `--model default`, from scratch, on CPU (docs/adapter-training.md).
+# Issue 4: train the anchor adapter for `--model default` from scratch, on CPU (docs/adapter-training.md).
 # Three stages over one deterministic data order (the checkpoint holds the step; the sample order is a function of it):
 #   1. steps 0-200: lr 5e-4 constant after 20 warm-up steps, KL to the base's full attention under the AnSAN mask
 #      (configs/smollm2-anchor-adapter.yaml as committed);
@@ -35,4 +35,4 @@ if [ "$S" -lt 650 ]; then
 fi
 "$PY" -m anllm -v train --config "$CFG" --resume --set max_steps=800 --set num_threads=2 --set lr_scheduler=linear \
     --set min_lr_ratio=0.2 --set full_kl_weight=1.0 --set eval_every=25
-# the adapter: runs/smollm2-anchor/final (copied to anllm/adapters/smollm2-135m-anchor/ with its model card)
+# the adapter: runs/smollm2-anchor/final (to ship it: copy to anllm/adapters/smollm2-135m-anchor/ with a model card)
