@@ -65,6 +65,11 @@ def test_budget_matching_and_streaming_size():
     assert res["streaming"].kv_kept_end == n  # the text is longer than the budget
     res = perplexity_text(lm, TEXT, ("streaming",), budget=12, chunk_size=5)
     assert res["streaming"].kv_kept_end == 12
+    served = "anchor:sink=1,window=4"  # any mode can set the budget, listed in any order
+    res = perplexity_text(lm, TEXT, ("sepllm", served), chunk_size=8, budget=served)
+    n = max(2, round(res[served].kv_kept_mean))
+    assert n != max(2, round(perplexity_text(lm, TEXT, ("anchor",), chunk_size=8)["anchor"].kv_kept_mean))
+    assert res["sepllm"].mode == f"sepllm:budget={n},sink=4"
 
 
 def test_kv_reduction_formula():
@@ -77,6 +82,8 @@ def test_errors_are_clear():
     lm = make_lm()
     with pytest.raises(AnLLMError, match="budget must be >= 1"):
         perplexity_text(lm, TEXT, ("streaming",), budget=0)
+    with pytest.raises(AnLLMError, match="must be among the modes"):
+        perplexity_text(lm, TEXT, ("full", "streaming"), budget="anchor")
     with pytest.raises(AnLLMError, match="unknown mode 'bogus'"):
         perplexity_text(lm, TEXT, ("full", "bogus"))
     with pytest.raises(AnLLMError, match="empty"):

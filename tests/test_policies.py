@@ -6,7 +6,7 @@ import torch
 from anllm.config import AnLLMError
 from anllm.generation import forward_chunk, make_cache
 from anllm.masks import to_additive
-from anllm.policies import POLICIES, SepLLMPolicy, StreamingPolicy, parse_spec, policy_from_spec
+from anllm.policies import POLICIES, SepLLMPolicy, StreamingPolicy, parse_spec, policy_from_spec, split_modes
 from anllm.policies.sepllm import separator_ids
 from tests.conftest import make_lm
 
@@ -87,6 +87,10 @@ def test_decoding_equals_one_masked_pass(rule, chunk):
         cache = make_cache(lm, make_policy(lm, rule, n_sink, window))
         got = torch.cat([forward_chunk(lm.model, cache, ids[:, s : s + chunk]) for s in range(0, T, chunk)], 1)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)
+
+
+def test_split_modes_keeps_spec_parameters_together():
+    assert split_modes(" full, streaming:sink=4;window=64,,anchor ") == ("full", "streaming:sink=4,window=64", "anchor")
 
 
 def test_spec_strings_and_budget():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from anllm.commands.common import add_model_args, emit_json, load_from_args, read_text
+from anllm.policies import split_modes
 
 
 def _ints(s: str) -> tuple[int, ...]:
@@ -34,11 +35,6 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="last line: {context: {mode: {prefill_s, decode_tok_s, …}}}")
     p.add_argument("--plot", default=None, help="write a plotly HTML figure to this path")
     p.set_defaults(func=run)
-
-
-def split_modes(s: str) -> tuple[str, ...]:
-    """``"full,streaming:sink=4;window=64"`` -> ``("full", "streaming:sink=4,window=64")``."""
-    return tuple(m.strip().replace(";", ",") for m in s.split(",") if m.strip())
 
 
 def run(args) -> int:

@@ -5,21 +5,16 @@ from __future__ import annotations
 import sys
 
 from anllm.commands.common import add_model_args, emit_json, load_from_args, read_text
-from anllm.config import AnLLMError
+from anllm.policies import split_modes
 
 
-def _modes(s: str) -> tuple[str, ...]:
-    # specs use ';' between parameters inside the comma-separated list: streaming:sink=4;window=64
-    return tuple(m.strip().replace(";", ",") for m in s.split(",") if m.strip())
-
-
-def _budget(s: str | None):
-    if s is None or s == "anchor":
-        return s
+def _budget(s: str | None) -> int | str | None:
+    if s is None:
+        return None
     try:
         return int(s)
     except ValueError:
-        raise AnLLMError(f"--budget takes a number of KV entries or 'anchor', got {s!r}") from None
+        return s.strip().replace(";", ",")  # a mode among --modes whose mean KV size the others match
 
 
 def register(sub) -> None:
@@ -31,7 +26,9 @@ def register(sub) -> None:
     q.add_argument("--text-file", required=True, help="UTF-8 text to score")
     q.add_argument("--modes", default="full,anchor,streaming,sepllm", help="comma-separated modes or specs")
     q.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
-    q.add_argument("--budget", default=None, help="KV entries for streaming/sepllm, or 'anchor' to match anchor")
+    q.add_argument(
+        "--budget", default=None, help="KV entries for streaming/sepllm, or a mode among --modes (e.g. anchor) to match"
+    )
     q.add_argument("--json", action="store_true", help='last line: {"<mode>": {"ppl", "kv_kept_frac", "tokens"}}')
     q.set_defaults(func=run_ppl)
 
@@ -64,7 +61,7 @@ def run_ppl(args) -> int:
     from anllm.evaluation.ppl import perplexity_text
 
     text = read_text(None, args.text_file)
-    modes = _modes(args.modes)
+    modes = split_modes(args.modes)
     budget = _budget(args.budget)
     lm = load_from_args(args)
     res = perplexity_text(lm, text, modes, chunk_size=args.chunk_size, max_tokens=args.max_tokens, budget=budget)
@@ -123,7 +120,7 @@ def run_bleu(args) -> int:
             lm,
             refs,
             sources=srcs,
-            modes=_modes(args.modes),
+            modes=split_modes(args.modes),
             template=args.template or DEFAULT_TEMPLATE,
             max_new_tokens=args.max_new_tokens,
         )

@@ -139,23 +139,26 @@ def perplexity_text(
 
     Args:
         budget: KV entries for the bare ``streaming`` / ``sepllm`` modes (sinks + window; SepLLM keeps its
-            separators on top), or ``"anchor"``: the anchor cache's mean size in this run. None: their defaults.
+            separators on top), or one of ``modes`` (e.g. ``"anchor"`` or ``"anchor:sink=1,window=16"``): that
+            mode's mean cache size in this run. None: their defaults.
     """
     if not modes:
         raise AnLLMError("no modes given: use e.g. full,anchor,streaming,sepllm")
     if isinstance(budget, int) and budget < 1:
         raise AnLLMError(f"budget must be >= 1 KV entry (a budget of zero keeps nothing), got {budget}")
-    if budget == "anchor" and "anchor" not in modes:
-        raise AnLLMError("budget='anchor' matches the anchor cache's mean size, so 'anchor' must be among the modes")
+    if isinstance(budget, str) and budget not in modes:
+        raise AnLLMError(
+            f"budget={budget!r} matches that mode's mean cache size, so it must be among the modes {list(modes)}"
+        )
     ids = encode_text(lm, text, max_tokens)
     for m in modes:
         lm.policy(m)  # validate every spec before the slow part
-    order = sorted(modes, key=lambda m: m != "anchor")  # anchor first: it may size the others
+    order = sorted(modes, key=lambda m: m != budget)  # the budget's mode first: it sizes the others
     out: dict[str, PPLResult] = {}
     for m in order:
         spec = m
         if budget is not None and m in BUDGETED:
-            n = max(2, round(out["anchor"].kv_kept_mean)) if budget == "anchor" else int(budget)
+            n = max(2, round(out[budget].kv_kept_mean)) if isinstance(budget, str) else int(budget)
             spec = f"{m}:budget={n},sink={min(4, n - 1)}"
         out[m] = replace(perplexity(lm, ids, lm.policy(spec), chunk_size=chunk_size), mode=spec)
     return {m: out[m] for m in modes}

@@ -13,7 +13,7 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
     "sepllm": SepLLMPolicy,
 }
 
-from anllm.policies.spec import parse_spec, policy_from_spec  # noqa: E402 - needs POLICIES
+from anllm.policies.spec import parse_spec, policy_from_spec, split_modes  # noqa: E402 - needs POLICIES
 
 __all__ = [
     "POLICIES",
@@ -25,4 +25,5 @@ __all__ = [
     "TokenMeta",
     "parse_spec",
     "policy_from_spec",
+    "split_modes",
 ]

@@ -15,6 +15,14 @@ from anllm.policies.base import EvictionPolicy
 _ALIASES = {"sink": "n_sink"}
 
 
+def split_modes(s: str) -> tuple[str, ...]:
+    """A command line's comma-separated mode list; ``;`` separates a spec's own parameters.
+
+    ``"full,streaming:sink=4;window=64"`` -> ``("full", "streaming:sink=4,window=64")``.
+    """
+    return tuple(m.strip().replace(";", ",") for m in s.split(",") if m.strip())
+
+
 def parse_spec(spec: str) -> tuple[str, dict[str, int]]:
     """``"name:k=v,k=v"`` -> ``(name, {k: v})`` with integer values; raises :class:`AnLLMError` on bad syntax."""
     if not isinstance(spec, str) or not spec.strip():
