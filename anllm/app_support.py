@@ -193,6 +193,8 @@ def model_markdown(lm: LoadedModel) -> str:
     lines = [
         f"**{lm.name}** · {getattr(cfg, 'model_type', '?')} · {n_params / 1e6:.2f} M parameters · "
         f"{lm.model.dtype} on {device} · anchors: {lm.anchor.mode.upper()} ({len(lm.anchor_ids)} anchor token ids)"
+        + (f" + {lm.anchor.n_sink} sink(s)" if lm.anchor.n_sink else "")
+        + (f" + a {lm.anchor.window}-token window" if lm.anchor.window else "")
     ]
     lines += [f"- {note}" for note in lm.notes]
     if not lm.anchor_trained:

