@@ -222,7 +222,15 @@ def prepare_model(cfg: TrainConfig):
     frozen = None
     if (cfg.loss != "lm" or cfg.full_kl_weight > 0) and cfg.finetune == "full":
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    if cfg.finetune == "lora":
+    if cfg.finetune == "lora" and cfg.init_adapter is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+        except Exception as e:  # noqa: BLE001 - unreadable adapter files: name the directory, not a peft internal
+            raise AnLLMError(f"TrainConfig.init_adapter {cfg.init_adapter}: not a usable peft adapter ({e})") from e
+        logger.info("LoRA starts from %s (its r, alpha and target modules)", cfg.init_adapter)
+    elif cfg.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
         extra = {}

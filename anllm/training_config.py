@@ -65,6 +65,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    init_adapter: str | None = None  # LoRA: start from this peft adapter directory (its r/alpha/targets win)
     loss: LossKind = "lm"  # kl: distil the model's own full-attention predictions (teacher = adapters off / frozen)
     kl_weight: float = 1.0  # weight of the KL term in "lm+kl"
     kl_temperature: float = 1.0
@@ -132,6 +133,15 @@ class TrainConfig:
             self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
         if self.finetune == "lora" and not self.lora_targets:
             raise AnLLMError("TrainConfig.lora_targets is empty: name the modules LoRA adapts, e.g. q_proj,v_proj")
+        if self.init_adapter is not None:
+            self.init_adapter = str(self.init_adapter)
+            if self.finetune != "lora":
+                raise AnLLMError("TrainConfig.init_adapter starts LoRA from a saved adapter: set finetune: lora")
+            if not (Path(self.init_adapter) / "adapter_config.json").is_file():
+                raise AnLLMError(
+                    f"TrainConfig.init_adapter: {Path(self.init_adapter) / 'adapter_config.json'} not found "
+                    "(give a peft adapter directory, e.g. a run's final/ or anllm/adapters/smollm2-135m-anchor)"
+                )
         self.anchor_config()  # validates anchors / anchor_chars / n_sink / window together
 
     # -- derived ---------------------------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """Training on tiny models: loss goes down, labels and <AC> rows, exact resume, losses, eval, checkpoints."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from anllm.config import AC_TOKEN, AnLLMError
-from anllm.training import SampleOrder, lr_lambda, process_slice, token_kl, train
+from anllm.training import SampleOrder, lr_lambda, prepare_model, process_slice, token_kl, train
 from anllm.training_config import TrainConfig
 
 PROSE = [
@@ -279,6 +280,30 @@ def test_final_lora_adapter_reloads_with_peft(data):
     assert set(trained) <= set(reloaded)
     assert all(torch.equal(reloaded[k], v) for k, v in trained.items())
     assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)  # B moved away from its zero init
+
+
+def test_lora_starts_from_a_saved_adapter(data):
+    """``init_adapter`` continues a shipped or earlier adapter (e.g. on new data): weights, shape and trainability."""
+    from safetensors.torch import load_file
+
+    first = train(cfg_for(data, finetune="lora", lora_r=4, max_steps=3, lr=1e-2))
+    saved = load_file(str(first.final_dir / "adapter_model.safetensors"))
+    cfg = cfg_for(data, finetune="lora", lora_r=8, init_adapter=first.final_dir, output_dir=str(data / "cont"))
+    model, _, _ = prepare_model(cfg)
+    params = {k.replace(".default", ""): p for k, p in model.named_parameters() if "lora_" in k}
+    assert set(params) == set(saved) and all(p.requires_grad for p in params.values())
+    assert all(torch.equal(params[k], v) for k, v in saved.items())  # the saved weights, at the saved r = 4
+    assert all(p.shape[0] == 4 for k, p in params.items() if "lora_A" in k)
+    res = train(replace(cfg, max_steps=2, lr=1e-2))
+    moved = load_file(str(res.final_dir / "adapter_model.safetensors"))
+    assert set(moved) == set(saved) and any(not torch.equal(moved[k], saved[k]) for k in saved)
+
+
+def test_init_adapter_errors(data):
+    with pytest.raises(AnLLMError, match="finetune: lora"):
+        cfg_for(data, init_adapter=str(data))
+    with pytest.raises(AnLLMError, match="adapter_config.json"):
+        cfg_for(data, finetune="lora", init_adapter=str(data / "nowhere"))
 
 
 def test_full_attention_kl_term(data):
