@@ -257,5 +257,5 @@ def load_model(
     check_supported(model)
     cfg = anchor or adapter_anchor or (preset.anchor if preset is not None else AnchorConfig())
     anchor_ids = resolve_anchor_ids(cfg, tokenizer, model)
-    trained = preset is not None or any(n.startswith("anchor adapter applied") for n in notes)
+    trained = preset is not None or adapter_anchor is not None
     return LoadedModel(model, tokenizer, cfg, anchor_ids, name, notes, trained)

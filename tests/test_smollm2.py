@@ -28,8 +28,7 @@ def smol():
 
 
 def test_default_model_answers_a_chat_prompt(default):
-    lm = default
-    r = generate(lm, "What is the capital of France?", lm.default_mode, GenerationConfig(max_new_tokens=24))
+    r = generate(default, "What is the capital of France?", default.default_mode, GenerationConfig(max_new_tokens=24))
     assert "Paris" in r.text
     assert r.finish_reason in ("eos", "length")
 
@@ -47,10 +46,9 @@ def test_default_model_is_the_base_plus_the_shipped_adapter(smol, default):
     for layer, proj in ((0, "self_attn.q_proj"), (17, "mlp.down_proj")):
         key = f"base_model.model.model.layers.{layer}.{proj}"
         A, B = tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"]  # (r, in), (out, r)
-        want = smol.model.get_submodule(f"model.layers.{layer}.{proj}").weight + scale * (B @ A)
+        base = smol.model.get_submodule(f"model.layers.{layer}.{proj}").weight
         got = default.model.get_submodule(f"model.layers.{layer}.{proj}").weight
-        assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, smol.model.get_submodule(
-            f"model.layers.{layer}.{proj}").weight, atol=1e-4)  # fmt: skip
+        assert torch.allclose(got, base + scale * (B @ A), atol=1e-6) and not torch.allclose(got, base, atol=1e-4)
     assert default.anchor == AnchorConfig(**json.loads((d / "anchor.json").read_text()))
     assert default.anchor_trained and default.default_mode == "anchor" and not smol.anchor_trained
     ids = torch.tensor([smol.tokenizer(TEXT)["input_ids"]])
