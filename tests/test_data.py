@@ -194,3 +194,37 @@ def test_corpus_builder_falls_back_and_holds_out(tmp_path, monkeypatch):
     train = {json.loads(line)["text"] for line in (tmp_path / "c" / "train.jsonl").read_text().splitlines()}
     held = set((tmp_path / "c" / "heldout.txt").read_text().strip().split("\n\n"))
     assert train.isdisjoint(held) and len(held) == info["heldout_docs"]
+
+
+def test_wordnet_glosses_become_sentences(tmp_path):
+    from anllm.corpus import wordnet_documents
+
+    header = "  1 This software and database is being provided to you, the LICENSEE, by Princeton University\n"
+    noun = (
+        "02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 001 @ 02083346 n 0000 | a member of the genus "
+        'Canis; "the dog barked all night"  \n'
+        "00217499 04 n 01 disaster 0 001 @ 00217014 n 0000 | an act that has disastrous consequences  \n"
+        "00000001 04 n 01 nogloss 0 000 \n"
+    )
+    adj = '00001740 00 a 01 able(a) 0 001 | having the necessary means; "able to swim"; "she was able to program"\n'
+    (tmp_path / "data.noun").write_text(header + noun)
+    (tmp_path / "data.adj").write_text(adj)
+    docs = wordnet_documents(tmp_path, per_doc=2)
+    assert docs == [
+        "dog: a member of the genus Canis. The dog barked all night. "
+        "disaster: an act that has disastrous consequences.",
+        "able: having the necessary means. Able to swim. She was able to program.",
+    ]
+    assert wordnet_documents(tmp_path / "absent") == []
+
+
+def test_kjv_leaves_out_the_evaluation_book(tmp_path):
+    from anllm.corpus import kjv_documents
+
+    verses = [("Genesis", 1, "In the beginning."), ("Exodus", 1, "Now these are the names."), ("Exodus", 1, "And all.")]
+    path = tmp_path / "kjv.jsonl"
+    path.write_text("".join(json.dumps({"book": b, "chapter": c, "verse": i, "text": t}) + "\n"
+                            for i, (b, c, t) in enumerate(verses)))  # fmt: skip
+    assert kjv_documents(path) == ["Now these are the names. And all."]
+    assert kjv_documents(path, exclude_books=()) == ["In the beginning.", "Now these are the names. And all."]
+    assert kjv_documents(tmp_path / "absent.jsonl") == []
