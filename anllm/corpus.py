@@ -77,10 +77,7 @@ def _wordnet_sentences(line: str) -> list[str]:
     if line.startswith("  ") or "|" not in line:  # the licence header, or a synset without a gloss
         return []
     fields, gloss = line.split("|", 1)
-    parts = fields.split()
-    n_words = int(parts[3], 16)
-    words = [parts[4 + 2 * i].replace("_", " ") for i in range(n_words)]
-    word = re.sub(r"\(\w+\)$", "", words[0])  # adjective markers such as "(a)"
+    word = re.sub(r"\(\w+\)$", "", fields.split()[4].replace("_", " "))  # the synset's first word, no "(a)" marker
     pieces = [q.strip() for q in gloss.split(";") if q.strip()]
     definition = "; ".join(q for q in pieces if not q.startswith('"'))
     examples = [q.strip('"').strip() for q in pieces if q.startswith('"')]
