@@ -230,6 +230,9 @@ def prepare_model(cfg: TrainConfig):
         except Exception as e:  # noqa: BLE001 - unreadable adapter files: name the directory, not a peft internal
             raise AnLLMError(f"TrainConfig.init_adapter {cfg.init_adapter}: not a usable peft adapter ({e})") from e
         logger.info("LoRA starts from %s (its r, alpha and target modules)", cfg.init_adapter)
+        if cfg.grow_lora_r:
+            model = grow_lora_rank(model, cfg.grow_lora_r, dropout=cfg.lora_dropout)
+            logger.info("LoRA rank raised to %d (new directions start at zero: same model at step 0)", cfg.grow_lora_r)
     elif cfg.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -250,6 +253,47 @@ def prepare_model(cfg: TrainConfig):
         model.config.use_cache = False
     model.train()
     return model, lm, frozen
+
+
+def grow_lora_rank(model, r: int, *, dropout: float = 0.0):
+    """A LoRA model of rank ``r`` that computes exactly what ``model`` (a peft LoRA model of rank <= r) computes.
+
+    The saved directions fill the first rows of every ``lora_A`` and columns of every ``lora_B``; the new ``lora_B``
+    columns are zero (so the model is unchanged) and the new ``lora_A`` rows keep peft's random init (so they get
+    gradients). ``lora_alpha`` is scaled with the rank to keep ``alpha / r``, so old directions keep their step size.
+    """
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    old = model.peft_config["default"]
+    if old.trainable_token_indices or old.modules_to_save or old.use_rslora or old.use_dora:
+        raise AnLLMError(
+            "TrainConfig.grow_lora_r: the saved adapter trains token rows, whole modules, rsLoRA or DoRA; "
+            "only a plain LoRA adapter can grow (train a new one at the rank you want instead)"
+        )
+    if r < old.r:
+        raise AnLLMError(f"TrainConfig.grow_lora_r = {r} is below the saved adapter's r = {old.r}; give r >= {old.r}")
+    saved = {
+        n: (m.lora_A["default"].weight.detach().clone(), m.lora_B["default"].weight.detach().clone())
+        for n, m in model.named_modules()
+        if isinstance(m, LoraLayer)
+    }  # name -> (r0, in), (out, r0)
+    alpha = old.lora_alpha * r / old.r
+    new = LoraConfig(
+        r=r,
+        lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,
+        lora_dropout=dropout,
+        target_modules=old.target_modules if isinstance(old.target_modules, str) else sorted(old.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    grown = get_peft_model(model.unload(), new)
+    with torch.no_grad():
+        for name, m in grown.named_modules():
+            if isinstance(m, LoraLayer):
+                a, b = saved[name]
+                m.lora_A["default"].weight[: a.shape[0]].copy_(a)  # (r, in)
+                m.lora_B["default"].weight.zero_()[:, : b.shape[1]].copy_(b)  # (out, r)
+    return grown
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

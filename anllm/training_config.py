@@ -66,6 +66,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     init_adapter: str | None = None  # LoRA: start from this peft adapter directory (its r/alpha/targets win)
+    grow_lora_r: int = 0  # with init_adapter: raise its rank to this; new directions start at zero (0 = keep its r)
     loss: LossKind = "lm"  # kl: distil the model's own full-attention predictions (teacher = adapters off / frozen)
     kl_weight: float = 1.0  # weight of the KL term in "lm+kl"
     kl_temperature: float = 1.0
@@ -111,7 +112,7 @@ class TrainConfig:
             if int(getattr(self, name)) < 1:
                 raise AnLLMError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         non_negative = ("max_steps", "warmup_steps", "save_every", "eval_every", "n_sink", "window", "max_examples")
-        for name in non_negative + ("num_threads", "eval_max_tokens", "keep_checkpoints"):
+        for name in non_negative + ("num_threads", "eval_max_tokens", "keep_checkpoints", "grow_lora_r"):
             if int(getattr(self, name)) < 0:
                 raise AnLLMError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -142,6 +143,8 @@ class TrainConfig:
                     f"TrainConfig.init_adapter: {Path(self.init_adapter) / 'adapter_config.json'} not found "
                     "(give a peft adapter directory, e.g. a run's final/ or anllm/adapters/smollm2-135m-anchor)"
                 )
+        elif self.grow_lora_r:
+            raise AnLLMError("TrainConfig.grow_lora_r raises the rank of a saved adapter: set init_adapter too")
         self.anchor_config()  # validates anchors / anchor_chars / n_sink / window together
 
     # -- derived ---------------------------------------------------------------------------------------------------

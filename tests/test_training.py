@@ -299,6 +299,38 @@ def test_lora_starts_from_a_saved_adapter(data):
     assert set(moved) == set(saved) and any(not torch.equal(moved[k], saved[k]) for k in saved)
 
 
+def test_grow_lora_rank_keeps_the_model_and_trains_the_new_directions(data):
+    """``grow_lora_r``: rank 4 -> 7 computes the same logits at step 0; the new directions then get gradients."""
+    first = train(cfg_for(data, finetune="lora", lora_r=4, max_steps=3, lr=1e-2))
+    base = cfg_for(data, finetune="lora", init_adapter=first.final_dir, output_dir=str(data / "grown"))
+    kept, _, _ = prepare_model(base)
+    grown, _, _ = prepare_model(replace(base, grow_lora_r=7))
+    ids = torch.randint(0, 50, (2, 19))  # (B, T)
+    with torch.no_grad():
+        want, got = kept(input_ids=ids).logits, grown(input_ids=ids).logits  # (B, T, V)
+        with kept.disable_adapter():
+            plain = kept(input_ids=ids).logits
+    assert (want - plain).abs().max() > 1e-3  # the saved adapter does change the model, so equality means something
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert grown.peft_config["default"].r == 7
+    assert grown.peft_config["default"].lora_alpha / 7 == pytest.approx(kept.peft_config["default"].lora_alpha / 4)
+    n = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    assert n(grown) == n(kept) * 7 // 4
+    grown(input_ids=ids, labels=ids).loss.backward()
+    new_b = [m.lora_B["default"].weight.grad[:, 4:] for m in grown.modules() if hasattr(m, "lora_B")]
+    assert new_b and all(g.abs().sum() > 0 for g in new_b)  # zero columns, yet trainable: their A rows are random
+    res = train(replace(base, grow_lora_r=7, max_steps=2, lr=1e-2))
+    assert json.loads((res.final_dir / "adapter_config.json").read_text())["r"] == 7
+
+
+def test_grow_lora_rank_errors(data):
+    with pytest.raises(AnLLMError, match="set init_adapter"):
+        cfg_for(data, finetune="lora", grow_lora_r=8)
+    first = train(cfg_for(data, finetune="lora", lora_r=4, max_steps=1, output_dir=str(data / "r4")))
+    with pytest.raises(AnLLMError, match="below the saved adapter's r = 4"):
+        prepare_model(cfg_for(data, finetune="lora", init_adapter=first.final_dir, grow_lora_r=2))
+
+
 def test_init_adapter_errors(data):
     with pytest.raises(AnLLMError, match="finetune: lora"):
         cfg_for(data, init_adapter=str(data))
