@@ -1,11 +1,11 @@
 import pytest
 import torch
-from conftest import make_lm
 
 from anllm.ablations import AblationRow, Variant, ablation_figure, budget_figure, by_name, run_variants, with_anchor
 from anllm.config import AC_TOKEN, AnLLMError
 from anllm.evaluation.ppl import perplexity
 from anllm.verify import masked_forward
+from tests.conftest import make_lm
 
 TEXT = "The cat sat. A dog ran far! Was it fun? Birds sing in trees. The end is near. Yes."
 

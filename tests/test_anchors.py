@@ -1,10 +1,10 @@
 import pytest
 import torch
-from conftest import make_lm
 
 from anllm.anchors import add_ac_token, ep_anchor_ids, insert_ac, is_anchor, split_sentences
 from anllm.config import PRESETS, AnchorConfig, AnLLMError, preset_for
 from anllm.models import tiny_model, tiny_tokenizer
+from tests.conftest import make_lm
 
 pytestmark = pytest.mark.core
 

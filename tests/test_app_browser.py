@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from app_launch import launch
 
 from anllm.app_support import ModelRegistry
 from anllm.app_ui import build_demo
 from anllm.models import load_model
+from tests.app_launch import launch
 
 CHROMIUM = os.environ.get("ANLLM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 LAUNCH_ARGS = [

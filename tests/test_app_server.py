@@ -12,12 +12,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from app_launch import launch
 
 from anllm.app_support import ModelRegistry
 from anllm.app_ui import build_demo
 from anllm.config import GenerationConfig
 from anllm.generation import stream_generate
+from tests.app_launch import launch
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402

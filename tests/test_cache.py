@@ -2,14 +2,14 @@
 
 import pytest
 import torch
-from conftest import ARCHS, make_lm
-from reference import expected_kept, official_mask
 from transformers import DynamicCache
 
 from anllm.anchors import insert_ac
 from anllm.generation import forward_chunk, generate_batch, make_cache, prefill
 from anllm.masks import to_additive, token_positions
 from anllm.policies import AnchorPolicy, FullCachePolicy
+from tests.conftest import ARCHS, make_lm
+from tests.reference import expected_kept, official_mask
 
 pytestmark = pytest.mark.core
 TEXTS = [

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import make_lm
 
 from anllm.anchors import is_anchor
 from anllm.masks import ansan_block_mask, ansan_mask, to_additive, token_positions
+from tests.conftest import make_lm
 
 TEXT = "The cat sat. On the mat! Was it warm? Yes it was and the day went on. " * 3
 

@@ -1,12 +1,12 @@
 import pytest
 import torch
-from conftest import make_lm
-from reference import expected_kept
 
 from anllm.compat import check_supported
 from anllm.config import AnLLMError, GenerationConfig
 from anllm.generation import encode_prompt, generate, generate_batch, make_cache, prefill, sample_next, stream_generate
 from anllm.verify import masked_forward
+from tests.conftest import make_lm
+from tests.reference import expected_kept
 
 pytestmark = pytest.mark.core
 PROMPT = "The sun rose. Birds sang! Did the town wake? It did. People walked to the market and"

@@ -1,8 +1,8 @@
 import pytest
 import torch
-from reference import official_mask
 
 from anllm.masks import ansan_mask, ansan_mask_mod, segment_ids, to_additive, token_positions
+from tests.reference import official_mask
 
 pytestmark = pytest.mark.core
 ANCHOR_IDS = {7, 11}
