@@ -308,6 +308,19 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas))
 
 
+def _allow_new_precision(mixed: str) -> None:
+    """Let a second run in one single-process Python session (a notebook, a test) use another precision.
+
+    accelerate keeps one process-wide state and refuses a new ``mixed_precision`` once it is set; a launched
+    multi-process run keeps it (its precision comes from the launcher), a single process may start afresh.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed) != mixed and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()  # private in accelerate 1.15; only the precision-bearing state is cleared
+
+
 # -- the loop --------------------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int, dict], None] | None = None):
     """Train ``cfg`` under whatever ``accelerate launch`` set up (or one local process).
@@ -331,10 +344,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int,
     if path == "flex" and not torch.cuda.is_available():
         raise AnLLMError("attention: flex needs a CUDA GPU here; use attention: dense on CPU")
     cfg.precision = precision  # record the resolved value in the saved config
+    mixed = "bf16" if precision == "bf16" else "no"
+    _allow_new_precision(mixed)
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision="bf16" if precision == "bf16" else "no",
-        gradient_accumulation_steps=cfg.grad_accum,
+        cpu=not torch.cuda.is_available(), mixed_precision=mixed, gradient_accumulation_steps=cfg.grad_accum
     )
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     out = Path(cfg.output_dir)

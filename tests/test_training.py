@@ -323,6 +323,20 @@ def test_grow_lora_rank_keeps_the_model_and_trains_the_new_directions(data):
     assert json.loads((res.final_dir / "adapter_config.json").read_text())["r"] == 7
 
 
+def test_bf16_autocast_on_cpu(data):
+    """``precision: bf16`` also works on CPU (autocast; twice as fast as float32 on CPUs with AVX512-BF16): the
+    master weights stay float32 and the first step's loss matches the float32 run's to bf16 accuracy."""
+    fp32 = train(cfg_for(data, finetune="lora", lora_r=4, max_steps=6, precision="fp32", output_dir=str(data / "a")))
+    bf16 = train(cfg_for(data, finetune="lora", lora_r=4, max_steps=6, precision="bf16", output_dir=str(data / "b")))
+    assert json.loads((bf16.output_dir / "config.json").read_text())["precision"] == "bf16"
+    assert bf16.losses[1] == pytest.approx(fp32.losses[1], rel=0.02) and bf16.losses[1] != fp32.losses[1]  # bf16 ran
+    assert bf16.losses[6] < bf16.losses[1]  # it learns
+    from safetensors.torch import load_file
+
+    saved = load_file(str(bf16.final_dir / "adapter_model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in saved.values())
+
+
 def test_grow_lora_rank_errors(data):
     with pytest.raises(AnLLMError, match="set init_adapter"):
         cfg_for(data, finetune="lora", grow_lora_r=8)
