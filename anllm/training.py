@@ -256,7 +256,7 @@ def prepare_model(cfg: TrainConfig):
 
 
 def grow_lora_rank(model, r: int, *, dropout: float = 0.0):
-    """A LoRA model of rank ``r`` that computes exactly what ``model`` (a peft LoRA model of rank <= r) computes.
+    """A LoRA model of rank ``r`` computing the same function as ``model`` (a peft LoRA model of rank <= r).
 
     The saved directions fill the first rows of every ``lora_A`` and columns of every ``lora_B``; the new ``lora_B``
     columns are zero (so the model is unchanged) and the new ``lora_A`` rows keep peft's random init (so they get
@@ -291,8 +291,9 @@ def grow_lora_rank(model, r: int, *, dropout: float = 0.0):
         for name, m in grown.named_modules():
             if isinstance(m, LoraLayer):
                 a, b = saved[name]
-                m.lora_A["default"].weight[: a.shape[0]].copy_(a)  # (r, in)
-                m.lora_B["default"].weight.zero_()[:, : b.shape[1]].copy_(b)  # (out, r)
+                m.lora_A["default"].weight[: a.shape[0]].copy_(a)  # (r, in): new rows keep peft's random init
+                m.lora_B["default"].weight.zero_()  # (out, r): new columns start at zero ...
+                m.lora_B["default"].weight[:, : b.shape[1]].copy_(b)  # ... the saved ones are copied back
     return grown
 
 
