@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -174,6 +175,39 @@ def _adapter_anchor(path: Path) -> AnchorConfig:
         return AnchorConfig(**fields)
     except (OSError, ValueError, TypeError, AnLLMError) as e:
         raise AnLLMError(f"{path} is not a valid anchor configuration ({e}); {_REINSTALL}") from e
+
+
+def export_adapter(
+    src: str | Path, dst: str | Path, anchor: AnchorConfig, *, dtype: torch.dtype = torch.float32, base: str = ""
+) -> Path:
+    """Write a trained peft LoRA adapter (e.g. a run's ``final/``) as a shippable anchor adapter directory.
+
+    ``dst`` gets the three :data:`ADAPTER_FILES`: the weights cast to ``dtype`` (bfloat16 halves the file; peft casts
+    them back to the model's dtype when loading), the adapter config (``base_model_name_or_path`` set to ``base`` when
+    given) and ``anchor.json`` (how anchor mode is served). Other files already in ``dst`` (a model card) are kept.
+    """
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    for name in ADAPTER_FILES[:2]:
+        if not (src / name).is_file():
+            raise AnLLMError(f"export_adapter: {src / name} not found (give a peft adapter directory, e.g. a final/)")
+    if not dtype.is_floating_point:
+        raise AnLLMError(f"export_adapter: dtype must be a floating-point dtype, got {dtype}")
+    dst.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.to(dtype).contiguous() for k, v in load_file(str(src / ADAPTER_FILES[1])).items()}
+    save_file(weights, str(dst / ADAPTER_FILES[1]), metadata={"format": "pt"})
+    config = json.loads((src / ADAPTER_FILES[0]).read_text(encoding="utf-8"))
+    if base:
+        config["base_model_name_or_path"] = base
+    (dst / ADAPTER_FILES[0]).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    default = AnchorConfig()
+    fields = {f.name: getattr(anchor, f.name) for f in dataclasses.fields(anchor)}
+    fields = {k: v for k, v in fields.items() if k in ("mode", "n_sink", "window") or v != getattr(default, k)}
+    if fields.get("anchor_ids") is not None:
+        fields["anchor_ids"] = list(fields["anchor_ids"])
+    (dst / ADAPTER_FILES[2]).write_text(json.dumps(fields, indent=2) + "\n", encoding="utf-8")
+    return dst
 
 
 def _apply_adapter(model, adapter_dir: Path, notes: list[str]) -> tuple[torch.nn.Module, AnchorConfig]:

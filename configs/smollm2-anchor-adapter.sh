@@ -52,6 +52,12 @@ RESUME=(); [ "$(step "$LONG")" -gt 0 ] && RESUME=(--resume)
 "$PY" -m anllm -v train --config "$CFG" "${RESUME[@]}" --set init_adapter="$OUT/final" --set output_dir="$LONG" \
     --set block_size=1024 --set batch_size=1 --set max_steps=500 --set lr_scheduler=constant --set lr=2.0e-4 \
     --set warmup_steps=0 --set n_sink=1 --set window=16 --set full_kl_weight=1.0 --set eval_every=25 --set num_threads=2
-# the adapter: runs/smollm2-anchor-long/final. anllm ships it as anllm/adapters/smollm2-135m-anchor/:
-# adapter_model.safetensors, adapter_config.json (base_model_name_or_path set to HuggingFaceTB/SmolLM2-135M-Instruct),
-# anchor.json ({"mode": "ep", "n_sink": 1, "window": 16}: how `default` serves anchor mode) and the model card README.md.
+# the adapter: runs/smollm2-anchor-long/final. anllm ships it as anllm/adapters/smollm2-135m-anchor/ (weights,
+# adapter_config.json with base_model_name_or_path = HuggingFaceTB/SmolLM2-135M-Instruct, anchor.json = how `default`
+# serves anchor mode; the model card README.md stays), written by anllm.models.export_adapter:
+"$PY" - <<'PY'
+from anllm.config import AnchorConfig
+from anllm.models import ADAPTER_DIR, SMOLLM2_HUB_ID, export_adapter
+
+export_adapter("runs/smollm2-anchor-long/final", ADAPTER_DIR, AnchorConfig(n_sink=1, window=16), base=SMOLLM2_HUB_ID)
+PY

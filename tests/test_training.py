@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anllm.config import AC_TOKEN, AnLLMError
+from anllm.config import AC_TOKEN, AnchorConfig, AnLLMError
 from anllm.training import SampleOrder, lr_lambda, prepare_model, process_slice, token_kl, train
 from anllm.training_config import TrainConfig
 
@@ -280,6 +280,40 @@ def test_final_lora_adapter_reloads_with_peft(data):
     assert set(trained) <= set(reloaded)
     assert all(torch.equal(reloaded[k], v) for k, v in trained.items())
     assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)  # B moved away from its zero init
+
+
+def test_export_adapter_in_bfloat16_merges_the_rounded_delta(data):
+    """``export_adapter`` writes what ``--model default`` loads; in bfloat16 the merged weight change is exactly
+    scale * B @ A of the rounded factors, computed here by hand."""
+    from safetensors.torch import load_file
+
+    from anllm.models import _apply_adapter, export_adapter, load_model
+
+    res = train(cfg_for(data, finetune="lora", lora_r=4, max_steps=3, lr=1e-2))
+    ship = export_adapter(res.final_dir, data / "ship", AnchorConfig(n_sink=1, window=16), dtype=torch.bfloat16,
+                          base="org/base")  # fmt: skip
+    src, out = (
+        load_file(str(res.final_dir / "adapter_model.safetensors")),
+        load_file(str(ship / "adapter_model.safetensors")),
+    )
+    assert set(out) == set(src) and all(
+        v.dtype == torch.bfloat16 and torch.equal(v, src[k].bfloat16()) for k, v in out.items()
+    )
+    assert (ship / "adapter_model.safetensors").stat().st_size < 0.6 * (
+        res.final_dir / "adapter_model.safetensors"
+    ).stat().st_size
+    assert json.loads((ship / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/base"
+    assert json.loads((ship / "anchor.json").read_text()) == {"mode": "ep", "n_sink": 1, "window": 16}
+    base = load_model("tiny-random").model
+    merged, anchor = _apply_adapter(load_model("tiny-random").model, ship, notes=[])
+    assert (anchor.n_sink, anchor.window) == (1, 16)
+    key = next(k for k in out if "lora_A" in k)  # base_model.model.<module>.lora_A.weight
+    module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+    a, b = out[key].float(), out[key.replace("lora_A", "lora_B")].float()  # (r, in), (out, r)
+    w0, w1 = base.get_parameter(module + ".weight"), merged.get_parameter(module + ".weight")
+    torch.testing.assert_close(w1 - w0, (32 / 4) * b @ a, rtol=0, atol=1e-6)  # lora_alpha 32 / r 4
+    with pytest.raises(AnLLMError, match="adapter_config.json not found"):
+        export_adapter(data, data / "nowhere", AnchorConfig())
 
 
 def test_lora_starts_from_a_saved_adapter(data):
