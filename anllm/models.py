@@ -201,11 +201,10 @@ def export_adapter(
     if base:
         config["base_model_name_or_path"] = base
     (dst / ADAPTER_FILES[0]).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    default = AnchorConfig()
-    fields = {f.name: getattr(anchor, f.name) for f in dataclasses.fields(anchor)}
-    fields = {k: v for k, v in fields.items() if k in ("mode", "n_sink", "window") or v != getattr(default, k)}
-    if fields.get("anchor_ids") is not None:
-        fields["anchor_ids"] = list(fields["anchor_ids"])
+    default = dataclasses.asdict(AnchorConfig())  # anchor.json names the served setting and any other change
+    fields = {
+        k: v for k, v in dataclasses.asdict(anchor).items() if k in ("mode", "n_sink", "window") or v != default[k]
+    }
     (dst / ADAPTER_FILES[2]).write_text(json.dumps(fields, indent=2) + "\n", encoding="utf-8")
     return dst
 
