@@ -57,6 +57,7 @@ class AblationRow:
     kv_kept_end: int  # entries stored after the text
     kv_kept_end_frac: float  # kv_kept_end / tokens
     seconds: float
+    anchor: dict[str, Any] = field(default_factory=dict)  # the variant's changes to the model's AnchorConfig
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -139,6 +140,7 @@ def run_variants(
                 kv_kept_end=r.kv_kept_end,
                 kv_kept_end_frac=r.kv_kept_frac,
                 seconds=r.seconds,
+                anchor=dict(v.anchor),
             )
         )
     return rows
