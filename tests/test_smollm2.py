@@ -45,7 +45,7 @@ def test_default_model_is_the_base_plus_the_shipped_adapter(smol, default):
     scale = cfg["lora_alpha"] / cfg["r"]
     for layer, proj in ((0, "self_attn.q_proj"), (17, "mlp.down_proj")):
         key = f"base_model.model.model.layers.{layer}.{proj}"
-        A, B = tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"]  # (r, in), (out, r)
+        A, B = tensors[f"{key}.lora_A.weight"].float(), tensors[f"{key}.lora_B.weight"].float()  # (r, in), (out, r)
         base = smol.model.get_submodule(f"model.layers.{layer}.{proj}").weight
         got = default.model.get_submodule(f"model.layers.{layer}.{proj}").weight
         assert torch.allclose(got, base + scale * (B @ A), atol=1e-6) and not torch.allclose(got, base, atol=1e-4)
