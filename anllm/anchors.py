@@ -148,6 +148,42 @@ def resolve_anchor_ids(cfg: AnchorConfig, tokenizer, model=None) -> tuple[int, .
 
 
 def is_anchor(input_ids: torch.Tensor, anchor_ids: torch.Tensor | tuple[int, ...]) -> torch.Tensor:
-    """Bool tensor of ``input_ids``' shape, True where the token is an anchor."""
+    """Bool tensor of ``input_ids``' shape, True where the token is an anchor id (no forced anchors)."""
     ids = torch.as_tensor(anchor_ids, dtype=input_ids.dtype, device=input_ids.device)
     return torch.isin(input_ids, ids)
+
+
+def mark_anchors(
+    input_ids: torch.Tensor,
+    anchor_ids: torch.Tensor | tuple[int, ...],
+    valid: torch.Tensor | None = None,
+    *,
+    max_segment: int = 0,
+    run: torch.Tensor | int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchors of a chunk: anchor ids, plus a *forced* anchor wherever a segment reaches ``max_segment`` tokens.
+
+    A forced anchor bounds the open sentence on text without sentence ends (code, lists), so an anchor cache never
+    grows more than ``max_segment`` entries past its anchors. The model must be trained with the same rule.
+
+    Args:
+        input_ids: long ``(B, T)``.
+        valid: bool ``(B, T)``, False on padding (never an anchor, not counted); None = all valid.
+        max_segment: a segment's longest length in tokens, its anchor included (0 = no forced anchors).
+        run: long ``(B,)`` or int, valid tokens since the last anchor before this chunk (carried across chunks).
+    Returns:
+        ``(anchor, run_after)``: bool ``(B, T)`` and long ``(B,)``, the ``run`` to pass with the next chunk.
+    """
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if valid is None else valid.bool()
+    natural = is_anchor(input_ids, anchor_ids) & valid  # (B, T)
+    run = torch.as_tensor(run, dtype=torch.long, device=input_ids.device).expand(input_ids.shape[0])
+    if max_segment <= 0:
+        return natural, run.clone()
+    count = valid.long().cumsum(-1)  # (B, T): valid tokens so far in the chunk, this one included
+    last = torch.where(natural, count, torch.zeros_like(count)).cummax(-1).values  # count at the last natural anchor
+    since = torch.where(last > 0, count - last, count + run[:, None])  # (B, T): tokens since the last natural anchor
+    forced = valid & ~natural & (since % max_segment == 0)
+    anchor = natural | forced
+    has = valid.any(-1)
+    since_end = torch.where(has, since.gather(1, (count.argmax(-1, keepdim=True))).squeeze(1), run)  # (B,)
+    return anchor, since_end % max_segment

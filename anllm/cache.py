@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from anllm.anchors import is_anchor as _is_anchor
+from anllm.anchors import mark_anchors
 from anllm.masks import combine, segment_ids, to_additive, token_positions
 from anllm.policies.base import EvictionPolicy, TokenMeta
 from anllm.policies.full import FullCachePolicy
@@ -30,6 +30,7 @@ class PolicyCache(DynamicCache):
         anchor_ids: token ids that are anchors (they define segments for every policy).
         position_policy: ``"true"`` (a token's position counts every token seen) or ``"compact"`` (the official
             code: a new token's position is the number of entries stored).
+        max_segment: a forced anchor after this many tokens without one (0 = only ``anchor_ids`` are anchors).
     """
 
     def __init__(
@@ -38,16 +39,20 @@ class PolicyCache(DynamicCache):
         policy: EvictionPolicy | None = None,
         anchor_ids: tuple[int, ...] = (),
         position_policy: Literal["true", "compact"] = "true",
+        max_segment: int = 0,
     ) -> None:
         super().__init__(config=config)
         self.policy = policy if policy is not None else FullCachePolicy()
         self.anchor_ids = tuple(anchor_ids)
         self.position_policy = position_policy
+        self.max_segment = int(max_segment)
         self.meta: TokenMeta | None = None  # stored entries, (B, K) each
         self.n_seen: Tensor | None = None  # long (B,): real tokens seen
         self.n_seg: Tensor | None = None  # long (B,): anchors seen
         self.n_evicted: Tensor | None = None  # long (B,): entries dropped so far
+        self.n_run: Tensor | None = None  # long (B,): tokens since the last anchor (for forced anchors)
         self._pending: TokenMeta | None = None
+        self._run_after: Tensor | None = None
 
     # -- before / after a forward pass ------------------------------------------------------------------------
     def prepare(self, input_ids: Tensor, attention_mask: Tensor | None = None, dtype: torch.dtype = torch.float32):
@@ -68,10 +73,13 @@ class PolicyCache(DynamicCache):
             self.n_seen = torch.zeros(B, dtype=torch.long, device=device)
             self.n_seg = torch.zeros(B, dtype=torch.long, device=device)
             self.n_evicted = torch.zeros(B, dtype=torch.long, device=device)
+            self.n_run = torch.zeros(B, dtype=torch.long, device=device)
         if B != self.meta.token.shape[0]:
             raise ValueError(f"batch size changed from {self.meta.token.shape[0]} to {B} within one cache")
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        anchor = _is_anchor(input_ids, self.anchor_ids) & valid
+        anchor, self._run_after = mark_anchors(
+            input_ids, self.anchor_ids, valid, max_segment=self.max_segment, run=self.n_run
+        )
         pos = token_positions(valid, self.n_seen)  # (B, Q)
         chunk = TokenMeta(input_ids, pos, segment_ids(anchor, valid, self.n_seg), anchor, valid)
         self._pending = chunk
@@ -94,6 +102,7 @@ class PolicyCache(DynamicCache):
         self.meta = self.meta.cat(chunk)
         self.n_seen = self.n_seen + chunk.valid.sum(-1)
         self.n_seg = self.n_seg + chunk.anchor.sum(-1)
+        self.n_run = self._run_after
         keep = self.policy.keep(self.meta, self.n_seen, self.n_seg)
         if keep is None or bool(keep.all()):
             return

@@ -37,6 +37,7 @@ class AnchorConfig:
     window: int = 0  # ablation: each token also sees the previous `window - 1` tokens (0 = off)
     position_policy: PositionPolicy = "true"  # "true": positions count every token seen; "compact": official code
     chunk_size: int = DEFAULT_CHUNK_SIZE  # prefill chunk length in anchor mode
+    max_segment: int = 0  # a forced anchor after this many tokens without one (bounds the cache; 0 = off)
 
     def __post_init__(self) -> None:
         if self.mode not in ("ep", "ac"):
@@ -49,7 +50,7 @@ class AnchorConfig:
             if len(self.anchor_ids) == 0 or any(int(i) < 0 for i in self.anchor_ids):
                 raise AnLLMError(f"AnchorConfig.anchor_ids must be non-negative token ids, got {self.anchor_ids!r}")
             object.__setattr__(self, "anchor_ids", tuple(int(i) for i in self.anchor_ids))
-        for name in ("n_sink", "window"):
+        for name in ("n_sink", "window", "max_segment"):
             if getattr(self, name) < 0:
                 raise AnLLMError(f"AnchorConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.chunk_size < 1:

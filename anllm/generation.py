@@ -23,7 +23,9 @@ from anllm.policies import EvictionPolicy
 # -- low level: one forward pass through a policy cache ---------------------------------------------------------
 def make_cache(lm: LoadedModel, mode: str | EvictionPolicy = "anchor") -> PolicyCache:
     """An empty :class:`PolicyCache` for ``lm`` under ``mode`` (``"full"``, ``"anchor"`` or a policy)."""
-    return PolicyCache(lm.model.config, lm.policy(mode), lm.anchor_ids, lm.anchor.position_policy)
+    return PolicyCache(
+        lm.model.config, lm.policy(mode), lm.anchor_ids, lm.anchor.position_policy, lm.anchor.max_segment
+    )
 
 
 def forward_chunk(

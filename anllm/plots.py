@@ -233,3 +233,32 @@ def schedule_figure(
     fig.update_yaxes(title_text="decoding step (token just fed)", autorange="reversed")
     _token_ticks(fig, ticks)
     return fig
+
+
+def recall_figure(
+    rows: Sequence[Mapping[str, Any]], *, title: str = "Recall vs distance", height: int = 380
+) -> go.Figure:
+    """Exact match vs distance, one line per mode (all families pooled, weighted by item count).
+
+    ``rows`` are :class:`anllm.evaluation.recall.RecallRow` dicts (``mode``, ``distance``, ``n``, ``em``).
+    """
+    pooled: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        acc = pooled.setdefault(r["mode"], {}).setdefault(int(r["distance"]), [0.0, 0.0])
+        acc[0] += r["em"] * r["n"]
+        acc[1] += r["n"]
+    fig = go.Figure()
+    for i, (mode, by_d) in enumerate(pooled.items()):
+        ds = sorted(by_d)
+        fig.add_trace(
+            go.Scatter(
+                x=ds,
+                y=[100 * by_d[d][0] / by_d[d][1] for d in ds],
+                mode="lines+markers",
+                name=mode,
+                line={"color": mode_color(mode.split(":")[0], i)},
+            )
+        )
+    fig.update_xaxes(title="distance between the fact and the question (tokens)", type="log")
+    fig.update_yaxes(title="exact match (%)", range=[0, 100])
+    return _layout(fig, title, height, "recall")

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anllm.anchors import is_anchor
+from anllm.anchors import mark_anchors
 from anllm.config import AnLLMError
 from anllm.data import IGNORE_INDEX, collate
 from anllm.masks import ansan_block_mask, ansan_mask, to_additive, token_positions
@@ -51,18 +51,21 @@ class TrainResult:
 
 
 # -- masks and losses ------------------------------------------------------------------------------------------------
-def anchor_attention(input_ids: Tensor, attention_mask: Tensor, anchor_ids, rule: dict, *, path: str, dtype=None):
+def anchor_attention(
+    input_ids: Tensor, attention_mask: Tensor, anchor_ids, rule: dict, *, path: str, dtype=None, max_segment: int = 0
+):
     """The AnSAN attention of a right-padded batch.
 
     Args:
         input_ids: long ``(B, T)``; attention_mask: ``(B, T)``, 1 = real token.
+        max_segment: forced anchors after this many tokens without one (0 = off), as the anchor cache does.
         path: ``"dense"`` (4D mask, any backend honouring it) or ``"flex"`` (``BlockMask``, FlexAttention on GPU).
         dtype: ``None`` for a bool mask (SDPA, any autocast dtype), else the dtype of an additive mask (eager).
     Returns:
         (mask, position_ids): bool/float ``(B, 1, T, T)`` or a ``BlockMask``; long ``(B, T)`` true positions.
     """
     valid = attention_mask.bool()
-    anchor = is_anchor(input_ids, anchor_ids) & valid
+    anchor, _ = mark_anchors(input_ids, anchor_ids, valid, max_segment=max_segment)
     if path == "flex":
         mask = ansan_block_mask(anchor, valid, **rule)
     else:
@@ -107,7 +110,7 @@ def micro_batch_loss(model, batch: dict[str, Tensor], anchor_ids, cfg: TrainConf
         ``cfg.full_kl_weight > 0``).
     """
     ids, attn = batch["input_ids"], batch["attention_mask"]
-    mask, pos = anchor_attention(ids, attn, anchor_ids, cfg.mask_rule(), path=path)
+    mask, pos = anchor_attention(ids, attn, anchor_ids, cfg.mask_rule(), path=path, max_segment=cfg.max_segment)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (B, T, V)
     nll = token_nll(logits, batch["labels"])
     zero = torch.zeros((), device=logits.device)
@@ -126,7 +129,7 @@ def micro_batch_loss(model, batch: dict[str, Tensor], anchor_ids, cfg: TrainConf
 
 @torch.no_grad()
 def evaluate_perplexity(
-    model, blocks: list[list[int]], anchor_ids, rule: dict, device, path: str = "dense"
+    model, blocks: list[list[int]], anchor_ids, rule: dict, device, path: str = "dense", max_segment: int = 0
 ) -> dict[str, float]:
     """Perplexity of held-out blocks under full (causal) attention and under the AnSAN mask (true positions).
 
@@ -141,7 +144,7 @@ def evaluate_perplexity(
         ones = torch.ones_like(ids)
         labels = ids.clone()
         nll["full"] += float(token_nll(model(input_ids=ids, attention_mask=ones).logits, labels))
-        mask, pos = anchor_attention(ids, ones, anchor_ids, rule, path=path)
+        mask, pos = anchor_attention(ids, ones, anchor_ids, rule, path=path, max_segment=max_segment)
         nll["anchor"] += float(token_nll(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits, labels))
         count += ids.shape[1] - 1
     model.train(was_training)
@@ -406,7 +409,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int,
     def run_eval(step: int) -> None:
         if blocks is None:
             return
-        ev = evaluate_perplexity(model, blocks, lm.anchor_ids, cfg.mask_rule(), accelerator.device, path)
+        ev = evaluate_perplexity(
+            model, blocks, lm.anchor_ids, cfg.mask_rule(), accelerator.device, path, cfg.max_segment
+        )
         record = {
             "step": step,
             "tokens_seen": tokens_seen,

@@ -46,6 +46,7 @@ class TrainConfig:
     n_sink: int = 0  # ablation: first n_sink tokens stay visible (0 = the paper's rule)
     window: int = 0  # ablation: each token also sees its window-1 predecessors (0 = off)
     anchors_see_anchors: bool = False  # ablation: anchor queries also see earlier anchors
+    max_segment: int = 0  # a forced anchor after this many tokens without one (bounds the cache; 0 = off)
 
     # -- data
     train_files: list[str] = field(default_factory=list)  # local files, or "hub:org/name[:split]" (needs datasets)
@@ -112,6 +113,7 @@ class TrainConfig:
             if int(getattr(self, name)) < 1:
                 raise AnLLMError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         non_negative = ("max_steps", "warmup_steps", "save_every", "eval_every", "n_sink", "window", "max_examples")
+        non_negative += ("max_segment",)
         for name in non_negative + ("num_threads", "eval_max_tokens", "keep_checkpoints", "grow_lora_r"):
             if int(getattr(self, name)) < 0:
                 raise AnLLMError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -156,6 +158,7 @@ class TrainConfig:
             n_sink=self.n_sink,
             window=self.window,
             anchors_see_anchors=self.anchors_see_anchors,
+            max_segment=self.max_segment,
         )
 
     def mask_rule(self) -> dict:

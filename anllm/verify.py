@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from anllm.anchors import insert_ac, is_anchor
+from anllm.anchors import insert_ac, mark_anchors
 from anllm.config import AnLLMError
 from anllm.generation import forward_chunk, make_cache
 from anllm.masks import ansan_mask, to_additive, token_positions
@@ -66,7 +66,7 @@ def verify_text(lm: LoadedModel, text: str, *, chunk_size: int = 64) -> VerifyRe
         raise AnLLMError(f"the text has {ids.shape[1]} tokens but the model supports {limit} positions")
     policy = AnchorPolicy.from_config(lm.anchor)
     rule = dict(anchors_see_anchors=policy.anchors_see_anchors, n_sink=policy.n_sink, window=policy.window)
-    anchor = is_anchor(ids, lm.anchor_ids)
+    anchor, _ = mark_anchors(ids, lm.anchor_ids, max_segment=lm.anchor.max_segment)
     with torch.inference_mode():
         ref = masked_forward(lm.model, ids, anchor, **rule).double()
         step, _ = decode_logits(lm, ids, None, 1, policy)

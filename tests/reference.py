@@ -3,11 +3,29 @@
 import torch
 
 
-def official_mask(ids, anchor_ids, pad_id=None, valid=None, anchors_see_anchors=False, n_sink=0, window=0):
+def forced_anchor_flags(tokens, anchor_ids, max_segment, valid=None):
+    """Anchor flag per token, one token at a time: an anchor id, or the max_segment-th token since the last anchor
+    (padding is skipped and never an anchor)."""
+    flags, since = [], 0
+    for i, t in enumerate(tokens):
+        if valid is not None and not valid[i]:
+            flags.append(False)
+            continue
+        since += 1
+        hit = int(t) in anchor_ids or (max_segment > 0 and since == max_segment)
+        flags.append(hit)
+        since = 0 if hit else since
+    return flags
+
+
+def official_mask(
+    ids, anchor_ids, pad_id=None, valid=None, anchors_see_anchors=False, n_sink=0, window=0, max_segment=0
+):
     """The official code's procedure, one row at a time: start causal, then for each anchor a_k in order block
     the non-anchor members of segment k for every later row and (unless anchors_see_anchors) block earlier
     anchors for row a_k; padding columns are blocked, padding rows see only themselves.
-    Sinks / window (ablations) are added on top, counted in real (non-pad) positions."""
+    Sinks / window (ablations) are added on top, counted in real (non-pad) positions; max_segment adds forced
+    anchors (forced_anchor_flags)."""
     B, T = ids.shape
     out = torch.zeros(B, 1, T, T, dtype=torch.bool)
     for b in range(B):
@@ -16,7 +34,8 @@ def official_mask(ids, anchor_ids, pad_id=None, valid=None, anchors_see_anchors=
             for i in range(T)
         ]
         allowed = [[k <= q for k in range(T)] for q in range(T)]
-        anchors = [i for i in range(T) if not is_pad[i] and int(ids[b, i]) in anchor_ids]
+        flags = forced_anchor_flags(ids[b].tolist(), anchor_ids, max_segment, [not p for p in is_pad])
+        anchors = [i for i in range(T) if flags[i]]
         prev = -1
         for k_idx, a in enumerate(anchors):
             for q in range(a + 1, T):

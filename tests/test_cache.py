@@ -9,7 +9,8 @@ from anllm.generation import forward_chunk, generate_batch, make_cache, prefill
 from anllm.masks import to_additive, token_positions
 from anllm.policies import AnchorPolicy, FullCachePolicy
 from tests.conftest import ARCHS, make_lm
-from tests.reference import expected_kept, official_mask
+from anllm.anchors import mark_anchors
+from tests.reference import expected_kept, forced_anchor_flags, official_mask
 
 pytestmark = pytest.mark.core
 TEXTS = [
@@ -159,3 +160,51 @@ def test_position_policies():
         assert int(cache.n_kept()[0]) == 5 and int(cache.n_seen[0]) == 10
         _, position_ids = cache.prepare(torch.tensor([[40]]))
         assert int(position_ids[0, 0]) == want
+
+
+# -- forced anchors (max_segment): a segment never grows past max_segment tokens --------------------------------
+@pytest.mark.parametrize("max_segment", [1, 3, 7])
+def test_mark_anchors_matches_a_token_loop_across_chunks_and_padding(max_segment):
+    g = torch.Generator().manual_seed(max_segment)
+    ids = torch.randint(0, 6, (3, 40), generator=g)  # id 5 is the anchor id, ~1 in 6 tokens
+    ids[1] = 0  # a row with no anchor id at all
+    valid = torch.rand(3, 40, generator=g) > 0.2
+    want = [forced_anchor_flags(ids[b].tolist(), {5}, max_segment, valid[b].tolist()) for b in range(3)]
+    for chunk in (1, 4, 40):
+        run, got = torch.zeros(3, dtype=torch.long), []
+        for s in range(0, 40, chunk):
+            a, run = mark_anchors(
+                ids[:, s : s + chunk], (5,), valid[:, s : s + chunk], max_segment=max_segment, run=run
+            )
+            got.append(a)
+        assert torch.cat(got, 1).tolist() == want, f"chunk {chunk}"
+    natural, _ = mark_anchors(ids, (5,), valid)
+    assert natural.tolist() == (valid & (ids == 5)).tolist()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("rule", [{}, {"n_sink": 1, "window": 4}])
+def test_exact_with_forced_anchors(side, rule):
+    lm = make_lm("qwen3", "ep", max_segment=6)
+    ids, am = batch(lm, TEXTS, side)
+    with torch.no_grad():
+        mask = official_mask(ids, set(lm.anchor_ids), valid=am.bool(), max_segment=6, **rule)
+        ref = lm.model(
+            input_ids=ids, attention_mask=to_additive(mask, lm.model.dtype), position_ids=token_positions(am.bool())
+        ).logits
+        for chunk in (1, 5, 64):
+            got, _ = decode(lm, ids, am, chunk, AnchorPolicy(**rule))
+            assert ((got - ref).abs() * am[..., None]).max() < 1e-4, f"chunk {chunk}"
+
+
+def test_forced_anchors_bound_the_cache_on_text_without_sentence_ends():
+    lm = make_lm("llama", "ep", max_segment=8)
+    ids = lm.tokenizer(["no sentence end here, only words and commas, " * 4], return_tensors="pt")["input_ids"]
+    T = ids.shape[1]
+    with torch.no_grad():
+        _, cache = decode(lm, ids, torch.ones_like(ids), 5, AnchorPolicy())
+        _, unbounded = decode(make_lm("llama", "ep"), ids, torch.ones_like(ids), 5, AnchorPolicy())
+    assert int(unbounded.n_kept()[0]) == T  # no anchor id: the open sentence is the whole text
+    n_forced = T // 8
+    assert int(cache.n_seg[0]) == n_forced
+    assert int(cache.n_kept()[0]) == n_forced + T % 8  # the forced anchors + the open segment (< 8 tokens)

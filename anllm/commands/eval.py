@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from anllm.commands.common import add_model_args, emit_json, load_from_args, read_text
+from anllm.config import AnLLMError
 from anllm.policies import split_modes
 
 
@@ -44,6 +45,32 @@ def register(sub) -> None:
     q.add_argument("--json", action="store_true", help="print the result as one JSON line")
     q.set_defaults(func=run_qa)
 
+    q = ev.add_parser(
+        "recall",
+        help="long-range recall: a fact, filler, a question; exact match through each real cache at matched budgets",
+        description="Generated memory items (seeded, no downloads) or your JSONL of {context, question, answer}, "
+        "prefilled and greedily decoded through each mode's cache. Reports exact match and mean answer "
+        "log-probability per mode, family and distance, and the KV entries kept (docs/evaluation.md).",
+    )
+    add_model_args(q)
+    q.add_argument("--modes", default="full,anchor,streaming,sepllm", help="comma-separated modes or specs")
+    q.add_argument("--budget", default="anchor", help="the mode whose cache size the streaming/sepllm rows match")
+    q.add_argument("--distances", default="64,256,1024,2048,4096", help="filler tokens between fact and question")
+    q.add_argument("--n", type=int, default=5, help="items per family and distance")
+    q.add_argument("--families", default="single,multi,chat,fewshot", help="single, multi, chat, fewshot")
+    q.add_argument(
+        "--filler-file", default=None, help="UTF-8 prose put between fact and question (default: KJV Genesis)"
+    )
+    q.add_argument(
+        "--items", default=None, help='JSONL of {"context", "question", "answer"} instead of generated items'
+    )
+    q.add_argument("--seed", type=int, default=0, help="seed of the generated items")
+    q.add_argument("--max-new-tokens", type=int, default=24, help="greedy tokens decoded per answer")
+    q.add_argument("--no-chat", action="store_true", help="plain 'Question: ... Answer:' prompts, no chat template")
+    q.add_argument("--plot", default=None, help="write accuracy vs distance (one line per mode) to this HTML file")
+    q.add_argument("--json", action="store_true", help="last line: {rows, summary, seconds}")
+    q.set_defaults(func=run_recall)
+
     q = ev.add_parser("bleu", help="sacrebleu BLEU on local files (score hypotheses or translate sources)")
     add_model_args(q)
     q.add_argument("--ref", required=True, help="references, one segment per line")
@@ -74,6 +101,79 @@ def run_ppl(args) -> int:
     if args.json:
         emit_json({m: r.to_dict() for m, r in res.items()})
     return 0
+
+
+def _int_list(s: str, flag: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise AnLLMError(f"{flag} must be comma-separated integers, got {s!r}") from None
+    if not out or any(x < 0 for x in out):
+        raise AnLLMError(f"{flag} must list at least one integer >= 0, got {s!r}")
+    return out
+
+
+def run_recall(args) -> int:
+    from tqdm.auto import tqdm
+
+    from anllm.evaluation.recall import builtin_items, evaluate_recall, load_user_items
+
+    if args.n < 1:
+        raise AnLLMError(f"--n must be >= 1, got {args.n}")
+    if args.max_new_tokens < 1:
+        raise AnLLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    modes = split_modes(args.modes)
+    budget = args.budget.strip().replace(";", ",") if args.budget and args.budget.lower() != "none" else None
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    distances = _int_list(args.distances, "--distances")
+    user = load_user_items(args.items) if args.items else None
+    filler = read_text(None, args.filler_file) if args.filler_file else None
+    if args.plot:
+        _check_writable(args.plot)
+    lm = load_from_args(args)
+    items = user or builtin_items(lm, seed=args.seed, distances=distances, n=args.n, families=families, filler=filler)
+    bar = tqdm(total=len(items) * len(modes), desc="recall", unit="run", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    res = evaluate_recall(
+        lm,
+        items,
+        modes,
+        budget=budget,
+        chat=not args.no_chat,
+        chunk_size=args.chunk_size,
+        max_new_tokens=args.max_new_tokens,
+        progress=progress,
+    )
+    bar.close()
+    print(f"{'mode':<10} {'family':<8} {'distance':>8} {'n':>3} {'EM':>6} {'logp':>7} {'KV':>8}", file=sys.stderr)
+    for r in res.rows:
+        print(
+            f"{r.mode:<10} {r.family:<8} {r.distance:>8} {r.n:>3} {r.em:>6.1%} {r.logprob:>7.2f} {r.kv_entries:>8.1f}",
+            file=sys.stderr,
+        )
+    if args.plot:
+        from anllm.plots import recall_figure
+
+        recall_figure(res.table(), title=f"Recall vs distance ({lm.name})").write_html(
+            args.plot, include_plotlyjs="cdn"
+        )
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    if args.json:
+        emit_json(res.to_dict())
+    return 0
+
+
+def _check_writable(path: str) -> None:
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise AnLLMError(f"--plot {p} is a directory; give a file name such as recall.html")
+    if not p.parent.exists():
+        raise AnLLMError(f"--plot {p}: the folder {p.parent} does not exist")
 
 
 def run_qa(args) -> int:

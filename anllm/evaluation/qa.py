@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from anllm.anchors import is_anchor
+from anllm.anchors import mark_anchors
 from anllm.config import AC_TOKEN, AnLLMError
 from anllm.evaluation.metrics import accuracy, kv_reduction, speedup
 from anllm.evaluation.tasks import HUB_TASKS, LOCAL_TASKS, MCItem, load_jsonl, load_task, parse_item  # noqa: F401
@@ -108,7 +108,8 @@ def score_one_pass(lm: LoadedModel, ctx: list[int], cont: list[int], *, masked: 
     if masked:
         pol = lm.policy("anchor")
         rule = dict(anchors_see_anchors=pol.anchors_see_anchors, n_sink=pol.n_sink, window=pol.window)
-        logits = masked_forward(lm.model, ids, is_anchor(ids, lm.anchor_ids), **rule)[0]  # (C + N, V)
+        anchor, _ = mark_anchors(ids, lm.anchor_ids, max_segment=lm.anchor.max_segment)
+        logits = masked_forward(lm.model, ids, anchor, **rule)[0]  # (C + N, V)
     else:
         logits = lm.model(input_ids=ids).logits[0]  # (C + N, V)
     ll, is_greedy = _loglik(logits[len(ctx) - 1 : -1], ids[0, len(ctx) :])
@@ -118,11 +119,11 @@ def score_one_pass(lm: LoadedModel, ctx: list[int], cont: list[int], *, masked: 
 def _snapshot(cache) -> tuple:
     # the K/V tensors are replaced (cat / gather), never written in place, so references are a cheap snapshot
     layers = [(layer.keys, layer.values) for layer in cache.layers]
-    return layers, cache.meta, cache.n_seen, cache.n_seg, cache.n_evicted
+    return layers, cache.meta, cache.n_seen, cache.n_seg, cache.n_evicted, cache.n_run
 
 
 def _restore(cache, snap: tuple) -> None:
-    layers, cache.meta, cache.n_seen, cache.n_seg, cache.n_evicted = snap
+    layers, cache.meta, cache.n_seen, cache.n_seg, cache.n_evicted, cache.n_run = snap
     for layer, (k, v) in zip(cache.layers, layers):
         layer.keys, layer.values = k, v
 

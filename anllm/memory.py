@@ -1,0 +1,380 @@
+"""Memory items: a fact stated once, filler text, then a question whose answer is the fact (docs/evaluation.md).
+
+The same machinery builds the recall benchmark (``anllm eval recall``) and the adapter's memory training data, from
+two disjoint sets of templates: :data:`EVAL_TEMPLATES` are never trained on (``tests/test_memory.py`` checks that no
+statement or question wording is shared). Everything is drawn from a seeded ``random.Random``, so a seed fixes the
+items; nothing is downloaded.
+
+An item is plain text: ``context`` (facts and filler, or chat turns), ``question`` and ``answer``. How it is
+turned into tokens (chat template or not) is the caller's choice (:func:`anllm.evaluation.recall.render`).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from anllm.config import AnLLMError
+
+# -- value pools (shared: values are random draws, the wording of templates is what is held out) ------------------
+FIRST_NAMES = (
+    "Alice", "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ingrid", "Jonas", "Kavya", "Liam",
+    "Marta", "Nadia", "Oscar", "Priya", "Quentin", "Rosa", "Samir", "Tomas", "Ursula", "Victor", "Wendy", "Yusuf",
+    "Zoe", "Amara", "Boris", "Clara", "Diego", "Esther", "Felix", "Hana", "Ivan", "Julia", "Kenji", "Lena",
+)  # fmt: skip
+SURNAMES = (
+    "Abbott", "Baker", "Castillo", "Dubois", "Eriksen", "Fischer", "Garcia", "Hughes", "Ivanova", "Jensen",
+    "Kowalski", "Lindqvist", "Moreau", "Novak", "Okafor", "Petrov", "Quinn", "Rossi", "Schmidt", "Tanaka",
+)  # fmt: skip
+CITIES = (
+    "Lisbon", "Oslo", "Krakow", "Nairobi", "Montreal", "Osaka", "Valencia", "Tallinn", "Lyon", "Porto", "Dublin",
+    "Bergen", "Seville", "Hamburg", "Quito", "Adelaide", "Bologna", "Ghent", "Tbilisi", "Zagreb", "Lima", "Kyoto",
+)  # fmt: skip
+COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey", "brown", "pink", "silver")
+ANIMALS = ("fox", "owl", "otter", "badger", "heron", "lynx", "beaver", "falcon", "tortoise", "hedgehog", "raven")
+OBJECTS = ("lamp", "kettle", "compass", "violin", "ladder", "umbrella", "telescope", "clock", "anchor", "key")
+FOODS = ("lentil soup", "apple pie", "rice pudding", "fish stew", "onion tart", "plum cake", "bean salad")
+MATERIALS = ("oak", "copper", "glass", "marble", "linen", "bronze", "cedar", "granite", "wool", "clay")
+JOBS = ("baker", "pilot", "nurse", "carpenter", "librarian", "chemist", "gardener", "plumber", "tailor", "surveyor")
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")  # fmt: skip
+PLACES = ("attic", "cellar", "garage", "barn", "library", "kitchen", "workshop", "greenhouse", "boathouse", "shed")
+
+
+def _values(rng: random.Random) -> dict[str, str]:
+    """One random value per slot name; templates use the slots they need."""
+    return {
+        "name": rng.choice(FIRST_NAMES),
+        "name2": rng.choice(FIRST_NAMES),
+        "surname": rng.choice(SURNAMES),
+        "city": rng.choice(CITIES),
+        "colour": rng.choice(COLOURS),
+        "animal": rng.choice(ANIMALS),
+        "object": rng.choice(OBJECTS),
+        "food": rng.choice(FOODS),
+        "material": rng.choice(MATERIALS),
+        "job": rng.choice(JOBS),
+        "day": rng.choice(DAYS),
+        "month": rng.choice(MONTHS),
+        "place": rng.choice(PLACES),
+        "num4": str(rng.randint(1000, 9999)),
+        "num3": str(rng.randint(100, 999)),
+        "num2": str(rng.randint(12, 97)),
+        "year": str(rng.randint(1820, 1990)),
+        "room": f"{rng.randint(1, 9)}{rng.randint(0, 4)}{rng.randint(1, 9)}",
+    }
+
+
+@dataclass(frozen=True)
+class Template:
+    """A fact sentence and a question about it; ``answer`` names the slot that answers the question."""
+
+    kind: str  # number, name, place, attribute, time
+    statement: str  # e.g. "The code for the {colour} door is {num4}."
+    question: str  # e.g. "What is the code for the {colour} door?"
+    answer: str  # slot name, e.g. "num4"
+
+    def fill(self, values: dict[str, str]) -> tuple[str, str, str]:
+        """(statement, question, answer) with ``values`` substituted."""
+        return self.statement.format(**values), self.question.format(**values), values[self.answer]
+
+
+def _t(kind: str, statement: str, question: str, answer: str) -> Template:
+    return Template(kind, statement, question, answer)
+
+
+# Held out: the benchmark's templates. Never used for training.
+EVAL_TEMPLATES: tuple[Template, ...] = (
+    _t("number", "The code for the {colour} door is {num4}.", "What is the code for the {colour} door?", "num4"),
+    _t("number", "{name} keeps exactly {num3} stamps in a tin box.", "How many stamps does {name} keep?", "num3"),
+    _t("number", "The lighthouse on the cape was built in {year}.", "In which year was the lighthouse built?", "year"),
+    _t("number", "Our hotel room number is {room}.", "What is our hotel room number?", "room"),
+    _t("name", "The {animal} in the story was called {name}.", "What was the {animal} in the story called?", "name"),
+    _t(
+        "name", "The new harbour master is named {name} {surname}.", "What is the harbour master's surname?", "surname"
+    ),  # fmt: skip
+    _t("place", "My cousin {name} moved to {city} last spring.", "Which city did {name} move to?", "city"),
+    _t("place", "The old map was hidden in the {place}.", "Where was the old map hidden?", "place"),
+    _t(
+        "attribute", "The bicycle that {name} rides is painted {colour}.", "What colour is {name}'s bicycle?", "colour"
+    ),  # fmt: skip
+    _t(
+        "attribute",
+        "The statue in the square is made of {material}.",
+        "What is the statue in the square made of?",
+        "material",
+    ),  # fmt: skip
+    _t("attribute", "{name} works as a {job} at the station.", "What does {name} work as?", "job"),
+    _t("time", "The choir always rehearses on {day}.", "On which day does the choir rehearse?", "day"),
+)
+
+# Used to train the default adapter. Wording disjoint from EVAL_TEMPLATES.
+TRAIN_TEMPLATES: tuple[Template, ...] = (
+    _t(
+        "number",
+        "The safe in the {place} opens with the combination {num4}.",
+        "Which combination opens the safe in the {place}?",
+        "num4",
+    ),  # fmt: skip
+    _t("number", "Flight {num3} leaves from gate {num2}.", "From which gate does flight {num3} leave?", "num2"),
+    _t("number", "{name} was born in {year}.", "In what year was {name} born?", "year"),
+    _t("number", "The bakery sold {num3} loaves on {day}.", "How many loaves did the bakery sell on {day}?", "num3"),
+    _t("number", "Locker {num2} belongs to {name}.", "Which locker belongs to {name}?", "num2"),
+    _t(
+        "number",
+        "The password for the {colour} laptop is {num4}.",
+        "What is the password for the {colour} laptop?",
+        "num4",
+    ),  # fmt: skip
+    _t(
+        "number", "The bridge over the river is {num3} metres long.", "How long is the bridge over the river?", "num3"
+    ),  # fmt: skip
+    _t("number", "{name} lives at number {num2} on {surname} Street.", "At what number does {name} live?", "num2"),
+    _t(
+        "number",
+        "The ticket for seat {num2} cost {num3} crowns.",
+        "How much did the ticket for seat {num2} cost?",
+        "num3",
+    ),  # fmt: skip
+    _t("number", "Remember this number: {num4}.", "Which number were you asked to remember?", "num4"),
+    _t("number", "The museum opened its doors in {year}.", "When did the museum open?", "year"),
+    _t(
+        "number",
+        "Parcel {num4} is addressed to {name} {surname}.",
+        "Which parcel is addressed to {name} {surname}?",
+        "num4",
+    ),  # fmt: skip
+    _t("name", "The captain of the ship was {name} {surname}.", "Who was the captain of the ship?", "surname"),
+    _t(
+        "name", "A {job} named {name} found the lost {object}.", "What was the name of the {job} who found it?", "name"
+    ),  # fmt: skip
+    _t("name", "{name2}'s best friend is {name}.", "Who is {name2}'s best friend?", "name"),
+    _t("name", "The {colour} boat belongs to {name}.", "Whom does the {colour} boat belong to?", "name"),
+    _t("name", "Our {animal} is named {name}.", "What is our {animal}'s name?", "name"),
+    _t("name", "The letter was signed by {name} {surname}.", "Who signed the letter?", "surname"),
+    _t("name", "The prize went to a student called {name}.", "Which student won the prize?", "name"),
+    _t("place", "The conference will take place in {city}.", "Where will the conference take place?", "city"),
+    _t("place", "{name} grew up in {city}.", "Where did {name} grow up?", "city"),
+    _t("place", "The spare keys are kept in the {place}.", "Where are the spare keys kept?", "place"),
+    _t("place", "We met {name} for the first time in {city}.", "In which city did we first meet {name}?", "city"),
+    _t("place", "The {object} was left in the {place}.", "Where was the {object} left?", "place"),
+    _t("place", "The train to {city} departs at dawn.", "Where does the dawn train go?", "city"),
+    _t("place", "{name} hid the treasure in the {place}.", "Where did {name} hide the treasure?", "place"),
+    _t("attribute", "{name}'s favourite dish is {food}.", "What is {name}'s favourite dish?", "food"),
+    _t(
+        "attribute", "The front gate of the farm is {colour}.", "What colour is the front gate of the farm?", "colour"
+    ),  # fmt: skip
+    _t(
+        "attribute",
+        "The table in the hall is made of {material}.",
+        "What is the table in the hall made of?",
+        "material",
+    ),  # fmt: skip
+    _t("attribute", "{name} {surname} is a {job}.", "What is {name} {surname}'s job?", "job"),
+    _t("attribute", "The mascot of the team is a {animal}.", "What animal is the team's mascot?", "animal"),
+    _t(
+        "attribute",
+        "In the shop window stood a {colour} {object}.",
+        "What colour was the {object} in the window?",
+        "colour",
+    ),  # fmt: skip
+    _t("attribute", "For the party, {name} baked {food}.", "What did {name} bake for the party?", "food"),
+    _t("attribute", "The old chest is lined with {material}.", "What is the old chest lined with?", "material"),
+    _t(
+        "attribute", "The inventor's first machine was a {object}.", "What was the inventor's first machine?", "object"
+    ),  # fmt: skip
+    _t("attribute", "{name} wore a {colour} scarf to the concert.", "What colour was {name}'s scarf?", "colour"),
+    _t("time", "The market is held every {day}.", "On what day is the market held?", "day"),
+    _t("time", "{name}'s birthday is in {month}.", "In which month is {name}'s birthday?", "month"),
+    _t("time", "The festival takes place each {month}.", "When does the festival take place?", "month"),
+    _t("time", "The library closes early on {day}.", "Which day does the library close early?", "day"),
+    _t("time", "The exam has been moved to {day}.", "To which day has the exam been moved?", "day"),
+)
+
+CHAT_OPENERS_EVAL = ("Please keep this in mind: ", "A quick note before we start: ")
+CHAT_OPENERS_TRAIN = ("Remember this for later: ", "Note this down: ", "Just so you know, ", "Keep in mind that ",
+                      "For the record, ", "Here is something important: ")  # fmt: skip
+FAMILIES = ("single", "multi", "chat", "fewshot")
+
+_SENTENCE = re.compile(r"[^.!?]*[.!?]+[\"')\]]*\s*")
+
+
+def filler_sentences(text: str) -> list[str]:
+    """The sentences of a filler text (whitespace collapsed), at least 3 words each."""
+    text = re.sub(r"\s+", " ", text).strip()
+    out = [s.strip() for s in _SENTENCE.findall(text)]
+    out = [s for s in out if len(s.split()) >= 3]
+    if len(out) < 4:
+        raise AnLLMError("the filler text has fewer than 4 sentences: give a longer prose file")
+    return out
+
+
+@dataclass(frozen=True)
+class MemoryItem:
+    """One recall item. ``turns`` (chat family) is a list of ``(role, text)`` with the question as the last user turn;
+    otherwise the prompt is ``context`` followed by ``question``."""
+
+    id: str
+    family: str
+    distance: int  # requested filler tokens between the asked fact and the question
+    context: str
+    question: str
+    answer: str
+    kind: str = ""
+    template: int = -1  # index into the template set (-1: user item)
+    turns: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "family": self.family,
+            "distance": self.distance,
+            "context": self.context,
+            "question": self.question,
+            "answer": self.answer,
+            "kind": self.kind,
+            "template": self.template,
+            "turns": [list(t) for t in self.turns],
+        }
+
+
+class _Filler:
+    """Sentences of filler taken in order from a random start, until a token count is reached."""
+
+    def __init__(self, sentences: list[str], count_tokens: Callable[[str], int], rng: random.Random):
+        self.sents, self.count, self.rng = sentences, count_tokens, rng
+
+    def take(self, n_tokens: int) -> str:
+        if n_tokens <= 0:
+            return ""
+        i = self.rng.randrange(len(self.sents))
+        out, total = [], 0
+        while total < n_tokens:
+            s = self.sents[i % len(self.sents)]
+            out.append(s)
+            total += self.count(" " + s)
+            i += 1
+        return " ".join(out)
+
+
+def leaks(answer: str, question: str) -> bool:
+    """True when ``answer`` appears as a word sequence in ``question`` (such an item tests nothing)."""
+    return re.search(rf"(?<!\w){re.escape(answer.lower())}(?!\w)", question.lower()) is not None
+
+
+def _fact(template: Template, rng: random.Random) -> tuple[str, str, str]:
+    while True:  # redraw until the answer is not in the question (e.g. a name asked about itself)
+        statement, question, answer = template.fill(_values(rng))
+        if not leaks(answer, question):
+            return statement, question, answer
+
+
+def _distinct_facts(templates: tuple[Template, ...], rng: random.Random, k: int) -> list[tuple[int, str, str, str]]:
+    """``k`` facts from different templates (so no two facts answer one question)."""
+    idx = rng.sample(range(len(templates)), k)
+    return [(i, *_fact(templates[i], rng)) for i in idx]
+
+
+def make_items(
+    *,
+    seed: int,
+    distances: tuple[int, ...],
+    n_per_distance: int,
+    filler: str,
+    count_tokens: Callable[[str], int],
+    families: tuple[str, ...] = ("single", "multi", "chat"),
+    templates: tuple[Template, ...] = EVAL_TEMPLATES,
+    chat_openers: tuple[str, ...] = CHAT_OPENERS_EVAL,
+    fewshot_items: list | None = None,
+) -> list[MemoryItem]:
+    """Recall items for every family x distance, ``n_per_distance`` each, reproducible from ``seed``.
+
+    Args:
+        filler: prose put between the fact and the question.
+        count_tokens: the model's token count of a string (distances are in these tokens).
+        fewshot_items: :class:`anllm.evaluation.tasks.MCItem` list for the ``fewshot`` family (demonstrations
+            compressed, the question at the end); required when ``fewshot`` is among ``families``.
+    """
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise AnLLMError(f"unknown recall families {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
+    if n_per_distance < 1 or not distances or any(d < 0 for d in distances):
+        raise AnLLMError("recall items need n >= 1 and distances >= 0")
+    if "fewshot" in families and not fewshot_items:
+        raise AnLLMError("the fewshot family needs multiple-choice items (the packaged toy task by default)")
+    rng = random.Random(seed)
+    sents = filler_sentences(filler)
+    fill = _Filler(sents, count_tokens, rng)
+    items = []
+    for family in families:
+        for d in distances:
+            for j in range(n_per_distance):
+                item_id = f"{family}-{d}-{j}"
+                if family == "single":
+                    items.append(_single(item_id, d, templates, rng, fill))
+                elif family == "multi":
+                    items.append(_multi(item_id, d, templates, rng, fill))
+                elif family == "chat":
+                    items.append(_chat(item_id, d, templates, rng, fill, chat_openers))
+                else:
+                    items.append(_fewshot(item_id, d, fewshot_items, rng, count_tokens))
+    return items
+
+
+def _single(item_id, d, templates, rng, fill) -> MemoryItem:
+    (t, fact, question, answer), = _distinct_facts(templates, rng, 1)  # fmt: skip
+    lead = fill.take(rng.choice((0, 0, 24, 48)))  # the fact is not always the first sentence
+    context = " ".join(p for p in (lead, fact, fill.take(d)) if p)
+    return MemoryItem(item_id, "single", d, context, question, answer, templates[t].kind, t)
+
+
+def _multi(item_id, d, templates, rng, fill) -> MemoryItem:
+    """Three or four facts; the asked one sits ``d`` filler tokens before the question, the others anywhere."""
+    facts = _distinct_facts(templates, rng, rng.choice((3, 4)))
+    asked = rng.randrange(len(facts))
+    t, fact, question, answer = facts[asked]
+    others = [f[1] for k, f in enumerate(facts) if k != asked]
+    gap = fill.take(d)
+    parts = gap.split(". ")
+    pieces = [fact]
+    for o in others:  # distractors go before the fact or inside the gap (kept in sentence order)
+        if rng.random() < 0.5:
+            pieces.insert(0, o)
+        else:
+            k = rng.randrange(len(parts) + 1)
+            parts.insert(k, o.rstrip("."))
+    context = " ".join(pieces) + " " + ". ".join(parts)
+    return MemoryItem(item_id, "multi", d, context.strip(), question, answer, templates[t].kind, t)
+
+
+def _chat(item_id, d, templates, rng, fill, openers) -> MemoryItem:
+    """The fact in the first user turn; ordinary turns of about ``d`` tokens in all; the question last."""
+    (t, fact, question, answer), = _distinct_facts(templates, rng, 1)  # fmt: skip
+    turns: list[tuple[str, str]] = [("user", rng.choice(openers) + fact), ("assistant", "Noted. I will remember that.")]
+    remaining = d
+    while remaining > 0:
+        n = min(remaining, rng.choice((40, 80, 120)))
+        turns.append(("user", "Tell me something about this: " + fill.take(max(8, n // 4))))
+        turns.append(("assistant", fill.take(n)))
+        remaining -= n + max(8, n // 4)
+    turns.append(("user", question))
+    context = "\n".join(f"{r}: {x}" for r, x in turns[:-1])
+    return MemoryItem(item_id, "chat", d, context, question, answer, templates[t].kind, t, tuple(turns))
+
+
+def _fewshot(item_id, d, mc_items, rng, count_tokens) -> MemoryItem:
+    """Demonstrations (question + right answer) filling about ``d`` tokens, then a held-back question."""
+    query = mc_items[rng.randrange(len(mc_items))]
+    others = [m for m in mc_items if m is not query]
+    demos, total = [], 0
+    while total < d and others:
+        m = others[rng.randrange(len(others))]
+        demo = f"{m.contexts[m.label]} {m.choices[m.label]}"
+        demos.append(demo)
+        total += count_tokens(demo)
+    context = "\n\n".join(demos)
+    question = query.contexts[query.label]
+    return MemoryItem(item_id, "fewshot", d, context, question, query.choices[query.label], "fewshot", -1)
