@@ -29,7 +29,7 @@ from torch import Tensor
 from anllm.anchors import insert_ac
 from anllm.config import AnLLMError
 from anllm.evaluation.metrics import median
-from anllm.generation import decode_step, make_cache, prefill
+from anllm.generation import check_fits, decode_step, make_cache, prefill
 from anllm.models import LoadedModel
 from anllm.policies import FullCachePolicy
 
@@ -95,12 +95,7 @@ def builtin_passage() -> str:
 
 def bench_tokens(lm: LoadedModel, text: str, n_tokens: int) -> list[int]:
     """The first ``n_tokens`` ids of ``text`` (``<AC>`` inserted in AC mode); errors if it is too short/long."""
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if limit is not None and n_tokens > limit:
-        raise AnLLMError(
-            f"context + new tokens = {n_tokens} tokens but the model supports {limit} positions; use a shorter "
-            "--context"
-        )
+    check_fits(lm, n_tokens, "context + new tokens =", "use a shorter --context")
     if not text.strip():
         raise AnLLMError("the benchmark text is empty")
     if lm.anchor.mode == "ac":

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from anllm.anchors import insert_ac, is_anchor
 from anllm.config import AnLLMError
-from anllm.generation import forward_chunk, make_cache
+from anllm.generation import check_fits, forward_chunk, make_cache
 from anllm.masks import ansan_mask, to_additive, token_positions
 from anllm.models import LoadedModel
 from anllm.policies import AnchorPolicy
@@ -61,9 +61,7 @@ def verify_text(lm: LoadedModel, text: str, *, chunk_size: int = 64) -> VerifyRe
     if lm.anchor.mode == "ac":
         text = insert_ac(text)
     ids = torch.tensor([lm.tokenizer(text)["input_ids"]], device=next(lm.model.parameters()).device)
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if limit is not None and ids.shape[1] > limit:
-        raise AnLLMError(f"the text has {ids.shape[1]} tokens but the model supports {limit} positions")
+    check_fits(lm, ids.shape[1], "the text has", "verify a shorter text")
     policy = AnchorPolicy.from_config(lm.anchor)
     rule = dict(anchors_see_anchors=policy.anchors_see_anchors, n_sink=policy.n_sink, window=policy.window)
     anchor = is_anchor(ids, lm.anchor_ids)

@@ -16,7 +16,7 @@ from torch import Tensor
 from anllm.anchors import insert_ac
 from anllm.config import AnLLMError
 from anllm.evaluation.metrics import perplexity_from_nll
-from anllm.generation import forward_chunk, make_cache
+from anllm.generation import check_fits, forward_chunk, make_cache
 from anllm.models import LoadedModel
 from anllm.policies import EvictionPolicy
 
@@ -59,12 +59,7 @@ def encode_text(lm: LoadedModel, text: str, max_tokens: int | None = None) -> li
         if max_tokens < 2:
             raise AnLLMError(f"max_tokens must be >= 2, got {max_tokens}")
         ids = ids[:max_tokens]
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if limit is not None and len(ids) > limit:
-        raise AnLLMError(
-            f"the text has {len(ids)} tokens but the model supports {limit} positions; "
-            f"pass --max-tokens {limit} (or less) to score a prefix"
-        )
+    check_fits(lm, len(ids), "the text has", "pass --max-tokens {limit} (or less) to score a prefix")
     if len(ids) < 2:
         raise AnLLMError("the text has fewer than 2 tokens: nothing to predict")
     return ids

@@ -28,7 +28,7 @@ from anllm.anchors import is_anchor
 from anllm.config import AC_TOKEN, AnLLMError
 from anllm.evaluation.metrics import accuracy, kv_reduction, speedup
 from anllm.evaluation.tasks import HUB_TASKS, LOCAL_TASKS, MCItem, load_jsonl, load_task, parse_item  # noqa: F401
-from anllm.generation import forward_chunk, make_cache, prefill
+from anllm.generation import check_fits, forward_chunk, make_cache, prefill
 from anllm.models import LoadedModel
 from anllm.verify import masked_forward
 
@@ -242,7 +242,6 @@ def evaluate_qa(
     if bad or not scorers:
         raise AnLLMError(f"unknown scorer(s) {bad}; choose from {', '.join(SCORERS)}")
     reqs = build_requests(items, shots, ac=lm.anchor.mode == "ac", ac_placement=ac_placement, seed=seed)
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
     logliks = {s: [] for s in scorers}
     seconds = dict.fromkeys(scorers, 0.0)
     ctx_tokens = kept_ctx = kept_end = seen_end = 0
@@ -251,10 +250,7 @@ def evaluate_qa(
             ctxs = [_encode(lm, c) for c in r.contexts]
             conts = [_encode_cont(lm, c) for c in r.continuations]
             longest = max(len(c) + len(k) for c, k in zip(ctxs, conts))
-            if limit is not None and longest > limit:
-                raise AnLLMError(
-                    f"an item has {longest} tokens but the model supports {limit} positions; use fewer shots"
-                )
+            check_fits(lm, longest, "an item has", "use fewer shots")
             groups = {}  # identical contexts share one cached prefill
             for i, c in enumerate(ctxs):
                 groups.setdefault(tuple(c), []).append(i)
