@@ -344,7 +344,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int,
     path = resolve_attention(cfg)
     if path == "flex" and not torch.cuda.is_available():
         raise AnLLMError("attention: flex needs a CUDA GPU here; use attention: dense on CPU")
-    cfg.precision = precision  # record the resolved value in the saved config
+    cfg = copy.copy(
+        cfg
+    )  # the caller's config keeps "auto" for its next run; this copy is saved with the resolved value
+    cfg.precision = precision
     mixed = "bf16" if precision == "bf16" else "no"
     _allow_new_precision(mixed)
     accelerator = Accelerator(

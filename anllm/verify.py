@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from anllm.anchors import insert_ac, is_anchor
+from anllm.cache import PolicyCache
 from anllm.config import AnLLMError
 from anllm.generation import check_fits, forward_chunk, make_cache
 from anllm.masks import ansan_mask, to_additive, token_positions
@@ -42,8 +43,14 @@ def masked_forward(model, input_ids: Tensor, anchor: Tensor, attention_mask: Ten
     return model(input_ids=input_ids, attention_mask=mask, position_ids=token_positions(valid)).logits
 
 
-def decode_logits(lm: LoadedModel, input_ids: Tensor, attention_mask: Tensor | None, chunk_size: int, policy) -> Tensor:
-    """Logits ``(B, T, V)`` of feeding ``input_ids`` through a policy cache ``chunk_size`` tokens at a time."""
+def decode_logits(
+    lm: LoadedModel, input_ids: Tensor, attention_mask: Tensor | None, chunk_size: int, policy
+) -> tuple[Tensor, PolicyCache]:
+    """Feed ``input_ids`` through a policy cache ``chunk_size`` tokens at a time.
+
+    Returns:
+        the logits ``(B, T, V)`` and the cache, holding what the policy kept at the end.
+    """
     cache = make_cache(lm, policy)
     outs = []
     for s in range(0, input_ids.shape[1], chunk_size):

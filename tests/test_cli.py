@@ -157,3 +157,20 @@ def test_load_model_anchor_overrides():
     assert merge_anchor(base, {"mode": "ep"}) == base
     with pytest.raises(AnLLMError, match="unknown anchor setting"):
         merge_anchor(base, {"sinks": 1})
+
+
+def test_verify_decode_logits_returns_what_it_says():
+    import typing
+
+    from torch import Tensor
+
+    from anllm.cache import PolicyCache
+    from anllm.models import load_model
+    from anllm.policies import AnchorPolicy
+    from anllm.verify import decode_logits
+
+    assert typing.get_type_hints(decode_logits)["return"] == tuple[Tensor, PolicyCache]
+    lm = load_model("tiny-random")
+    ids = lm.tokenizer("One. Two", return_tensors="pt")["input_ids"]
+    logits, cache = decode_logits(lm, ids, None, 3, AnchorPolicy.from_config(lm.anchor))
+    assert logits.shape[:2] == ids.shape and isinstance(cache, PolicyCache)
