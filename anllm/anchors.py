@@ -1,7 +1,7 @@
 """Anchor identification: EP anchor ids from a tokenizer, an offline sentence splitter and <AC> insertion.
 
 AnLLM-EP uses sentence-end punctuation already in the text as the anchor; AnLLM-AC inserts an added ``<AC>``
-token after every sentence (method.md §2). Both end up as a set of anchor token ids.
+token after every sentence (arXiv 2402.07616 §3.2, §4.1). Both end up as a set of anchor token ids.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _sentence_ends(text: str) -> list[int]:
 
 
 def insert_ac(text: str, token: str = AC_TOKEN) -> str:
-    """Insert ``" <AC>"`` after every sentence of ``text``, the last one included (method.md §2.2)."""
+    """Insert ``" <AC>"`` after every sentence of ``text``, the last one included (arXiv 2402.07616 §4.1)."""
     if token in text:
         return text  # already marked: never double-insert
     out, start = [], 0

@@ -1,4 +1,5 @@
-"""Training with the AnSAN mask on every example (method.md §3), on accelerate: one CPU, DDP, FSDP or DeepSpeed.
+"""Training with the AnSAN mask on every example (arXiv 2402.07616 §4.2; docs/training.md), on accelerate: one
+CPU, DDP, FSDP or DeepSpeed.
 
 The loop reads top to bottom in :func:`train`; the pieces it uses are small functions:
 

@@ -1,10 +1,11 @@
-"""Log-likelihood multiple choice, scored the paper's way and by real cache decoding (method.md §6).
+"""Log-likelihood multiple choice, scored the paper's way (arXiv 2402.07616 §4.3; docs/evaluation.md) and by real
+cache decoding.
 
 Each item has a context (the query, after few-shot demonstrations) and choices; a choice's score is the summed
 log-probability of its tokens after the context; the prediction is the best-scoring choice (``acc``) or the best
 score per character (``acc_norm``). Scorers:
 
-* ``masked``: one AnSAN-masked pass over context + choice: what the paper's harness did (method.md §6.1);
+* ``masked``: one AnSAN-masked pass over context + choice: what the paper's harness did (arXiv 2402.07616 §4.3);
 * ``anchor``: the context prefilled through the anchor cache (chunked, evicting), then the choice decoded
   against the compressed cache: real anchor inference;
 * ``full``: the same with a full cache; ``nocache``: one plain causal pass per choice (no cache at all).
@@ -57,7 +58,7 @@ def build_requests(
     """Few-shot contexts: ``shots`` other items (with their right answer) before each query, blank-line separated.
 
     In AC mode ``<AC>`` closes every demonstration (``ac_placement="demo"``, the paper's 5-shot setting,
-    method.md §6.1) or every sentence of it (``"sentence"``); the final query is left unmarked so its tokens stay
+    arXiv 2402.07616 §4.3) or every sentence of it (``"sentence"``); the final query is left unmarked so its tokens stay
     in the cache while the choices are scored.
     """
     if shots < 0:
