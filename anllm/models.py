@@ -21,6 +21,7 @@ from anllm.anchors import resolve_anchor_ids
 from anllm.compat import check_supported
 from anllm.config import PRESETS, AnchorConfig, AnLLMError, preset_for
 from anllm.policies import AnchorPolicy, EvictionPolicy, policy_from_spec
+from anllm.progress import note
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def smollm2_path() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_dir = smollm2_gguf_dir()
-    logger.info("converting %s once into %s (about 20 s)", SMOLLM2_GGUF, target)
+    note(f"first run: converting {SMOLLM2_GGUF} once into {target} (about 20 s) ...")
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     if hasattr(model.config, "quantization_config"):
@@ -147,6 +148,7 @@ def smollm2_path() -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    note(f"converted; later runs load {target} directly")
     return target
 
 

@@ -31,6 +31,7 @@ from anllm.evaluation.metrics import accuracy, kv_reduction, speedup
 from anllm.evaluation.tasks import HUB_TASKS, LOCAL_TASKS, MCItem, load_jsonl, load_task, parse_item  # noqa: F401
 from anllm.generation import check_fits, forward_chunk, make_cache, prefill
 from anllm.models import LoadedModel
+from anllm.progress import progress_bar
 from anllm.verify import masked_forward
 
 SCORERS = ("masked", "anchor", "full", "nocache")
@@ -237,8 +238,12 @@ def evaluate_qa(
     scorers: tuple[str, ...] = SCORERS,
     ac_placement: AcPlacement = "demo",
     seed: int = 1234,
+    progress: bool = False,
 ) -> QAResult:
-    """Score every item with every scorer in ``scorers`` (``masked``, ``anchor``, ``full``, ``nocache``)."""
+    """Score every item with every scorer in ``scorers`` (``masked``, ``anchor``, ``full``, ``nocache``).
+
+    ``progress`` shows a bar on stderr, one step per item.
+    """
     bad = [s for s in scorers if s not in SCORERS]
     if bad or not scorers:
         raise AnLLMError(f"unknown scorer(s) {bad}; choose from {', '.join(SCORERS)}")
@@ -247,7 +252,7 @@ def evaluate_qa(
     seconds = dict.fromkeys(scorers, 0.0)
     ctx_tokens = kept_ctx = kept_end = seen_end = 0
     with torch.inference_mode():
-        for r in reqs:
+        for r in progress_bar(reqs, desc=f"qa {task}", unit="item", enabled=progress):
             ctxs = [_encode(lm, c) for c in r.contexts]
             conts = [_encode_cont(lm, c) for c in r.continuations]
             longest = max(len(c) + len(k) for c, k in zip(ctxs, conts))
