@@ -21,6 +21,7 @@ from anllm.anchors import resolve_anchor_ids
 from anllm.config import AC_TOKEN, AnLLMError
 from anllm.evaluation.ppl import encode_text, perplexity
 from anllm.models import LoadedModel
+from anllm.progress import progress_bar
 
 _RESOLVE_KEYS = ("mode", "anchor_chars", "anchor_ids")
 _PALETTE = ("#ea580c", "#2563eb", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#64748b")
@@ -98,6 +99,7 @@ def run_variants(
     *,
     max_tokens: int | None = None,
     chunk_size: int | None = None,
+    progress: bool = False,
 ) -> list[AblationRow]:
     """Perplexity of ``text`` under every variant, by decoding through that variant's cache.
 
@@ -106,6 +108,7 @@ def run_variants(
         text: the text to score (``<AC>`` is inserted for AC variants).
         max_tokens: score only the first ``max_tokens`` tokens of each variant's encoding.
         chunk_size: tokens per forward pass (eviction happens between passes; default: the model's chunk size).
+        progress: a bar on stderr, one step per variant.
     Returns:
         one :class:`AblationRow` per variant, in order.
     Raises:
@@ -118,7 +121,7 @@ def run_variants(
         raise AnLLMError(f"variant names must be unique, got {names}")
     rows = []
     ac_base: LoadedModel | None = None  # one <AC> copy of the model, shared by every AC variant
-    for v in variants:
+    for v in progress_bar(variants, desc="ablations", unit="variant", enabled=progress):
         changes = dict(v.anchor)
         base = lm
         if changes.get("mode") == "ac" and lm.anchor.mode != "ac" and "anchor_ids" not in changes:

@@ -29,9 +29,10 @@ from torch import Tensor
 from anllm.anchors import insert_ac
 from anllm.config import AnLLMError
 from anllm.evaluation.metrics import median
-from anllm.generation import decode_step, make_cache, prefill
+from anllm.generation import check_fits, decode_step, make_cache, prefill
 from anllm.models import LoadedModel
 from anllm.policies import FullCachePolicy
+from anllm.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +96,7 @@ def builtin_passage() -> str:
 
 def bench_tokens(lm: LoadedModel, text: str, n_tokens: int) -> list[int]:
     """The first ``n_tokens`` ids of ``text`` (``<AC>`` inserted in AC mode); errors if it is too short/long."""
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if limit is not None and n_tokens > limit:
-        raise AnLLMError(
-            f"context + new tokens = {n_tokens} tokens but the model supports {limit} positions; use a shorter "
-            "--context"
-        )
+    check_fits(lm, n_tokens, "context + new tokens =", "use a shorter --context")
     if not text.strip():
         raise AnLLMError("the benchmark text is empty")
     if lm.anchor.mode == "ac":
@@ -261,8 +257,13 @@ def _summarise(runs: list[dict], n_ctx: int) -> ModeResult:
 
 
 # -- the benchmark -----------------------------------------------------------------------------------------------
-def run_bench(lm: LoadedModel, cfg: BenchConfig, text: str | None = None) -> dict[str, dict[str, ModeResult]]:
-    """Measure every mode at every context length; returns ``{str(context): {mode: ModeResult}}``."""
+def run_bench(
+    lm: LoadedModel, cfg: BenchConfig, text: str | None = None, *, progress: bool = False
+) -> dict[str, dict[str, ModeResult]]:
+    """Measure every mode at every context length; returns ``{str(context): {mode: ModeResult}}``.
+
+    ``progress`` shows a bar on stderr, one step per timed run (context x repeat x mode).
+    """
     text = builtin_passage() if text is None else text
     device = next(lm.model.parameters()).device
     chunk = cfg.chunk_size or lm.anchor.chunk_size
@@ -272,6 +273,8 @@ def run_bench(lm: LoadedModel, cfg: BenchConfig, text: str | None = None) -> dic
         for policy in list(policies.values())[:2] or [FullCachePolicy()]:
             run_once(lm, ids[:, :32], ids[0, 32:], policy, chunk)
     results: dict[str, dict[str, ModeResult]] = {}
+    per_ctx = cfg.repeats * (len(cfg.modes) + int(cfg.compare_hf))
+    bar = progress_bar(desc="bench", total=len(cfg.contexts) * per_ctx, unit="run", enabled=progress)
     for n_ctx in cfg.contexts:
         ids = torch.tensor([bench_tokens(lm, text, n_ctx + cfg.new_tokens)], device=device)  # (1, N + G)
         ctx, cont = ids[:, :n_ctx], ids[0, n_ctx:]
@@ -285,13 +288,16 @@ def run_bench(lm: LoadedModel, cfg: BenchConfig, text: str | None = None) -> dic
                     runs[mode].append(run_once(lm, ctx[:, n_ctx - k :], cont, FullCachePolicy(), chunk))
                 else:
                     runs[mode].append(run_once(lm, ctx, cont, policies[mode], chunk))
+                bar.update()
             if cfg.compare_hf:
                 runs["hf_generate"].append(run_hf_generate(lm, ctx, cfg.new_tokens))
+                bar.update()
         row: dict[str, ModeResult] = {}
         for mode, rs in runs.items():
             row[mode] = _summarise(rs, rs[0]["kv_entries_prefill"] if mode == "limit" else n_ctx)
             logger.info("context %d %s: %s", n_ctx, mode, {k: v for k, v in row[mode].to_dict().items() if k != "runs"})
         results[str(n_ctx)] = row
+    bar.close()
     return results
 
 

@@ -25,8 +25,8 @@ class AnLLMError(ValueError):
 class AnchorConfig:
     """Which tokens are anchors and how the AnSAN mask is shaped.
 
-    The defaults are the official code's rule (method.md §1.2): anchors see only their own sentence, no sinks,
-    no local window.
+    The defaults are the official code's rule (arXiv 2402.07616 §3.2, Eq. 4; README "Exactness"): anchors see only
+    their own sentence, no sinks, no local window.
     """
 
     mode: AnchorMode = "ep"  # "ep": sentence-end punctuation is the anchor; "ac": an added <AC> token is
@@ -94,7 +94,7 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class CheckpointPreset:
-    """A released AnLLM checkpoint: where it lives and which ids are its anchors (method.md §2, §7)."""
+    """A released AnLLM checkpoint: where it lives and which ids are its anchors (from its tokenizer files)."""
 
     hub_id: str
     anchor: AnchorConfig

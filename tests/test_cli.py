@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from anllm.cli import main
+from anllm.config import AnLLMError
 
 pytestmark = pytest.mark.core
 
@@ -110,3 +111,66 @@ def test_trust_remote_code_is_off_unless_asked(monkeypatch):
     with pytest.raises(models.AnLLMError):
         models.load_model("org/some-model")
     assert seen[-1] is False
+
+
+@pytest.fixture
+def fake_default(monkeypatch, tmp_path):
+    """``--model default`` served by the tiny model, its adapter bringing 1 sink + window 16 (as the real one)."""
+    from anllm import models
+
+    models.tiny_model().save_pretrained(tmp_path)
+    models.tiny_tokenizer().save_pretrained(tmp_path)
+    served = models.AnchorConfig(n_sink=1, window=16)
+    monkeypatch.setattr(models, "_smollm2_source", lambda notes: tmp_path)
+    monkeypatch.setattr(models, "_apply_adapter", lambda model, adapter_dir, notes: (model, served))
+    return served
+
+
+@pytest.mark.parametrize(
+    "flags,changed",
+    [
+        ([], {}),
+        (["--chunk-size", "128"], {"chunk_size": 128}),
+        (["--positions", "compact"], {"position_policy": "compact"}),
+        (["--anchors", "ac"], {"mode": "ac"}),
+        (["--anchors", "ep", "--chunk-size", "7"], {"chunk_size": 7}),
+    ],
+)
+def test_anchor_flags_merge_into_the_models_own_setting(fake_default, flags, changed):
+    from anllm.cli import build_parser
+    from anllm.commands.common import load_from_args
+
+    args = build_parser().parse_args(["eval", "ppl", "--model", "default", "--text-file", "x", *flags])
+    lm = load_from_args(args)
+    assert lm.anchor == fake_default.replace(**changed)
+    assert lm.anchor.n_sink == 1 and lm.anchor.window == 16  # the adapter's served setting survives every flag
+
+
+def test_load_model_anchor_overrides():
+    from anllm.config import AnchorConfig
+    from anllm.models import load_model, merge_anchor
+
+    base = AnchorConfig(n_sink=2, window=8, anchor_ids=(5,))
+    lm = load_model("tiny-random", anchor=base, anchor_overrides=dict(chunk_size=64, position_policy=None))
+    assert lm.anchor == base.replace(chunk_size=64)
+    assert merge_anchor(base, {"mode": "ac"}) == base.replace(mode="ac", anchor_ids=None)  # EP ids don't name <AC>
+    assert merge_anchor(base, {"mode": "ep"}) == base
+    with pytest.raises(AnLLMError, match="unknown anchor setting"):
+        merge_anchor(base, {"sinks": 1})
+
+
+def test_verify_decode_logits_returns_what_it_says():
+    import typing
+
+    from torch import Tensor
+
+    from anllm.cache import PolicyCache
+    from anllm.models import load_model
+    from anllm.policies import AnchorPolicy
+    from anllm.verify import decode_logits
+
+    assert typing.get_type_hints(decode_logits)["return"] == tuple[Tensor, PolicyCache]
+    lm = load_model("tiny-random")
+    ids = lm.tokenizer("One. Two", return_tensors="pt")["input_ids"]
+    logits, cache = decode_logits(lm, ids, None, 3, AnchorPolicy.from_config(lm.anchor))
+    assert logits.shape[:2] == ids.shape and isinstance(cache, PolicyCache)

@@ -164,3 +164,40 @@ def test_compact_positions_change_decoding_after_eviction():
     assert torch.equal(logits["true"][0], logits["compact"][0])
     assert (logits["true"][1] - logits["compact"][1]).abs().max() > 1e-6  # position 85 vs position 7
     assert torch.isfinite(logits["compact"][1]).all()
+
+
+def test_batch_honours_stop_strings_like_the_single_path():
+    lm = make_lm()
+    lm.tokenizer.padding_side = "left"
+    prompts = [PROMPT, "Short. One"]
+    free = generate_batch(lm, prompts, "anchor", gen(max_new_tokens=20))
+    text, other = (lm.tokenizer.decode(ids, skip_special_tokens=True) for ids in free)
+    stop = text[12:14]  # a stop string the first row meets some tokens in, and the second never
+    assert len(stop) == 2 and stop not in text[:12] and stop not in other
+    batched = generate_batch(lm, prompts, "anchor", gen(max_new_tokens=20, stop_strings=(stop,)))
+    single = generate(lm, PROMPT, "anchor", gen(max_new_tokens=20, stop_strings=(stop,)))
+    assert single.finish_reason == "stop" and batched[0] == single.tokens and len(batched[0]) < len(free[0])
+    assert lm.tokenizer.decode(batched[0], skip_special_tokens=True) == single.text + stop
+    assert batched[1] == free[1]  # the row without the stop string runs to max_new_tokens
+
+
+def test_batch_checks_the_prompt_against_the_models_positions():
+    lm = make_lm()
+    lm.tokenizer.padding_side = "left"
+    lm.model.config.max_position_embeddings = 40
+    with pytest.raises(AnLLMError, match="supports 40 positions"):
+        generate_batch(lm, ["Hi", PROMPT * 2], "anchor", gen())
+    near = generate_batch(lm, ["Hi. there, how are you", "Hi"], "anchor", gen(max_new_tokens=100))
+    assert len(near[0]) == 40 - len(encode_prompt(lm, "Hi. there, how are you", chat=False))
+
+
+def test_batch_repetition_penalty_skips_padding():
+    """A padded row decodes as it does alone, even when the pad id is the token it picks next."""
+    lm = make_lm()
+    lm.tokenizer.padding_side = "left"
+    short = "Short. One"
+    g = gen(repetition_penalty=5.0, max_new_tokens=6)
+    alone = generate_batch(lm, [short], "anchor", g)[0]
+    assert alone[0] not in encode_prompt(lm, short, chat=False)
+    lm.tokenizer.pad_token_id = alone[0]  # penalising padding would now change this row's first token
+    assert generate_batch(lm, [PROMPT, short], "anchor", g)[1] == alone

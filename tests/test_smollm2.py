@@ -108,3 +108,15 @@ def test_ac_mode_on_the_real_model(smol):
     dot = lm.tokenizer.encode(".", add_special_tokens=False)[-1]
     assert ac == 49152 and emb.shape[0] == 49153 and torch.equal(emb[ac], emb[dot])
     assert torch.equal(lm.model.get_output_embeddings().weight[ac], emb[dot])
+
+
+def test_cli_anchor_flags_keep_the_adapters_served_setting():
+    """``--model default --chunk-size N`` changes the chunk size only, not the adapter's 1 sink + window 16."""
+    from anllm.cli import build_parser
+    from anllm.commands.common import load_from_args
+
+    served = models._adapter_anchor(models.ADAPTER_DIR / "anchor.json")
+    argv = ["eval", "ppl", "--model", "default", "--text-file", "x", "--chunk-size", "128", "--positions", "compact"]
+    lm = load_from_args(build_parser().parse_args(argv))
+    assert (served.n_sink, served.window) == (1, 16)
+    assert lm.anchor == served.replace(chunk_size=128, position_policy="compact")

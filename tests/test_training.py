@@ -397,3 +397,12 @@ def test_full_attention_kl_term(data):
         assert x["loss"] == pytest.approx(x["kl"] + 0.5 * x["kl_full"], rel=1e-6)
     with pytest.raises(AnLLMError, match="full_kl_weight"):
         TrainConfig(full_kl_weight=-1)
+
+
+def test_train_leaves_the_callers_config_alone(data):
+    """``precision: auto`` resolves per machine: the saved config gets the resolved value; the caller keeps auto."""
+    cfg = cfg_for(data, finetune="lora", lora_r=4, max_steps=1, precision="auto", output_dir=str(data / "auto"))
+    before = cfg.to_dict()
+    res = train(cfg)
+    assert cfg.precision == "auto" and cfg.to_dict() == before
+    assert json.loads((res.output_dir / "config.json").read_text())["precision"] in ("fp32", "bf16")

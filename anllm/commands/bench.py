@@ -54,7 +54,7 @@ def run(args) -> int:
     lm = load_from_args(args)
     for note in lm.notes:
         print(f"note: {note}", file=sys.stderr)
-    results = run_bench(lm, cfg, text)
+    results = run_bench(lm, cfg, text, progress=True)
     machine = measure_machine(next(lm.model.parameters()).device) if args.roofline else None
     if machine is not None:
         print(

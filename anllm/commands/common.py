@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from anllm.config import AnchorConfig, AnLLMError
+from anllm.config import AnLLMError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,23 +29,13 @@ def default_device() -> str:
 
 
 def load_from_args(args):
-    """Load the model named on the command line with its anchor overrides."""
-    from anllm.config import preset_for
+    """Load the model named on the command line; anchor flags change only their field of the model's own setting."""
     from anllm.models import load_model
 
-    preset = preset_for(args.model)
-    base = preset.anchor if preset is not None else AnchorConfig()
-    changes = {}
-    if args.anchors is not None and args.anchors != base.mode:
-        changes.update(mode=args.anchors, anchor_ids=None)
-    if args.positions is not None:
-        changes["position_policy"] = args.positions
-    if args.chunk_size is not None:
-        changes["chunk_size"] = args.chunk_size
-    anchor = base.replace(**changes) if changes else None
+    overrides = dict(mode=args.anchors, position_policy=args.positions, chunk_size=args.chunk_size)
     return load_model(
         args.model,
-        anchor=anchor,
+        anchor_overrides=overrides,
         dtype=DTYPES[args.dtype],
         device=args.device or default_device(),
         trust_remote_code=args.trust_remote_code,

@@ -91,7 +91,9 @@ def run_ppl(args) -> int:
     modes = split_modes(args.modes)
     budget = _budget(args.budget)
     lm = load_from_args(args)
-    res = perplexity_text(lm, text, modes, chunk_size=args.chunk_size, max_tokens=args.max_tokens, budget=budget)
+    res = perplexity_text(
+        lm, text, modes, chunk_size=args.chunk_size, max_tokens=args.max_tokens, budget=budget, progress=True
+    )
     for r in res.values():
         print(
             f"{r.mode:<28} ppl {r.ppl:10.3f}  KV kept end {r.kv_kept_end}/{r.tokens} ({r.kv_kept_frac:.1%}), "
@@ -193,7 +195,14 @@ def run_qa(args) -> int:
     items = load_task(args.task, args.limit)
     lm = load_from_args(args)
     res = evaluate_qa(
-        lm, items, task=args.task, shots=args.shots, scorers=scorers, ac_placement=args.ac_placement, seed=args.seed
+        lm,
+        items,
+        task=args.task,
+        shots=args.shots,
+        scorers=scorers,
+        ac_placement=args.ac_placement,
+        seed=args.seed,
+        progress=True,
     )
     d = res.to_dict()
     for s, r in res.scorers.items():
@@ -223,6 +232,7 @@ def run_bleu(args) -> int:
             modes=split_modes(args.modes),
             template=args.template or DEFAULT_TEMPLATE,
             max_new_tokens=args.max_new_tokens,
+            progress=True,
         )
     for m, r in res.items():
         extra = "" if r.kv_kept_frac is None else f"  KV kept {r.kv_kept_frac:.1%}  {r.tokens_per_s:.1f} tok/s"

@@ -5,11 +5,41 @@ Runs as one process, or under ``accelerate launch`` on several processes/GPUs (D
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+DESCRIPTION = """\
+Fine-tune a causal LM so that it works with the AnSAN anchor mask (arXiv 2402.07616 §4.2): every training example
+runs under the mask, so each sentence's information has to gather in its anchor token (EP: the sentence-end
+punctuation already in the text; AC: an <AC> token inserted after every sentence), and the model learns to use an
+anchor cache that keeps only the anchors and the open sentence.
+
+  mode: pretrain  continued pre-training on plain text (.txt, or JSONL {"text": ...}); loss on every token
+  mode: sft       instruction tuning on Alpaca records (or translation pairs); loss on the response only
+  loss: lm        next-token cross-entropy (the paper's); kl / lm+kl distil the model's own full-attention
+                  predictions into the masked model (how the shipped SmolLM2 adapter was trained)
+  finetune        full (all weights) or lora (a peft adapter; export it with anllm.models.export_adapter)
+
+Every option is a key of one YAML/JSON config; configs/ (in the source repository) holds working ones:
+tiny-pretrain-ep.yaml (seconds on a CPU), sft-alpaca-ac.yaml, sft-translation-ep.yaml, smollm2-anchor-adapter.yaml
+(the default model's adapter) and the paper's 7B runs (paper-*.yaml, with configs/accelerate/ and configs/deepspeed/
+for several GPUs). Checkpoints, logs and the final model go to output_dir. docs/training.md explains the keys."""
+
+EPILOG = """\
+examples:
+  anllm train --config configs/tiny-pretrain-ep.yaml
+  anllm train --config configs/tiny-pretrain-ep.yaml --set max_steps=50 --set anchors=ac --print-config
+  accelerate launch --config_file configs/accelerate/fsdp.yaml -m anllm train --config configs/paper-cpt-ep-7b.yaml"""
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train with the AnSAN mask (pretrain | sft), full fine-tuning or LoRA")
+    p = sub.add_parser(
+        "train",
+        help="train with the AnSAN mask (pretrain | sft), full fine-tuning or LoRA",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", default=None, help="YAML or JSON training config (see configs/)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from anllm.config import AnLLMError, GenerationConfig
 from anllm.models import LoadedModel
+from anllm.progress import progress_bar
 
 DEFAULT_TEMPLATE = "Translate the following German text into English.\nGerman: {src}\nEnglish:"
 
@@ -58,15 +59,16 @@ def translate(
     template: str = DEFAULT_TEMPLATE,
     max_new_tokens: int = 128,
     chat: bool = False,
+    progress: bool = False,
 ) -> BleuResult:
-    """Greedy translations of ``sources`` with ``mode``'s cache (BLEU left at 0 until scored)."""
+    """Greedy translations of ``sources`` with ``mode``'s cache (BLEU left at 0 until scored); ``progress``: a bar."""
     from anllm.generation import generate
 
     if "{src}" not in template:
         raise AnLLMError("the prompt template must contain {src}")
     gen = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=("\n",), chat=chat)
     hyps, fracs, speeds = [], [], []
-    for src in sources:
+    for src in progress_bar(sources, desc=f"translate {mode}", unit="segment", enabled=progress):
         r = generate(lm, template.format(src=src), mode, gen)
         hyps.append(r.text.strip())
         fracs.append(r.kv_entries / max(r.kv_full_entries, 1))

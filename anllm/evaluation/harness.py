@@ -9,7 +9,7 @@ any harness task runs with anchor inference::
     lm_eval.simple_evaluate(model=AnLLMEvalLM(model="default", mode="anchor"), tasks=["arc_easy"], num_fewshot=5)
 
 In AC mode the harness's few-shot prompt gets ``<AC>`` at the end of each demonstration (before every
-``fewshot_delimiter``), the paper's 5-shot placement (method.md §6.1).
+``fewshot_delimiter``), the paper's 5-shot placement (arXiv 2402.07616 §4.3).
 """
 
 from __future__ import annotations

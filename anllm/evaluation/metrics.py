@@ -1,4 +1,4 @@
-"""The paper's measures (method.md §6.2), as small pure functions."""
+"""The paper's measures (arXiv 2402.07616 §4.3; T⇑ against no-cache decoding, App. A.1), as small pure functions."""
 
 from __future__ import annotations
 

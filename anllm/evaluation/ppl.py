@@ -16,9 +16,10 @@ from torch import Tensor
 from anllm.anchors import insert_ac
 from anllm.config import AnLLMError
 from anllm.evaluation.metrics import perplexity_from_nll
-from anllm.generation import forward_chunk, make_cache
+from anllm.generation import check_fits, forward_chunk, make_cache
 from anllm.models import LoadedModel
 from anllm.policies import EvictionPolicy
+from anllm.progress import progress_bar
 
 BUDGETED = ("streaming", "sepllm")  # bare mode names that a budget resizes
 
@@ -59,19 +60,19 @@ def encode_text(lm: LoadedModel, text: str, max_tokens: int | None = None) -> li
         if max_tokens < 2:
             raise AnLLMError(f"max_tokens must be >= 2, got {max_tokens}")
         ids = ids[:max_tokens]
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if limit is not None and len(ids) > limit:
-        raise AnLLMError(
-            f"the text has {len(ids)} tokens but the model supports {limit} positions; "
-            f"pass --max-tokens {limit} (or less) to score a prefix"
-        )
+    check_fits(lm, len(ids), "the text has", "pass --max-tokens {limit} (or less) to score a prefix")
     if len(ids) < 2:
         raise AnLLMError("the text has fewer than 2 tokens: nothing to predict")
     return ids
 
 
 def perplexity(
-    lm: LoadedModel, ids: list[int] | Tensor, mode: str | EvictionPolicy = "anchor", *, chunk_size: int | None = None
+    lm: LoadedModel,
+    ids: list[int] | Tensor,
+    mode: str | EvictionPolicy = "anchor",
+    *,
+    chunk_size: int | None = None,
+    progress: bool = False,
 ) -> PPLResult:
     """Perplexity of token ids ``(T,)`` decoded through a ``mode`` cache in chunks of ``chunk_size`` tokens.
 
@@ -79,6 +80,7 @@ def perplexity(
         ids: one sequence of token ids, list or long tensor ``(T,)``.
         mode: a mode name / spec (``"full"``, ``"anchor"``, ``"streaming:budget=256"``) or a policy.
         chunk_size: tokens per forward pass (default: the model's anchor chunk size).
+        progress: show a bar on stderr (tokens scored).
     """
     model = lm.model
     device = next(model.parameters()).device
@@ -92,8 +94,10 @@ def perplexity(
     cache = make_cache(lm, mode)
     nll_sum, kept, fracs, peak = 0.0, [], [], 0
     prev = None  # (1, V) logits of the previous chunk's last token
+    name = mode if isinstance(mode, str) else type(mode).name
+    bar = progress_bar(desc=f"ppl {name}", total=T, unit="tok", enabled=progress)
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), bar:
         for s in range(0, T, step):
             chunk = ids[:, s : s + step]  # (1, Q)
             peak = max(peak, int(cache.n_kept()[0]) + chunk.shape[1] if cache.meta is not None else chunk.shape[1])
@@ -108,9 +112,9 @@ def perplexity(
             n_kept = int(cache.n_kept()[0])
             kept.append(n_kept)
             fracs.append(n_kept / int(cache.n_seen[0]))
+            bar.update(chunk.shape[1])
     seconds = time.perf_counter() - t0
     n_pred = T - 1
-    name = mode if isinstance(mode, str) else type(mode).name
     return PPLResult(
         mode=name,
         ppl=perplexity_from_nll(nll_sum, n_pred),
@@ -134,6 +138,7 @@ def perplexity_text(
     chunk_size: int | None = None,
     max_tokens: int | None = None,
     budget: int | str | None = None,
+    progress: bool = False,
 ) -> dict[str, PPLResult]:
     """Perplexity of ``text`` under each mode; keys are the mode strings as given.
 
@@ -141,6 +146,7 @@ def perplexity_text(
         budget: KV entries for the bare ``streaming`` / ``sepllm`` modes (sinks + window; SepLLM keeps its
             separators on top), or one of ``modes`` (e.g. ``"anchor"`` or ``"anchor:sink=1,window=16"``): that
             mode's mean cache size in this run. None: their defaults.
+        progress: a bar per mode on stderr.
     """
     if not modes:
         raise AnLLMError("no modes given: use e.g. full,anchor,streaming,sepllm")
@@ -160,5 +166,5 @@ def perplexity_text(
         if budget is not None and m in BUDGETED:
             n = max(2, round(out[budget].kv_kept_mean)) if isinstance(budget, str) else int(budget)
             spec = f"{m}:budget={n},sink={min(4, n - 1)}"
-        out[m] = replace(perplexity(lm, ids, lm.policy(spec), chunk_size=chunk_size), mode=spec)
+        out[m] = replace(perplexity(lm, ids, lm.policy(spec), chunk_size=chunk_size, progress=progress), mode=spec)
     return {m: out[m] for m in modes}

@@ -1,10 +1,11 @@
-"""Log-likelihood multiple choice, scored the paper's way and by real cache decoding (method.md §6).
+"""Log-likelihood multiple choice, scored the paper's way (arXiv 2402.07616 §4.3; docs/evaluation.md) and by real
+cache decoding.
 
 Each item has a context (the query, after few-shot demonstrations) and choices; a choice's score is the summed
 log-probability of its tokens after the context; the prediction is the best-scoring choice (``acc``) or the best
 score per character (``acc_norm``). Scorers:
 
-* ``masked``: one AnSAN-masked pass over context + choice: what the paper's harness did (method.md §6.1);
+* ``masked``: one AnSAN-masked pass over context + choice: what the paper's harness did (arXiv 2402.07616 §4.3);
 * ``anchor``: the context prefilled through the anchor cache (chunked, evicting), then the choice decoded
   against the compressed cache: real anchor inference;
 * ``full``: the same with a full cache; ``nocache``: one plain causal pass per choice (no cache at all).
@@ -28,8 +29,9 @@ from anllm.anchors import mark_anchors
 from anllm.config import AC_TOKEN, AnLLMError
 from anllm.evaluation.metrics import accuracy, kv_reduction, speedup
 from anllm.evaluation.tasks import HUB_TASKS, LOCAL_TASKS, MCItem, load_jsonl, load_task, parse_item  # noqa: F401
-from anllm.generation import forward_chunk, make_cache, prefill
+from anllm.generation import check_fits, forward_chunk, make_cache, prefill
 from anllm.models import LoadedModel
+from anllm.progress import progress_bar
 from anllm.verify import masked_forward
 
 SCORERS = ("masked", "anchor", "full", "nocache")
@@ -57,7 +59,7 @@ def build_requests(
     """Few-shot contexts: ``shots`` other items (with their right answer) before each query, blank-line separated.
 
     In AC mode ``<AC>`` closes every demonstration (``ac_placement="demo"``, the paper's 5-shot setting,
-    method.md §6.1) or every sentence of it (``"sentence"``); the final query is left unmarked so its tokens stay
+    arXiv 2402.07616 §4.3) or every sentence of it (``"sentence"``); the final query is left unmarked so its tokens stay
     in the cache while the choices are scored.
     """
     if shots < 0:
@@ -237,25 +239,25 @@ def evaluate_qa(
     scorers: tuple[str, ...] = SCORERS,
     ac_placement: AcPlacement = "demo",
     seed: int = 1234,
+    progress: bool = False,
 ) -> QAResult:
-    """Score every item with every scorer in ``scorers`` (``masked``, ``anchor``, ``full``, ``nocache``)."""
+    """Score every item with every scorer in ``scorers`` (``masked``, ``anchor``, ``full``, ``nocache``).
+
+    ``progress`` shows a bar on stderr, one step per item.
+    """
     bad = [s for s in scorers if s not in SCORERS]
     if bad or not scorers:
         raise AnLLMError(f"unknown scorer(s) {bad}; choose from {', '.join(SCORERS)}")
     reqs = build_requests(items, shots, ac=lm.anchor.mode == "ac", ac_placement=ac_placement, seed=seed)
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
     logliks = {s: [] for s in scorers}
     seconds = dict.fromkeys(scorers, 0.0)
     ctx_tokens = kept_ctx = kept_end = seen_end = 0
     with torch.inference_mode():
-        for r in reqs:
+        for r in progress_bar(reqs, desc=f"qa {task}", unit="item", enabled=progress):
             ctxs = [_encode(lm, c) for c in r.contexts]
             conts = [_encode_cont(lm, c) for c in r.continuations]
             longest = max(len(c) + len(k) for c, k in zip(ctxs, conts))
-            if limit is not None and longest > limit:
-                raise AnLLMError(
-                    f"an item has {longest} tokens but the model supports {limit} positions; use fewer shots"
-                )
+            check_fits(lm, longest, "an item has", "use fewer shots")
             groups = {}  # identical contexts share one cached prefill
             for i, c in enumerate(ctxs):
                 groups.setdefault(tuple(c), []).append(i)

@@ -1,4 +1,4 @@
-"""AnSAN anchor policy: after an anchor, the other tokens of its sentence leave the cache (method.md §4)."""
+"""AnSAN anchor policy: after an anchor, the other tokens of its sentence leave the cache (arXiv 2402.07616 §3.3)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """SepLLM-style policy (Chen et al., ICML 2025): sinks + every separator token + a window of recent tokens.
 
-Written from the paper's description (method.md §9): separators are punctuation (``. , ? ! ; :``) and
+Written from the paper's description (arXiv 2412.12094): separators are punctuation (``. , ? ! ; :``) and
 whitespace tokens (space, tab, newline); they are resolved from the tokenizer, so the policy works with any
 vocabulary. No cap on the number of separators: the cache grows by one entry per separator (SepLLM's streaming
 ``SepCache`` adds a cap; this training-free baseline keeps them all, which is the paper's basic setting).

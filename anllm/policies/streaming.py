@@ -1,6 +1,6 @@
 """StreamingLLM (Xiao et al., ICLR 2024): attention sinks plus a sliding window of recent tokens.
 
-Written from the paper's description (method.md §9): the first ``n_sink`` tokens stay forever, the rest of the
+Written from the paper's description (arXiv 2309.17453 §3.2): the first ``n_sink`` tokens stay forever, the rest of the
 cache is the ``window`` most recent tokens. Positions follow the cache's position policy (true positions by
 default: no key re-rotation, which matters only beyond the model's trained length).
 """
