@@ -190,7 +190,8 @@ class _ProseParser(HTMLParser):
     SKIP_CLASSES = {"navheader", "navfooter", "docnav", "header", "nav-panel", "toc", "section-toc", "contents",
                     "shortcontents", "menu", "mini-toc", "index", "printindex", "legalnotice", "screen", "example",
                     "programlisting", "synopsis", "cmdsynopsis", "refsynopsisdiv", "footnotes", "copyright",
-                    "sphinxsidebar", "related", "footer", "headerlink", "highlight", "listingblock"}  # fmt: skip
+                    "sphinxsidebar", "related", "footer", "headerlink", "copiable-anchor", "copiable-link", "highlight",
+                    "listingblock"}  # fmt: skip
     VOID_TAGS = {"br", "hr", "img", "meta", "link", "input", "area", "base", "col", "wbr"}
 
     def __init__(self) -> None:

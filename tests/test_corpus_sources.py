@@ -19,7 +19,7 @@ def prose(tag: str, n_sentences: int = 12) -> str:
 PAGE = f"""<html lang="en"><head><title>Title words that must not appear anywhere</title></head><body>
 <div class="navheader"><a href="a.html">Prev</a> navigation menu entry that is long enough to count</div>
 <div class="toc"><ul><li>1. Chapter one of the table of contents with many words</li></ul></div>
-<h1>1. Using the tools</h1>
+<h1>1. Using the tools<a class='copiable-anchor' href='#t'> &para;</a></h1>
 <p>{prose("first")} The command <code class="command">apt-get</code> is kept inline.</p>
 <pre class="screen">$ apt-get install foo  # a code listing that is long enough to be a paragraph</pre>
 <table><tr><td>a table cell with plenty of words in it to be a paragraph</td></tr></table>
