@@ -213,7 +213,8 @@ class _ProseParser(HTMLParser):
             return
         classes = set((dict(attrs).get("class") or "").split())
         if (tag in self.SKIP_TAGS or classes & self.SKIP_CLASSES) and tag not in self.VOID_TAGS:
-            self._flush()
+            if tag in self.SKIP_TAGS or tag in self.BLOCK_TAGS:  # a skipped inline element (a ¶ link) keeps the line
+                self._flush()
             self._skip.append(tag)
         elif tag in self.BLOCK_TAGS or re.fullmatch(r"h[1-6]", tag):
             self._flush()
