@@ -22,6 +22,7 @@ import json
 import logging
 import random
 import re
+from collections.abc import Callable
 from functools import partial
 from html.parser import HTMLParser
 from pathlib import Path
@@ -251,9 +252,10 @@ def html_documents(directory: Path, pattern: str = "*.html") -> list[str]:
     return _keep_prose(docs)
 
 
-def handbook_documents(root: Path = HTML_SOURCES["debian-handbook"][0].parent, lang: str = "en-US") -> list[str]:
+def handbook_documents(root: Path | None = None, lang: str = "en-US") -> list[str]:
     """The Debian Administrator's Handbook (``debian-handbook``), English edition only; [] if not installed."""
-    return html_documents(Path(root) / lang, "*.html")
+    root = HTML_SOURCES["debian-handbook"][0].parent if root is None else Path(root)
+    return html_documents(root / lang, "*.html")
 
 
 _ROFF_NAMED = {"em": "—", "en": "–", "aq": "'", "dq": '"', "lq": "“", "rq": "”", "oq": "‘", "cq": "’", "bu": "",
@@ -380,16 +382,22 @@ def _is_heldout(doc: str, fraction: float) -> bool:
     return h / 0xFFFFFFFF < fraction
 
 
+def source_loaders() -> dict[str, Callable[[], list[str]]]:
+    """Each name of ``SOURCES`` -> a function returning that source's documents ([] when it is not installed)."""
+    loaders = {name: partial(html_documents, *where) for name, where in HTML_SOURCES.items()}
+    loaders |= {"fortunes": fortune_documents, "kjv": kjv_documents, "wordnet": wordnet_documents,
+                "debian-handbook": handbook_documents, "manpages": manpage_documents,
+                "synthetic": synthetic_documents}  # fmt: skip
+    return {name: loaders[name] for name in SOURCES}
+
+
 def build_corpus(out: str | Path, sources: tuple[str, ...] = ("fortunes",), heldout_fraction: float = 0.05) -> dict:
     """Write ``train.jsonl`` and ``heldout.txt`` under ``out``; return counts per file and the sources used.
 
     Documents are de-duplicated, then split by a hash of their text, so the split is stable and no held-out
     document appears in training.
     """
-    loaders = {"fortunes": fortune_documents, "kjv": kjv_documents, "wordnet": wordnet_documents,
-               "manpages": manpage_documents, "synthetic": synthetic_documents}  # fmt: skip
-    loaders.update({name: partial(html_documents, *where) for name, where in HTML_SOURCES.items()})
-    loaders["debian-handbook"] = handbook_documents
+    loaders = source_loaders()
     docs, used = [], []
     for name in sources:
         if name not in loaders:

@@ -25,7 +25,6 @@ fi
 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$PY" - "$OUT" "$SOURCES" <<'PY'
 import json
 import sys
-from functools import partial
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -34,9 +33,7 @@ from anllm import corpus
 from anllm.models import smollm2_path
 
 out, sources = Path(sys.argv[1]), sys.argv[2].split(",")
-loaders = {"fortunes": corpus.fortune_documents, "kjv": corpus.kjv_documents, "wordnet": corpus.wordnet_documents,
-           "manpages": corpus.manpage_documents, "debian-handbook": corpus.handbook_documents}
-loaders |= {n: partial(corpus.html_documents, *w) for n, w in corpus.HTML_SOURCES.items() if n not in loaders}
+loaders = corpus.source_loaders()
 tok = AutoTokenizer.from_pretrained(smollm2_path())
 seen, counts = set(), {}
 for name in sources:
