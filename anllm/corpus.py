@@ -151,9 +151,10 @@ def is_reserved(text: str) -> bool:
 
 
 def _group_blocks(blocks: list[tuple[int, str]], skip_heading: re.Pattern = RESERVED_HEADING) -> list[str]:
-    """Paragraph blocks ``(0, text)`` between headings ``(level, title)`` -> documents of about 400-2,000 words.
+    """Paragraph blocks ``(0, text)`` between headings ``(level, title)`` -> documents of 60-2,000 words.
 
-    A heading matching ``skip_heading`` drops its section, subsections included.
+    A document ends at the first heading after 400 words. A heading matching ``skip_heading`` drops its section,
+    subsections included.
     """
     docs, cur, n, skip_level = [], [], 0, 0
     for level, text in blocks:
