@@ -38,10 +38,16 @@ LANGUAGES = {"de": "German", "en": "English", "fr": "French", "zh": "Chinese", "
 
 @dataclass
 class Example:
-    """One training row: token ids and labels of the same length (``-100`` = no loss)."""
+    """One training row: token ids and labels of the same length (``-100`` = no loss).
+
+    ``weights`` (per token, default 1) scales every loss term of predicting that token; ``targets`` marks tokens
+    that also get the ground-truth LM loss ``target_lm_weight`` (e.g. the answer of a memory item).
+    """
 
     input_ids: list[int]
     labels: list[int]
+    weights: list[float] | None = None
+    targets: list[bool] | None = None
 
 
 @dataclass
@@ -51,7 +57,7 @@ class DataStats:
     n_records: int = 0  # documents or SFT records read
     n_examples: int = 0
     n_truncated: int = 0
-    n_dropped: int = 0  # SFT records whose whole response fell beyond the block size
+    n_dropped: int = 0  # SFT records whose whole response fell beyond the block size (or a too long segment record)
     n_tokens: int = 0
     n_label_tokens: int = 0
 
@@ -196,6 +202,13 @@ def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], DataStat
     for source, record in _iter_sources(cfg):
         stats.n_records += 1
         where = f"{source}: "
+        if "segments" in record:
+            ex = segments_example(record, cfg, tokenizer, where=where)
+            if ex is None:
+                stats.n_dropped += 1
+            else:
+                examples.append(ex)
+            continue
         if cfg.mode == "sft":
             prompt, response = sft_pair(record, cfg, where=where)
             p_ids = tokenizer(prompt)["input_ids"]
@@ -237,12 +250,39 @@ def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], DataStat
     return examples, stats
 
 
+def segments_example(record: dict, cfg: TrainConfig, tokenizer, *, where: str = "") -> Example | None:
+    """An example from ``{"segments": [{"text", "weight", "target"}, ...]}`` (a memory item: context, question,
+    answer), never packed; None when it is longer than ``cfg.block_size`` (cutting it would cut the answer).
+
+    The first segment is tokenised with the tokenizer's special tokens (BOS), the others without; ``weight``
+    (default 1) scales the loss of predicting the segment's tokens, ``target`` (default false) adds the LM loss.
+    """
+    segs = record["segments"]
+    if not isinstance(segs, list) or not segs:
+        raise AnLLMError(f"{where}'segments' must be a non-empty list of {{'text', 'weight', 'target'}} objects")
+    ids, weights, targets = [], [], []
+    for k, seg in enumerate(segs):
+        text = seg.get("text") if isinstance(seg, dict) else None
+        weight = seg.get("weight", 1.0) if isinstance(seg, dict) else None
+        if not isinstance(text, str) or isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise AnLLMError(f"{where}segment {k} needs a string 'text' and a number 'weight' >= 0, got {seg!r:.80}")
+        text = insert_ac(text) if cfg.anchors == "ac" and text.strip() else text
+        part = tokenizer(text, add_special_tokens=k == 0)["input_ids"]
+        ids += part
+        weights += [float(weight)] * len(part)
+        targets += [bool(seg.get("target", False))] * len(part)
+    if len(ids) > cfg.block_size:
+        return None
+    return Example(ids, list(ids), weights, targets)
+
+
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of examples.
 
     Returns:
         ``input_ids`` long ``(B, T)``, ``labels`` long ``(B, T)`` (``-100`` on padding), ``attention_mask`` long
-        ``(B, T)`` (1 = real token).
+        ``(B, T)`` (1 = real token); when any example has them, ``weights`` float ``(B, T)`` (1 by default, 0 on
+        padding) and ``targets`` bool ``(B, T)``.
     """
     T = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
@@ -253,7 +293,17 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         ids[b, :n] = torch.tensor(e.input_ids)
         labels[b, :n] = torch.tensor(e.labels)
         attn[b, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": attn}
+    out = {"input_ids": ids, "labels": labels, "attention_mask": attn}
+    if any(e.weights is not None or e.targets is not None for e in examples):
+        weights = torch.zeros((len(examples), T))
+        targets = torch.zeros((len(examples), T), dtype=torch.bool)
+        for b, e in enumerate(examples):
+            n = len(e.input_ids)
+            weights[b, :n] = torch.tensor(e.weights) if e.weights is not None else 1.0
+            if e.targets is not None:
+                targets[b, :n] = torch.tensor(e.targets)
+        out |= {"weights": weights, "targets": targets}
+    return out
 
 
 def eval_blocks(path: str, cfg: TrainConfig, tokenizer) -> list[list[int]]:

@@ -226,6 +226,7 @@ class MemoryItem:
     kind: str = ""
     template: int = -1  # index into the template set (-1: user item)
     turns: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    fact: str = ""  # the sentence stating the answer
 
     def to_dict(self) -> dict:
         return {
@@ -238,6 +239,7 @@ class MemoryItem:
             "kind": self.kind,
             "template": self.template,
             "turns": [list(t) for t in self.turns],
+            "fact": self.fact,
         }
 
 
@@ -283,7 +285,7 @@ def make_items(
     seed: int,
     distances: tuple[int, ...],
     n_per_distance: int,
-    filler: str,
+    filler: str | list[str],
     count_tokens: Callable[[str], int],
     families: tuple[str, ...] = ("single", "multi", "chat"),
     templates: tuple[Template, ...] = EVAL_TEMPLATES,
@@ -293,7 +295,7 @@ def make_items(
     """Recall items for every family x distance, ``n_per_distance`` each, reproducible from ``seed``.
 
     Args:
-        filler: prose put between the fact and the question.
+        filler: prose put between the fact and the question (a text, or its :func:`filler_sentences`).
         count_tokens: the model's token count of a string (distances are in these tokens).
         fewshot_items: :class:`anllm.evaluation.tasks.MCItem` list for the ``fewshot`` family (demonstrations
             compressed, the question at the end); required when ``fewshot`` is among ``families``.
@@ -306,7 +308,7 @@ def make_items(
     if "fewshot" in families and not fewshot_items:
         raise AnLLMError("the fewshot family needs multiple-choice items (the packaged toy task by default)")
     rng = random.Random(seed)
-    sents = filler_sentences(filler)
+    sents = filler_sentences(filler) if isinstance(filler, str) else filler
     fill = _Filler(sents, count_tokens, rng)
     items = []
     for family in families:
@@ -328,7 +330,7 @@ def _single(item_id, d, templates, rng, fill) -> MemoryItem:
     (t, fact, question, answer), = _distinct_facts(templates, rng, 1)  # fmt: skip
     lead = fill.take(rng.choice((0, 0, 24, 48)))  # the fact is not always the first sentence
     context = " ".join(p for p in (lead, fact, fill.take(d)) if p)
-    return MemoryItem(item_id, "single", d, context, question, answer, templates[t].kind, t)
+    return MemoryItem(item_id, "single", d, context, question, answer, templates[t].kind, t, fact=fact)
 
 
 def _multi(item_id, d, templates, rng, fill) -> MemoryItem:
@@ -347,7 +349,7 @@ def _multi(item_id, d, templates, rng, fill) -> MemoryItem:
             k = rng.randrange(len(parts) + 1)
             parts.insert(k, o.rstrip("."))
     context = " ".join(pieces) + " " + ". ".join(parts)
-    return MemoryItem(item_id, "multi", d, context.strip(), question, answer, templates[t].kind, t)
+    return MemoryItem(item_id, "multi", d, context.strip(), question, answer, templates[t].kind, t, fact=fact)
 
 
 def _chat(item_id, d, templates, rng, fill, openers) -> MemoryItem:
@@ -362,7 +364,7 @@ def _chat(item_id, d, templates, rng, fill, openers) -> MemoryItem:
         remaining -= n + max(8, n // 4)
     turns.append(("user", question))
     context = "\n".join(f"{r}: {x}" for r, x in turns[:-1])
-    return MemoryItem(item_id, "chat", d, context, question, answer, templates[t].kind, t, tuple(turns))
+    return MemoryItem(item_id, "chat", d, context, question, answer, templates[t].kind, t, tuple(turns), fact)
 
 
 def _fewshot(item_id, d, mc_items, rng, count_tokens) -> MemoryItem:

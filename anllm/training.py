@@ -75,11 +75,15 @@ def anchor_attention(
     return mask, token_positions(valid)
 
 
-def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
-    """Summed next-token negative log-likelihood: logits ``(B, T, V)``, labels ``(B, T)`` -> scalar."""
-    return F.cross_entropy(
-        _wide(logits[:, :-1].flatten(0, 1)), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+def token_nll(logits: Tensor, labels: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Summed next-token negative log-likelihood: logits ``(B, T, V)``, labels ``(B, T)`` -> scalar.
+
+    ``weights`` ``(B, T)`` scales the loss of predicting each label (None = 1).
+    """
+    nll = F.cross_entropy(
+        _wide(logits[:, :-1].flatten(0, 1)), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (B * (T-1),)
+    return nll.sum() if weights is None else (nll * weights[:, 1:].flatten().to(nll.dtype)).sum()
 
 
 def _wide(x: Tensor) -> Tensor:
@@ -87,16 +91,21 @@ def _wide(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def token_kl(student: Tensor, teacher: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+def token_kl(
+    student: Tensor, teacher: Tensor, labels: Tensor, temperature: float = 1.0, weights: Tensor | None = None
+) -> Tensor:
     """Summed KL(teacher || student) over the positions that predict a label, times ``temperature**2``.
 
     Args:
-        student, teacher: logits ``(B, T, V)``; labels: long ``(B, T)``.
+        student, teacher: logits ``(B, T, V)``; labels: long ``(B, T)``; weights: ``(B, T)`` per predicted label.
     """
     keep = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
     s = F.log_softmax(_wide(student[:, :-1][keep]) / temperature, -1)  # (N, V)
     t = F.log_softmax(_wide(teacher[:, :-1][keep]) / temperature, -1)
-    return (t.exp() * (t - s)).sum() * temperature**2
+    per_token = (t.exp() * (t - s)).sum(-1)  # (N,)
+    if weights is not None:
+        per_token = per_token * weights[:, 1:][keep].to(per_token.dtype)
+    return per_token.sum() * temperature**2
 
 
 def micro_batch_loss(model, batch: dict[str, Tensor], anchor_ids, cfg: TrainConfig, *, teacher=None, path="dense"):
@@ -113,18 +122,22 @@ def micro_batch_loss(model, batch: dict[str, Tensor], anchor_ids, cfg: TrainConf
     ids, attn = batch["input_ids"], batch["attention_mask"]
     mask, pos = anchor_attention(ids, attn, anchor_ids, cfg.mask_rule(), path=path, max_segment=cfg.max_segment)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (B, T, V)
-    nll = token_nll(logits, batch["labels"])
+    w = batch.get("weights")  # (B, T) or None
+    nll = token_nll(logits, batch["labels"], w)
     zero = torch.zeros((), device=logits.device)
-    kl = kl_full = zero
+    kl = kl_full = target_nll = zero
     if cfg.loss != "lm" or cfg.full_kl_weight > 0:
         with torch.no_grad():
             t_logits = teacher(ids, attn, pos)
         if cfg.loss != "lm":
-            kl = token_kl(logits, t_logits, batch["labels"], cfg.kl_temperature)
+            kl = token_kl(logits, t_logits, batch["labels"], cfg.kl_temperature, w)
         if cfg.full_kl_weight > 0:  # keep the model's own full-attention behaviour while it learns anchors
             full = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
-            kl_full = token_kl(full, t_logits, batch["labels"], cfg.kl_temperature)
-    objective = {"lm": nll, "kl": kl, "lm+kl": nll + cfg.kl_weight * kl}[cfg.loss] + cfg.full_kl_weight * kl_full
+            kl_full = token_kl(full, t_logits, batch["labels"], cfg.kl_temperature, w)
+    if cfg.target_lm_weight > 0 and "targets" in batch:  # ground truth on marked tokens (a memory item's answer)
+        target_nll = token_nll(logits, batch["labels"], batch["targets"].float())
+    objective = {"lm": nll, "kl": kl, "lm+kl": nll + cfg.kl_weight * kl}[cfg.loss]
+    objective = objective + cfg.full_kl_weight * kl_full + cfg.target_lm_weight * target_nll
     return objective, {"nll": nll.detach(), "kl": kl.detach(), "kl_full": kl_full.detach()}
 
 

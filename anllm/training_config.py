@@ -73,6 +73,7 @@ class TrainConfig:
     kl_weight: float = 1.0  # weight of the KL term in "lm+kl"
     kl_temperature: float = 1.0
     full_kl_weight: float = 0.0  # + KL(teacher || student under full attention): guards normal (full-cache) use
+    target_lm_weight: float = 0.0  # + LM loss on tokens marked "target" in segment records (memory-item answers)
     batch_size: int = 1  # examples per process per micro-batch
     grad_accum: int = 1  # micro-batches per optimiser step; global batch = batch_size * grad_accum * processes
     max_steps: int = 0  # optimiser steps; 0 = derive from epochs
@@ -127,8 +128,9 @@ class TrainConfig:
                 raise AnLLMError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.kl_weight < 0 or not self.kl_temperature > 0:
             raise AnLLMError("TrainConfig: weight_decay, max_grad_norm and kl_weight must be >= 0, kl_temperature > 0")
-        if self.full_kl_weight < 0:
-            raise AnLLMError(f"TrainConfig.full_kl_weight must be >= 0, got {self.full_kl_weight}")
+        for name in ("full_kl_weight", "target_lm_weight"):
+            if not getattr(self, name) >= 0:
+                raise AnLLMError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise AnLLMError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         if self.packing and self.mode == "sft":

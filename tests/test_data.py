@@ -228,3 +228,24 @@ def test_kjv_leaves_out_the_evaluation_book(tmp_path):
     assert kjv_documents(path) == ["Now these are the names. And all."]
     assert kjv_documents(path, exclude_books=()) == ["In the beginning.", "Now these are the names. And all."]
     assert kjv_documents(tmp_path / "absent.jsonl") == []
+
+
+def test_segment_records_carry_weights_and_targets(tmp_path, tok):
+    rec = {"segments": [{"text": "Ab. Cd"}, {"text": " ef.", "weight": 4, "target": True}, {"text": "!", "weight": 0}]}
+    long = {"segments": [{"text": "x" * 40}]}
+    path = write_jsonl(tmp_path / "m.jsonl", [rec, long, {"text": "plain doc. more"}])
+    cfg = TrainConfig(train_files=[path], block_size=30, packing=True)
+    examples, stats = build_examples(cfg, tok)
+    seg = examples[0]
+    want = tok("Ab. Cd")["input_ids"] + tok(" ef.", add_special_tokens=False)["input_ids"] + tok("!")["input_ids"][-1:]
+    assert seg.input_ids == want and seg.labels == want
+    n0 = len(tok("Ab. Cd")["input_ids"])
+    assert seg.weights == [1.0] * n0 + [4.0] * 4 + [0.0] and seg.targets == [False] * n0 + [True] * 4 + [False]
+    assert stats.n_dropped == 1  # the 41-token segment record does not fit block_size=30 and is not cut
+    assert examples[1].weights is None  # the packed plain document
+    batch = collate(examples[:2], pad_id=0)
+    assert batch["weights"][0, : len(want)].tolist() == seg.weights and batch["weights"][0, len(want) :].sum() == 0
+    assert batch["weights"][1, : len(examples[1].input_ids)].eq(1).all() and batch["targets"][1].sum() == 0
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"segments": [{"text": "a", "weight": "heavy"}]}])
+    with pytest.raises(AnLLMError, match="segment 0 needs a string 'text' and a number 'weight'"):
+        build_examples(TrainConfig(train_files=[bad]), tok)

@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from anllm.config import AC_TOKEN, AnchorConfig, AnLLMError
-from anllm.training import SampleOrder, lr_lambda, prepare_model, process_slice, token_kl, train
+from anllm.training import (
+    SampleOrder,
+    anchor_attention,
+    lr_lambda,
+    prepare_model,
+    process_slice,
+    token_kl,
+    token_nll,
+    train,
+)
 from anllm.training_config import TrainConfig
 
 PROSE = [
@@ -406,3 +415,36 @@ def test_train_leaves_the_callers_config_alone(data):
     res = train(cfg)
     assert cfg.precision == "auto" and cfg.to_dict() == before
     assert json.loads((res.output_dir / "config.json").read_text())["precision"] in ("fp32", "bf16")
+
+
+def test_weighted_losses_and_target_term():
+    torch.manual_seed(1)
+    s, t = torch.randn(1, 6, 9), torch.randn(1, 6, 9)
+    labels = torch.tensor([[1, 2, 3, -100, 4, 5]])
+    w = torch.tensor([[1.0, 2.0, 0.5, 1.0, 3.0, 0.0]])
+    lp_s, lp_t = F.log_softmax(s[0, :-1], -1), F.log_softmax(t[0, :-1], -1)
+    nll = [-float(lp_s[i, labels[0, i + 1]]) if labels[0, i + 1] >= 0 else 0.0 for i in range(5)]
+    kl = [float((lp_t[i].exp() * (lp_t[i] - lp_s[i])).sum()) if labels[0, i + 1] >= 0 else 0.0 for i in range(5)]
+    assert float(token_nll(s, labels, w)) == pytest.approx(sum(a * b for a, b in zip(nll, w[0, 1:].tolist())))
+    assert float(token_kl(s, t, labels, weights=w)) == pytest.approx(sum(a * b for a, b in zip(kl, w[0, 1:].tolist())))
+    assert float(token_nll(s, labels)) == pytest.approx(sum(nll))
+
+
+def test_target_lm_term_is_added_on_marked_tokens(data):
+    from anllm.training import micro_batch_loss
+    from tests.conftest import make_lm
+
+    lm = make_lm(dtype=torch.float64)
+    ids = torch.tensor([lm.tokenizer("It is late. We go home.")["input_ids"]])
+    targets = torch.zeros_like(ids, dtype=torch.bool)
+    targets[0, -4:] = True
+    batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids), "targets": targets,
+             "weights": torch.ones(ids.shape, dtype=torch.float64)}  # fmt: skip
+    plain = TrainConfig(loss="lm")
+    with_target = TrainConfig(loss="lm", target_lm_weight=2.0)
+    base, _ = micro_batch_loss(lm.model, batch, lm.anchor_ids, plain)
+    got, _ = micro_batch_loss(lm.model, batch, lm.anchor_ids, with_target)
+    mask, pos = anchor_attention(ids, batch["attention_mask"], lm.anchor_ids, {}, path="dense")
+    logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    only = token_nll(logits, ids, targets.double())  # the answer tokens' NLL alone
+    assert float(got - base) == pytest.approx(2.0 * float(only), rel=1e-9)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Issue 15: train the memory adapter for `--model default` on CPU (docs/adapter-training.md, "Memory adapter").
+#   1. the broad corpus (configs/corpus-broad.sh: fortunes, KJV without Genesis, WordNet, Debian documentation);
+#   2. 6,000 memory items (python -m anllm.memory_data: training templates only, filler from that corpus, seed 1);
+#   3. stage M1: from the shipped adapter, configs/smollm2-memory-adapter.yaml as committed (constant lr 2e-4).
+# Resumable: rerun this script after a stop and it continues from the newest checkpoint (the data order is a
+# function of the step). MAX_STEPS=N stops earlier (the schedule is constant, so the order does not depend on it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=runs/smollm2-memory
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+[ -f runs/corpus-broad/train.jsonl ] || bash configs/corpus-broad.sh runs/corpus-broad
+[ -f runs/memory/train.jsonl ] || "$PY" -m anllm.memory_data --corpus runs/corpus-broad/train.jsonl \
+    --out runs/memory/train.jsonl --n 6000 --seed 1
+RESUME=(); [ -d "$OUT/checkpoints" ] && [ -n "$(ls "$OUT/checkpoints" 2>/dev/null)" ] && RESUME=(--resume)
+"$PY" -m anllm -v train --config configs/smollm2-memory-adapter.yaml "${RESUME[@]}" \
+    --set max_steps="${MAX_STEPS:-3000}"
