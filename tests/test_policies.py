@@ -21,19 +21,20 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def expected_positions(text, n_seen, rule, n_sink, window):
     """Positions a cache must hold after `n_seen` characters, from the rule's wording (not from the policy)."""
     keep = set(range(min(n_sink, n_seen)))
-    keep |= {p for p in range(n_seen) if p >= n_seen - window}
+    keep |= {p for p in range(n_seen) if p > n_seen - window}  # the next token's window: itself + window - 1
     if rule == "sepllm":
         keep |= {p for p in range(n_seen) if text[p] in SEP_CHARS}
     return sorted(keep)
 
 
 def brute_mask(text, rule, n_sink, window):
-    """Bool (1, 1, T, T): query q sees key k <= q if k is a sink, within `window` before q, or (SepLLM) a separator."""
+    """Bool (1, 1, T, T): query q sees key k <= q if k is a sink, among the `window` most recent tokens (q itself
+    included), or (SepLLM) a separator."""
     T = len(text)
     m = torch.zeros(1, 1, T, T, dtype=torch.bool)
     for q in range(T):
         for k in range(q + 1):
-            m[0, 0, q, k] = k < n_sink or q - k <= window or (rule == "sepllm" and text[k] in SEP_CHARS)
+            m[0, 0, q, k] = k < n_sink or q - k < window or (rule == "sepllm" and text[k] in SEP_CHARS)
     return m
 
 
@@ -98,7 +99,7 @@ def test_spec_strings_and_budget():
     assert set(POLICIES) >= {"full", "anchor", "streaming", "sepllm"}
     assert parse_spec("Streaming: sink=2, window=9") == ("streaming", {"sink": 2, "window": 9})
     p = policy_from_spec("streaming:budget=64", lm)
-    assert (p.n_sink, p.window, p.budget) == (4, 60, 64)
+    assert (p.n_sink, p.window, p.budget) == (4, 61, 64)
     p = policy_from_spec("sepllm:sink=1,window=8", lm)
     assert (p.n_sink, p.window) == (1, 8) and p.separator_ids == separator_ids(lm.tokenizer)
     assert lm.policy("streaming:sink=0,window=5") == StreamingPolicy(0, 5)
@@ -127,3 +128,20 @@ def test_dataclass_validation_names_the_field():
         StreamingPolicy(window=0)
     with pytest.raises(AnLLMError, match="SepLLMPolicy.separator_ids"):
         SepLLMPolicy()
+
+
+@pytest.mark.parametrize("window", [1, 2, 5])
+def test_window_means_the_same_for_every_policy(window):
+    """A query sees the `window` most recent tokens, itself included, under anchor, streaming and sepllm alike."""
+    from anllm.policies import AnchorPolicy, TokenMeta
+
+    T = 9
+    pos = torch.arange(T)[None]  # (1, T)
+    meta = TokenMeta(pos + 100, pos, pos, torch.zeros(1, T, dtype=torch.bool), torch.ones(1, T, dtype=torch.bool))
+    causal = pos[0, :, None] >= pos[0, None, :]  # (T, T)
+    want = causal & (pos[0, :, None] - pos[0, None, :] < window)
+    anchor = AnchorPolicy(window=window).visible(meta, meta)[0] & causal  # every token its own sentence, no anchor
+    streaming = StreamingPolicy(0, window).visible(meta, meta)[0] & causal
+    sepllm = SepLLMPolicy(0, window, separator_ids=(1,)).visible(meta, meta)[0] & causal  # no separator in the text
+    assert torch.equal(anchor, want) and torch.equal(streaming, want) and torch.equal(sepllm, want)
+    assert want.sum(-1).max() == window

@@ -162,3 +162,22 @@ def test_cli_recall_json_and_plot(tmp_path):
     assert plot.is_file() and "exact match" in plot.read_text()
     bad = subprocess.run(cmd[:-4] + ["--distances", "9000"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "distance 9000" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_memory_training_records_use_training_templates_only(tmp_path):
+    from anllm.memory_data import build_memory_data
+    from anllm.models import tiny_tokenizer
+
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text("".join(json.dumps({"text": FILLER[i * 500 : (i + 1) * 500]}) + "\n" for i in range(20)))
+    out = tmp_path / "mem.jsonl"
+    info = build_memory_data(corpus, out, tiny_tokenizer(), n=30, seed=2, max_distance=200, answer_weight=3.0)
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert info["records"] == len(records) == 30
+    eval_regex = [re.compile(re.sub(r"\\\{\w+\\\}", r".+?", re.escape(t.question))) for t in EVAL_TEMPLATES]
+    for r in records:
+        prompt, answer = r["segments"]  # the tiny tokenizer has no chat template: plain layout
+        assert answer["target"] and answer["weight"] == 3.0 and prompt["weight"] == 1.0
+        question = prompt["text"].rsplit("Question: ", 1)[1].split("\nAnswer:")[0]
+        assert not any(rx.fullmatch(question) for rx in eval_regex), question
+        assert answer["text"].strip(" .") in prompt["text"]

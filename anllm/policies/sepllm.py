@@ -46,14 +46,15 @@ def separator_ids(tokenizer, chars: str = SEPARATOR_CHARS) -> tuple[int, ...]:
 
 @dataclass
 class SepLLMPolicy(EvictionPolicy):
-    """Keep ``n_sink`` first tokens, every separator and the ``window`` most recent tokens.
+    """Keep ``n_sink`` first tokens, every separator and the ``window - 1`` most recent tokens.
 
-    Rule: a token sees the sinks, all earlier separators, the ``window`` tokens before it and itself. Exact like
-    :class:`StreamingPolicy`. Entries held = ``n_sink + window`` + separators older than the window.
+    Rule: a token sees the sinks, all earlier separators and the ``window`` most recent tokens, itself included
+    (the same ``window`` as every policy). Exact like :class:`StreamingPolicy`. Entries held = ``n_sink + window - 1``
+    + separators older than the window.
     """
 
     n_sink: int = 4  # initial tokens kept forever
-    window: int = 64  # recent entries kept between forward passes
+    window: int = 65  # a token sees the `window` most recent tokens, itself included (64 entries held)
     separator_ids: tuple[int, ...] = ()  # resolved from the tokenizer by `from_model`
     name: ClassVar[str] = "sepllm"
 
@@ -77,9 +78,9 @@ class SepLLMPolicy(EvictionPolicy):
 
     def visible(self, q: TokenMeta, k: TokenMeta) -> Tensor:
         fixed = (k.pos < self.n_sink) | self.is_separator(k.token)  # (B, K)
-        recent = q.pos[:, :, None] - k.pos[:, None, :] <= self.window  # (B, Q, K)
+        recent = q.pos[:, :, None] - k.pos[:, None, :] < self.window  # (B, Q, K)
         return fixed[:, None, :] | recent  # (B, Q, K)
 
     def keep(self, meta: TokenMeta, n_seen: Tensor, n_seg: Tensor) -> Tensor:
         fixed = (meta.pos < self.n_sink) | self.is_separator(meta.token)  # (B, K)
-        return (fixed | (meta.pos >= n_seen[:, None] - self.window)) & meta.valid  # (B, K)
+        return (fixed | (meta.pos > n_seen[:, None] - self.window)) & meta.valid  # (B, K)

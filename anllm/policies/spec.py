@@ -1,7 +1,8 @@
 """Build a policy from a short spec string: ``"streaming:sink=4,window=64"``, ``"sepllm:budget=256"``, ``"full"``.
 
-Keys: ``sink`` (initial tokens kept), ``window`` (recent entries kept) and ``budget`` (total entries for sinks +
-window, i.e. ``window = budget - sink``; SepLLM keeps its separators on top). ``anchor`` takes ``sink`` and
+Keys: ``sink`` (initial tokens kept), ``window`` (a token sees the ``window`` most recent tokens, itself included:
+the same meaning for every policy) and ``budget`` (entries held between forward passes, sinks + the ``window - 1``
+recent ones, i.e. ``window = budget - sink + 1``; SepLLM keeps its separators on top). ``anchor`` takes ``sink`` and
 ``window`` as its ablations; other registered policies take their own dataclass fields as keys.
 """
 
@@ -60,7 +61,7 @@ def policy_from_spec(spec: str, lm=None) -> EvictionPolicy:
         sink = kwargs.get("n_sink", _default(cls, "n_sink", 0))
         if budget <= sink:
             raise AnLLMError(f"policy spec {spec!r}: budget {budget} leaves no room for a window after {sink} sinks")
-        kwargs["window"] = budget - sink
+        kwargs["window"] = budget - sink + 1  # the query itself is the window's last token
     if "window" in kwargs and kwargs["window"] < 1 and name != "anchor":
         raise AnLLMError(f"policy spec {spec!r}: window must be >= 1 (a KV budget of zero keeps nothing)")
     allowed = {f.name for f in dataclasses.fields(cls)} - {"separator_ids"}
