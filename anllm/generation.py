@@ -139,6 +139,20 @@ def _max_positions(lm: LoadedModel) -> int | None:
     return getattr(lm.model.config, "max_position_embeddings", None)
 
 
+def check_max_new_tokens(lm: LoadedModel, n_prompt: int, max_new_tokens: int) -> None:
+    """Refuse (never clamp) a generation length that runs past the model's positions after an ``n_prompt`` prompt.
+
+    Raises:
+        AnLLMError: naming the largest ``max_new_tokens`` that fits.
+    """
+    limit = _max_positions(lm)
+    if limit is not None and n_prompt + max_new_tokens > limit:
+        raise AnLLMError(
+            f"max new tokens {max_new_tokens} + the prompt's {n_prompt} tokens exceed the model's {limit} positions; "
+            f"ask for at most {max(limit - n_prompt, 0)} new tokens (or shorten the prompt)"
+        )
+
+
 # -- streaming ---------------------------------------------------------------------------------------------------
 @dataclass
 class GenerationResponse:
@@ -213,7 +227,8 @@ def stream_generate(
     limit = _max_positions(lm)
     if limit is not None and len(ids) > limit:
         raise AnLLMError(f"the prompt has {len(ids)} tokens but the model supports {limit} positions; shorten it")
-    max_new = gen.max_new_tokens if limit is None else min(gen.max_new_tokens, limit - len(ids))
+    check_max_new_tokens(lm, len(ids), gen.max_new_tokens)
+    max_new = gen.max_new_tokens
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
     generator = torch.Generator(device).manual_seed(gen.seed) if gen.seed is not None else None
@@ -340,6 +355,7 @@ def generate_ids(
     """Batched decode loop on token ids; finished rows feed padding (masked) until every row is done."""
     model = lm.model
     B = input_ids.shape[0]
+    check_max_new_tokens(lm, input_ids.shape[1], gen.max_new_tokens)
     cache = make_cache(lm, mode)
     chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
     stop_ids = torch.tensor(sorted(eos_ids(lm) if gen.stop_on_eos else set()) or [-1], device=input_ids.device)

@@ -60,7 +60,7 @@ def register(sub) -> None:
 def run_ppl(args) -> int:
     from anllm.evaluation.ppl import perplexity_text
 
-    text = read_text(None, args.text_file)
+    text = read_text(None, args.text_file, "text")
     modes = split_modes(args.modes)
     budget = _budget(args.budget)
     lm = load_from_args(args)
