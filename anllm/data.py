@@ -100,9 +100,7 @@ def read_records(source: str, cfg: TrainConfig) -> Iterator[dict]:
     if source.startswith("hub:"):
         yield from _read_hub(source)
         return
-    path = Path(source)
-    if not path.is_file():
-        raise AnLLMError(f"data file {path} does not exist")
+    path = Path(source)  # missing, a directory, not UTF-8: textio's readers say so
     fmt = cfg.data_format
     if fmt == "text" or (fmt == "auto" and path.suffix not in (".json", ".jsonl")):
         text = read_text_file(path, "data", max_bytes=None)

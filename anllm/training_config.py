@@ -192,6 +192,8 @@ class TrainConfig:
         if path is not None:
             path = Path(path)
             text = read_text_file(path, "config")
+            if not text.strip():
+                raise AnLLMError(f"config file {path} is empty: see configs/ for examples")
             data = _parse_config(text, path)
         for item in overrides or []:
             key, sep, value = item.partition("=")
