@@ -167,7 +167,7 @@ def test_bad_input_gives_a_message_not_a_traceback(handlers):
     }
     for prompt, expected in cases.items():
         outs = run_handler(handlers, prompt=prompt)
-        assert outs[-1][6].startswith("⚠️") and expected in outs[-1][6]
+        assert outs[-1][6].startswith("⚠️") and expected in html.unescape(outs[-1][6])
     bad_settings = [
         (dict(max_new=0), "max new tokens must be between 1 and"),
         (dict(max_new=100_000), "max new tokens must be between 1 and"),
@@ -183,7 +183,7 @@ def test_bad_input_gives_a_message_not_a_traceback(handlers):
     ]
     for kw, expected in bad_settings:
         outs = run_handler(handlers, **kw)
-        assert len(outs) == 1 and outs[0][6].startswith("⚠️") and expected in outs[0][6], (kw, outs[0][6])
+        assert len(outs) == 1 and outs[0][6].startswith("⚠️") and expected in html.unescape(outs[0][6]), (kw, outs[0][6])
     assert handlers.active_streams == 0
 
 
@@ -262,7 +262,7 @@ def test_mask_explorer_ac_mode_leaves_the_model_alone(registry, handlers):
     assert [t.name for t in masks.data] == [None, None] and len(schedule.data) == 1
     for bad, expected in (("", "text is empty"), ("Fine.", None)):
         out = handlers.explore(None, bad, "EP", -1 if expected is None else 0, 0, False)
-        assert out[3].startswith("⚠️") and (expected or "n_sink") in out[3]
+        assert out[3].startswith("⚠️") and (expected or "n_sink") in html.unescape(out[3])
 
 
 def test_kv_drop_schedule_without_a_model(registry):

@@ -9,6 +9,7 @@ import argparse
 import os
 
 DEFAULT_QUEUE_SIZE = 24  # requests waiting beyond this get gradio's "busy" message
+DEFAULT_MAX_REQUEST_S = 60.0  # see anllm.app_support.MAX_REQUEST_S
 
 
 def default_model_name() -> str:
@@ -37,6 +38,13 @@ def add_app_args(p: argparse.ArgumentParser) -> None:
         default=int(os.environ.get("ANLLM_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)),
         help="requests that may wait before new ones get a busy message ($ANLLM_QUEUE_SIZE)",
     )
+    p.add_argument(
+        "--max-request-s",
+        type=float,
+        default=float(os.environ.get("ANLLM_MAX_REQUEST_S", DEFAULT_MAX_REQUEST_S)),
+        help="compute seconds one generation request may use, all cache modes together; 0 = no limit "
+        "($ANLLM_MAX_REQUEST_S)",
+    )
     p.add_argument("--no-preload", action="store_true", help="load the model on the first request instead")
 
 
@@ -47,6 +55,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio loads; the host may turn it on
     from anllm.app_ui import serve
 
     return serve(args)
