@@ -5,7 +5,8 @@ answers, measures the server's threads and RSS, runs the clients, waits for the 
 and stops it. Every wait is bounded and the whole run ends by itself within ``--timeout`` seconds.
 
 Reports completed / stopped at the time limit / queue full / errors / dropped, latency percentiles of the
-completed requests (submit to last update) and the server's threads and RSS before and after.
+completed requests (submit to last update) and the server's threads and RSS before and after each round (the
+counts add up over rounds; a second round tells a leak, which grows again, from warm-up, which grows once).
 
     python bench/app_load.py --clients 20 --disconnects 10 --model default --max-new-tokens 16
     python bench/app_load.py --clients 40 --disconnects 10 --json
@@ -125,6 +126,17 @@ def one_dropper(url: str, args, i: int, fn_index: int, deadline: float) -> tuple
     return "error", time.perf_counter() - t0, "stream ended early"
 
 
+def burst(url: str, args, fn_index: int, deadline: float) -> list[tuple[str, float, str]]:
+    """One round: every client and dropper at once; results of those still running at the deadline are errors."""
+    pool = ThreadPoolExecutor(args.clients + args.disconnects)
+    futures = [pool.submit(one_client, url, args, i, deadline) for i in range(args.clients)]
+    # the droppers arrive while the first clients are being served
+    futures += [pool.submit(one_dropper, url, args, i, fn_index, deadline) for i in range(args.disconnects)]
+    done, not_done = wait(futures, timeout=max(1.0, deadline - time.time()))
+    pool.shutdown(wait=False, cancel_futures=True)  # a client stuck past --timeout is reported, not waited for
+    return [f.result() for f in done] + [("error", float("nan"), "still running at --timeout")] * len(not_done)
+
+
 def percentile(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -148,18 +160,14 @@ def run(args) -> dict:
         if warm[0] != "completed":
             raise SystemExit(f"the warm-up request failed: {warm}")
         before = proc_status(proc.pid)
-        t0 = time.perf_counter()
-        pool = ThreadPoolExecutor(args.clients + args.disconnects)
-        futures = [pool.submit(one_client, url, args, i, deadline) for i in range(args.clients)]
-        # the droppers arrive while the first clients are being served
-        futures += [pool.submit(one_dropper, url, args, i, fn_index, deadline) for i in range(args.disconnects)]
-        done, not_done = wait(futures, timeout=max(1.0, deadline - time.time()))
-        pool.shutdown(wait=False, cancel_futures=True)  # a client stuck past --timeout is reported, not waited for
-        wall_s = time.perf_counter() - t0
-        results = [f.result() for f in done] + [("error", float("nan"), "still running at --timeout")] * len(not_done)
-        idle = one_client(url, args, -2, deadline)  # served only once the queue has drained
-        time.sleep(2.0)
-        after = proc_status(proc.pid)
+        results, wall_s, after = [], 0.0, []
+        for _ in range(args.rounds):  # a second round tells a leak (grows again) from warm-up (grows once)
+            t0 = time.perf_counter()
+            results += burst(url, args, fn_index, deadline)
+            wall_s += time.perf_counter() - t0
+            idle = one_client(url, args, -2, deadline)  # served only once the queue has drained
+            time.sleep(2.0)
+            after.append(proc_status(proc.pid))
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -173,6 +181,7 @@ def run(args) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end",
         "model": args.model,
         "clients": args.clients,
+        "rounds": args.rounds,
         "disconnects": args.disconnects,
         "max_new_tokens": args.max_new_tokens,
         "queue_size": args.queue_size,
@@ -191,9 +200,9 @@ def run(args) -> dict:
             )
         },
         "threads_before": before["threads"],
-        "threads_after": after["threads"],
+        "threads_after": [a["threads"] for a in after],  # after each round
         "rss_mb_before": round(before["rss_mb"], 1),
-        "rss_mb_after": round(after["rss_mb"], 1),
+        "rss_mb_after": [round(a["rss_mb"], 1) for a in after],
         "idle_request_after": idle[0],
         "errors_detail": sorted({r[2] for r in results if r[0] == "error"})[:5],
     }
@@ -206,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--disconnects", type=int, default=10, help="clients that drop their stream mid-generation")
     p.add_argument("--model", default="default", help="model the server preloads and every client asks for")
     p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=2, help="bursts one after the other (RSS is measured after each)")
     p.add_argument("--queue-size", type=int, default=24, help="the server's --queue-size")
     p.add_argument("--max-request-s", type=float, default=60.0, help="the server's --max-request-s")
     p.add_argument("--timeout", type=float, default=900.0, help="the whole run ends within this many seconds")

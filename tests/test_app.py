@@ -303,12 +303,14 @@ def test_maybe_gpu_is_a_noop_without_spaces(monkeypatch):
 
 def test_app_module_builds_without_loading_or_serving(monkeypatch):
     monkeypatch.setenv("ANLLM_MODEL", "tiny-random")
+    monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)  # restored afterwards
     monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))  # restored afterwards
     spec = importlib.util.spec_from_file_location("anllm_app_under_test", ROOT / "app" / "app.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.REGISTRY.loaded() == [] and module.REGISTRY.default == "tiny-random"
     assert not module.demo.is_running
+    assert module.demo.analytics_enabled is False and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert {"/generate", "/model_info", "/explore"} <= set(module.demo.get_api_info()["named_endpoints"])
 
 
