@@ -32,15 +32,20 @@ import gradio as gr  # noqa: E402
 
 from anllm.app_support import MAX_REQUEST_S, ModelRegistry, allowed_models_from_env  # noqa: E402
 from anllm.app_ui import build_demo, serve  # noqa: E402
-from anllm.commands.app import add_app_args, default_model_name  # noqa: E402
+from anllm.commands.app import add_app_args, default_model_name, max_request_seconds  # noqa: E402
 from anllm.commands.common import default_device  # noqa: E402
+from anllm.config import AnLLMError  # noqa: E402
 
 if gr.NO_RELOAD:
     REGISTRY = ModelRegistry(  # loads lazily, on first use
         default_model_name(), device=default_device(), allowed=allowed_models_from_env(default_model_name())
     )
 
-demo = build_demo(REGISTRY, max_request_s=float(os.environ.get("ANLLM_MAX_REQUEST_S", MAX_REQUEST_S)) or None)
+try:
+    MAX_REQUEST = max_request_seconds(os.environ.get("ANLLM_MAX_REQUEST_S", str(MAX_REQUEST_S)))
+except argparse.ArgumentTypeError as e:
+    sys.exit(f"ANLLM_MAX_REQUEST_S {e}")
+demo = build_demo(REGISTRY, max_request_s=MAX_REQUEST or None)
 
 __all__ = ["build_demo", "demo"]
 
@@ -49,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="anllm demo: full vs anchor KV cache, side by side")
     add_app_args(parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return serve(parser.parse_args(argv))
+    try:
+        return serve(parser.parse_args(argv))
+    except AnLLMError as e:  # e.g. a --device this machine does not have
+        print(f"app: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ CONTENT_CASES = [
     (["train", "--set", "lr=[1,"], None, None, "--set 'lr=[1,': the value is not valid YAML"),
     (["generate", *TINY, "--prompt", "x", "--device", "cuda:7"], None, None, "--device cuda:7: not available"),
     (["generate", *TINY, "--prompt", "x", "--device", "gpu!"], None, None, "is not a device name"),
+    (["app", *TINY, "--device", "cuda:99", "--no-preload"], None, None, "--device cuda:99: not available"),
     (
         ["generate", *TINY, "--mode", "full", "--prompt", "Hi.", "--max-new-tokens", "100000000"],
         None,

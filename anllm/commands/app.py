@@ -20,6 +20,17 @@ def default_model_name() -> str:
     return os.environ.get("ANLLM_MODEL", "").strip() or "default"
 
 
+def max_request_seconds(value: str) -> float:
+    """``--max-request-s`` / ``$ANLLM_MAX_REQUEST_S``: seconds >= 0 (0 = no limit)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0 (0 = no limit), got {value!r}")
+    return seconds
+
+
 def add_app_args(p: argparse.ArgumentParser) -> None:
     """The launcher's flags; every default can come from an environment variable (for Spaces)."""
     p.add_argument(
@@ -27,21 +38,20 @@ def add_app_args(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         help="interface to bind (default 127.0.0.1; $GRADIO_SERVER_NAME, e.g. 0.0.0.0 on Spaces)",
     )
-    p.add_argument(
-        "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), help="$GRADIO_SERVER_PORT"
-    )
+    # string defaults: argparse converts them only when this command runs, so a bad variable is a usage error here
+    p.add_argument("--port", type=int, default=os.environ.get("GRADIO_SERVER_PORT", "7860"), help="$GRADIO_SERVER_PORT")
     p.add_argument("--model", default=default_model_name(), help="model preselected and preloaded ($ANLLM_MODEL)")
     p.add_argument("--device", default=os.environ.get("ANLLM_DEVICE"), help="cpu | cuda (default: cuda if available)")
     p.add_argument(
         "--queue-size",
         type=int,
-        default=int(os.environ.get("ANLLM_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)),
+        default=os.environ.get("ANLLM_QUEUE_SIZE", str(DEFAULT_QUEUE_SIZE)),
         help="requests that may wait before new ones get a busy message ($ANLLM_QUEUE_SIZE)",
     )
     p.add_argument(
         "--max-request-s",
-        type=float,
-        default=float(os.environ.get("ANLLM_MAX_REQUEST_S", DEFAULT_MAX_REQUEST_S)),
+        type=max_request_seconds,
+        default=os.environ.get("ANLLM_MAX_REQUEST_S", str(DEFAULT_MAX_REQUEST_S)),
         help="compute seconds one generation request may use, all cache modes together; 0 = no limit "
         "($ANLLM_MAX_REQUEST_S)",
     )
