@@ -146,8 +146,10 @@ def build_demo(
                 with gr.Column(scale=2):
                     kind = gr.Radio(["EP", "AC"], value="EP", label="Anchors: EP (punctuation) or AC (<AC> token)")
                     with gr.Row():
-                        sink = gr.Number(0, precision=0, minimum=0, label="Sink tokens")
-                        window = gr.Number(0, precision=0, minimum=0, label="Local window (0 = off)")
+                        sink = gr.Number(0, precision=0, minimum=0, label="Sink tokens", elem_id="mask-sink")
+                        window = gr.Number(
+                            0, precision=0, minimum=0, label="Local window (0 = off)", elem_id="mask-window"
+                        )
                     see = gr.Checkbox(False, label="Anchors see earlier anchors")
                     show = gr.Button("Show masks", variant="primary", elem_id="show-masks")
             mask_md = gr.Markdown(f"Up to {EXPLORER_MAX_TOKENS} tokens are shown.", elem_id="mask-summary")
@@ -191,7 +193,12 @@ def serve(args: argparse.Namespace) -> int:
         except AnLLMError as e:  # still serve: the UI shows the message and other models can be picked
             logger.warning("could not preload %s: %s", args.model, e)
     demo = build_demo(registry, queue_size=args.queue_size, max_request_s=args.max_request_s or None)
-    demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        prevent_thread_lock=True,
+        state_session_capacity=max(1, args.max_sessions),
+    )
     logger.info(
         "serving %s on http://%s:%s, ready %.1f s after start",
         args.model,

@@ -55,6 +55,7 @@ def start_server(args, port: int, log) -> subprocess.Popen:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", GRADIO_ANALYTICS_ENABLED="False")
     cmd = [sys.executable, "-m", "anllm", "app", "--host", HOST, "--port", str(port), "--model", args.model]
     cmd += ["--queue-size", str(args.queue_size), "--max-request-s", str(args.max_request_s)]
+    cmd += ["--max-sessions", str(args.max_sessions)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
@@ -186,6 +187,7 @@ def run(args) -> dict:
         "max_new_tokens": args.max_new_tokens,
         "queue_size": args.queue_size,
         "max_request_s": args.max_request_s,
+        "max_sessions": args.max_sessions,
         "server_ready_s": round(ready_s, 1),
         "wall_s": round(wall_s, 1),
         **{k: outcomes.count(k) for k in ("completed", "time_limit", "queue_full", "error", "dropped")},
@@ -218,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="bursts one after the other (RSS is measured after each)")
     p.add_argument("--queue-size", type=int, default=24, help="the server's --queue-size")
     p.add_argument("--max-request-s", type=float, default=60.0, help="the server's --max-request-s")
+    p.add_argument("--max-sessions", type=int, default=100, help="the server's --max-sessions")
     p.add_argument("--timeout", type=float, default=900.0, help="the whole run ends within this many seconds")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     args = p.parse_args(argv)

@@ -319,6 +319,21 @@ def test_cli_has_the_app_command():
 
     args = build_parser().parse_args(["app", "--port", "7999", "--model", "tiny-random"])
     assert args.command == "app" and args.host == "127.0.0.1" and args.port == 7999 and args.model == "tiny-random"
+    assert args.max_request_s == 60.0 and args.max_sessions == 100  # a bounded public app by default
+
+
+def test_app_limits_come_from_the_environment(monkeypatch):
+    from anllm.cli import build_parser
+
+    monkeypatch.setenv("ANLLM_MAX_REQUEST_S", "12.5")
+    monkeypatch.setenv("ANLLM_MAX_SESSIONS", "7")
+    args = build_parser().parse_args(["app"])
+    assert args.max_request_s == 12.5 and args.max_sessions == 7
+    monkeypatch.setenv("ANLLM_MAX_REQUEST_S", "-1")
+    assert build_parser().parse_args(["generate", "--prompt", "x"]).command == "generate"  # other commands unharmed
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["app"])
+    assert e.value.code == 2
 
 
 def test_spaces_front_matter_and_requirements():

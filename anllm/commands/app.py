@@ -10,6 +10,9 @@ import os
 
 DEFAULT_QUEUE_SIZE = 24  # requests waiting beyond this get gradio's "busy" message
 DEFAULT_MAX_REQUEST_S = 60.0  # see anllm.app_support.MAX_REQUEST_S
+# gradio keeps a copy of every component's config per session (about 1.3 MB each for this app, measured with
+# bench/app_load.py), 10,000 sessions by default: a public app would grow by gigabytes
+DEFAULT_MAX_SESSIONS = 100
 
 
 def default_model_name() -> str:
@@ -54,6 +57,12 @@ def add_app_args(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("ANLLM_MAX_REQUEST_S", str(DEFAULT_MAX_REQUEST_S)),
         help="compute seconds one generation request may use, all cache modes together; 0 = no limit "
         "($ANLLM_MAX_REQUEST_S)",
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=int,
+        default=os.environ.get("ANLLM_MAX_SESSIONS", str(DEFAULT_MAX_SESSIONS)),
+        help="browser sessions whose state gradio keeps; older ones are dropped ($ANLLM_MAX_SESSIONS)",
     )
     p.add_argument("--no-preload", action="store_true", help="load the model on the first request instead")
 
