@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
 import os
 import queue
+import re
 import socket
 import threading
 import time
@@ -42,6 +44,7 @@ BASE_MODES = ("full", "anchor")
 NO_PEER = "none"
 MAX_NEW_TOKENS = 1024  # app-side cap: a public demo must not be asked for unbounded work
 MAX_PROMPT_CHARS = 20_000
+MAX_REQUEST_S = 60.0  # compute time of one generation request, all modes together (ANLLM_MAX_REQUEST_S)
 EXPLORER_MAX_TOKENS = 160
 STATS_HEADERS = [
     "mode",
@@ -119,13 +122,25 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
+def allowed_models_from_env(default: str) -> tuple[str, ...] | None:
+    """The models visitors may load: ``$ANLLM_ALLOWED_MODELS`` (comma-separated; ``*`` = any), else only the
+    default on a Hugging Face Space (``$SPACE_ID`` set), else any (``None``)."""
+    raw = os.environ.get("ANLLM_ALLOWED_MODELS")
+    if raw is None:
+        return (default,) if os.environ.get("SPACE_ID") else None
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    return None if "*" in names else tuple(dict.fromkeys((default, *names)))
+
+
 class ModelRegistry:
-    """Loads models by name on first use and keeps the most recent ``max_loaded`` of them.
+    """Loads models by name on first use; the default stays resident, plus the most recent ``max_loaded - 1`` others.
 
     Args:
-        default: the model used when a request names none.
+        default: the model used when a request names none; never dropped once loaded, so a visitor who switches
+            models does not make the next visitor wait for the default to reload.
         device, dtype: where and how to load (chosen by the caller, at the edge).
-        max_loaded: models kept in memory; older ones are dropped when a new one is loaded.
+        max_loaded: models kept in memory, the default included (at least 1).
+        allowed: the only names visitors may load (the default is always allowed); ``None`` = any.
         loader: the load function (``anllm.models.load_model``; tests may pass another).
     """
 
@@ -135,11 +150,14 @@ class ModelRegistry:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        max_loaded: int = 1,
+        max_loaded: int = 2,
+        allowed: Sequence[str] | None = None,
         loader: Callable[..., LoadedModel] = load_model,
     ) -> None:
         self.default = default
         self.device, self.dtype, self.max_loaded, self.loader = device, dtype, max(1, max_loaded), loader
+        self.allowed = None if allowed is None else tuple(dict.fromkeys((default, *allowed)))
+        self.n_loads = 0  # models loaded so far (a resident default is loaded once)
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -151,9 +169,14 @@ class ModelRegistry:
         """The model called ``name`` (the default when empty), loading it if needed.
 
         Raises:
-            AnLLMError: with a message for the user (unknown name, Hub unreachable, load failure).
+            AnLLMError: with a message for the user (not allowed here, unknown name, Hub unreachable, load failure).
         """
         name = (name or "").strip() or self.default
+        if self.allowed is not None and name not in self.allowed:
+            raise AnLLMError(
+                f"this app serves only {', '.join(self.allowed)}; model {name!r} is not among them "
+                "(the host chooses with ANLLM_ALLOWED_MODELS)"
+            )
         with self._lock:
             if name in self._models:
                 self._models[name] = self._models.pop(name)  # most recent last
@@ -166,8 +189,10 @@ class ModelRegistry:
             except Exception as e:  # noqa: BLE001 - any load failure is reported, not raised as a traceback
                 logger.exception("loading %s failed", name)
                 raise AnLLMError(f"could not load model {name!r}: {type(e).__name__}: {e}".split("\n")[0]) from e
+            self.n_loads += 1
             while len(self._models) >= self.max_loaded:
-                self._models.pop(next(iter(self._models)))
+                others = [n for n in self._models if n != self.default] or list(self._models)
+                self._models.pop(others[0])  # the oldest, the resident default last of all
             self._models[name] = lm
             return lm
 
@@ -185,18 +210,29 @@ class ModelRegistry:
             )
 
 
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent) + os.sep
+_MARKDOWN_SPECIAL = re.compile(r"[\\\[]")  # an escaped "[" starts no link or image
+
+
+def public_text(text: str) -> str:
+    """``text`` safe to show on a public page: HTML escaped, the server's checkout and home paths made relative."""
+    text = text.replace(_PACKAGE_ROOT, "").replace(str(Path.home()) + os.sep, "~" + os.sep)
+    text = _MARKDOWN_SPECIAL.sub(r"\\\g<0>", text)  # no links, images or emphasis from what a visitor typed
+    return html.escape(text, quote=False)
+
+
 def model_markdown(lm: LoadedModel) -> str:
     """A short description of a loaded model for the UI, with a note when it is not anchor-trained."""
     cfg = lm.model.config
     n_params = sum(p.numel() for p in lm.model.parameters())
     device = next(lm.model.parameters()).device
     lines = [
-        f"**{lm.name}** · {getattr(cfg, 'model_type', '?')} · {n_params / 1e6:.2f} M parameters · "
+        f"**{public_text(lm.name)}** · {getattr(cfg, 'model_type', '?')} · {n_params / 1e6:.2f} M parameters · "
         f"{lm.model.dtype} on {device} · anchors: {lm.anchor.mode.upper()} ({len(lm.anchor_ids)} anchor token ids)"
         + (f" + {lm.anchor.n_sink} sink(s)" if lm.anchor.n_sink else "")
         + (f" + a {lm.anchor.window}-token window" if lm.anchor.window else "")
     ]
-    lines += [f"- {note}" for note in lm.notes]
+    lines += [f"- {public_text(note)}" for note in lm.notes]
     if not lm.anchor_trained:
         lines.append(
             "- ⚠️ This model is **not anchor-trained**: the anchor column shows training-free anchor decoding, "
@@ -285,7 +321,7 @@ class ModeRun:
             round(r.kv_bytes / MB, 4),
             f"{reduction:.1%}",
             r.n_evicted,
-            r.finish_reason or "running",
+            r.finish_reason or ("stopped" if self.error else "running"),
         ]
 
 
@@ -305,30 +341,75 @@ class CompareState:
 _DONE = object()
 
 
-def _produce(lm, prompt, modes, gen, out: queue.Queue, stop: threading.Event) -> None:
-    """Producer thread: run each mode to completion, one after the other, pushing every response."""
+class _TimeUp(Exception):
+    """Raised inside the model's forward pass by :func:`_deadline_hooks` when a mode has used its time."""
+
+
+@contextlib.contextmanager
+def _deadline_hooks(model: torch.nn.Module, deadline: list[float]):
+    """Make every decoder layer of ``model`` raise :class:`_TimeUp` in this thread once ``deadline[0]`` has passed.
+
+    Checked per layer, so even one long prefill forward stops within about one layer's time. Only the calling
+    thread is affected (the app runs one generation at a time; other threads may use the model meanwhile).
+    """
+    me = threading.get_ident()
+
+    def check(module, args):
+        if threading.get_ident() == me and time.perf_counter() > deadline[0]:
+            raise _TimeUp
+
+    layers = getattr(getattr(model, "model", None), "layers", None) or [model]
+    handles = [layer.register_forward_pre_hook(check) for layer in layers]
     try:
-        for i, mode in enumerate(modes):
-            if stop.is_set():
-                break
-            stream = stream_generate(lm, prompt, mode, gen)
-            try:
-                for r in stream:
-                    out.put((i, r))
-                    if stop.is_set():
-                        break
-            except AnLLMError as e:
-                out.put((i, e))
-                out.put((i, _DONE))
-                break  # a bad prompt or setting fails the same way in every mode: report it once
-            except Exception as e:  # noqa: BLE001 - reported to the UI; the traceback goes to the log only
-                logger.exception("generation failed in mode %s", mode)
-                out.put((i, AnLLMError(f"generation failed in mode {mode!r}: {type(e).__name__}: {e}")))
-            finally:
-                stream.close()
-            out.put((i, _DONE))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _produce(
+    lm, prompt, modes, gen, out: queue.Queue, stop: threading.Event, time_limit_s: float | None = None
+) -> None:
+    """Producer thread: run each mode to completion, one after the other, pushing every response.
+
+    With ``time_limit_s``, mode ``i`` of ``n`` must finish by ``(i + 1) / n`` of it (time a mode leaves unused
+    goes to the next); a mode cut off reports a message and keeps the tokens it made.
+    """
+    t0 = time.perf_counter()
+    deadline = [float("inf")]
+    hooks = _deadline_hooks(lm.model, deadline) if time_limit_s is not None else contextlib.nullcontext()
+    try:
+        with hooks:
+            _produce_modes(lm, prompt, modes, gen, out, stop, t0, time_limit_s, deadline)
     finally:
         out.put((None, _DONE))
+
+
+def _produce_modes(lm, prompt, modes, gen, out, stop, t0, time_limit_s, deadline) -> None:
+    for i, mode in enumerate(modes):
+        if stop.is_set():
+            break
+        if time_limit_s is not None:
+            deadline[0] = t0 + time_limit_s * (i + 1) / len(modes)
+        stream = stream_generate(lm, prompt, mode, gen)
+        try:
+            for r in stream:
+                out.put((i, r))
+                if stop.is_set():
+                    break
+        except _TimeUp:
+            msg = f"stopped at this server's time limit ({time_limit_s:g} s a request, shared by the cache modes)"
+            out.put((i, AnLLMError(msg + "; ask for fewer tokens or a shorter prompt")))
+        except AnLLMError as e:
+            out.put((i, e))
+            out.put((i, _DONE))
+            break  # a bad prompt or setting fails the same way in every mode: report it once
+        except Exception as e:  # noqa: BLE001 - reported to the UI; the traceback goes to the log only
+            logger.exception("generation failed in mode %s", mode)
+            out.put((i, AnLLMError(f"generation failed in mode {mode!r}: {type(e).__name__}: {e}")))
+        finally:
+            stream.close()
+        out.put((i, _DONE))
 
 
 def compare_stream(
@@ -339,18 +420,22 @@ def compare_stream(
     *,
     interval_s: float = 0.1,
     plot_interval_s: float = 0.5,
+    time_limit_s: float | None = None,
 ) -> Iterator[CompareState]:
     """Generate ``prompt`` under each mode in turn and yield snapshots at most every ``interval_s`` seconds.
 
     The decode loop runs in its own thread, so the consumer's work (rendering, sending) never pauses it and the
     timings it reports are those of the loop alone. Closing this generator stops the producer after its current
     token and waits for it, so a cancelled request frees the model before the next one starts.
-    ``plots_due`` is set at most every ``plot_interval_s`` seconds and whenever a mode finishes.
+    ``plots_due`` is set at most every ``plot_interval_s`` seconds and whenever a mode finishes. With
+    ``time_limit_s`` the modes share that much time (see :func:`_produce`); a mode cut off gets an error message.
     """
     state = CompareState([ModeRun(m) for m in modes])
     out: queue.Queue = queue.Queue()
     stop = threading.Event()
-    producer = threading.Thread(target=_produce, args=(lm, prompt, list(modes), gen, out, stop), daemon=True)
+    producer = threading.Thread(
+        target=_produce, args=(lm, prompt, list(modes), gen, out, stop, time_limit_s), daemon=True
+    )
     producer.start()
     last_yield = last_plot = time.perf_counter()
     try:
@@ -421,7 +506,9 @@ def runs_by_mode(state: CompareState) -> dict[str, list[GenerationResponse]]:
 
 
 def _status(state: CompareState, lm: LoadedModel) -> str:
-    errors = [f"**{r.mode}**: {r.error}" if r.responses else r.error for r in state.runs if r.error]
+    errors = [
+        f"**{r.mode}**: {public_text(r.error)}" if r.responses else public_text(r.error) for r in state.runs if r.error
+    ]
     if errors:
         return "⚠️ " + " · ".join(errors)
     if not state.finished:
@@ -444,8 +531,8 @@ def plot_value(spec: dict) -> Any:
 
 
 def error_markdown(message: str) -> str:
-    """The status line for an error the user can fix."""
-    return f"⚠️ {message}"
+    """The status line for an error the user can fix (escaped: it may quote what the visitor typed)."""
+    return f"⚠️ {public_text(message)}"
 
 
 # -- mask explorer ----------------------------------------------------------------------------------------------
@@ -586,6 +673,7 @@ class AppHandlers:
         interval_s: the most often text and stats are re-sent while streaming.
         plot_interval_s: the most often the plotly figures are re-sent (re-serialising them per token is slow).
         max_new_tokens_cap: the largest ``max new tokens`` the app accepts.
+        max_request_s: the most seconds one generation request may compute, all modes together (None = no limit).
     """
 
     def __init__(
@@ -595,9 +683,11 @@ class AppHandlers:
         interval_s: float = 0.1,
         plot_interval_s: float = 0.5,
         max_new_tokens_cap: int = MAX_NEW_TOKENS,
+        max_request_s: float | None = MAX_REQUEST_S,
     ) -> None:
         self.registry = registry
         self.interval_s, self.plot_interval_s, self.max_new_tokens_cap = interval_s, plot_interval_s, max_new_tokens_cap
+        self.max_request_s = max_request_s
         self.active_streams = 0  # generation requests running right now (for tests and monitoring)
         self.completed_streams = 0
         self._count_lock = threading.Lock()
@@ -621,6 +711,20 @@ class AppHandlers:
 
         on = bool(peer) and peer != NO_PEER
         return gr.update(visible=on, label=f"{peer} KV cache" if on else "Peer policy")
+
+    def explorer_setting(self, model_name: str | None) -> tuple:
+        """The mask explorer's anchor kind, sinks, window and anchor-sees-anchor set to the model's served setting.
+
+        Returns:
+            ``(kind, n_sink, window, anchors_see_anchors)``, or skips when the model cannot be loaded.
+        """
+        import gradio as gr
+
+        try:
+            a = self.registry.get(model_name).anchor
+        except AnLLMError:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return a.mode.upper(), a.n_sink, a.window, a.anchors_see_anchors
 
     # generate tab
     def generate(
@@ -677,7 +781,13 @@ class AppHandlers:
             sent: list[str | None] = [None, None, None]
             first = True
             for state in compare_stream(
-                lm, prompt, modes, gen, interval_s=self.interval_s, plot_interval_s=self.plot_interval_s
+                lm,
+                prompt,
+                modes,
+                gen,
+                interval_s=self.interval_s,
+                plot_interval_s=self.plot_interval_s,
+                time_limit_s=self.max_request_s,
             ):
                 texts = [tokens_html(r.responses, placeholders[r.mode]) for r in state.runs]
                 texts += [tokens_html([])] * (3 - len(texts))

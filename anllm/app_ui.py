@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 
 import gradio as gr
@@ -15,11 +16,13 @@ import gradio as gr
 from anllm.app_support import (
     EXPLORER_MAX_TOKENS,
     MAX_NEW_TOKENS,
+    MAX_REQUEST_S,
     NO_PEER,
     STATS_HEADERS,
     TOKENS_CSS,
     AppHandlers,
     ModelRegistry,
+    allowed_models_from_env,
     maybe_gpu,
     model_choices,
     peer_policies,
@@ -46,6 +49,8 @@ def build_demo(
     interval_s: float = 0.1,
     plot_interval_s: float = 0.5,
     max_new_tokens_cap: int = MAX_NEW_TOKENS,
+    max_request_s: float | None = MAX_REQUEST_S,
+    analytics_enabled: bool | None = None,
 ) -> gr.Blocks:
     """Build the app (no model is loaded and no server started here).
 
@@ -54,24 +59,34 @@ def build_demo(
         queue_size: the most requests that may wait; more get a "busy" message.
         interval_s: the most often streamed text is re-sent; plot_interval_s: the same for the charts.
         max_new_tokens_cap: the largest generation length the app accepts.
+        max_request_s: the most compute seconds of one generation request (None = no limit).
+        analytics_enabled: gradio's usage analytics; default off unless the host sets
+            ``GRADIO_ANALYTICS_ENABLED=True`` (an offline demo must not try to phone home).
     """
-    registry = registry or ModelRegistry(default_model_name())
+    registry = registry or ModelRegistry(default_model_name(), allowed=allowed_models_from_env(default_model_name()))
     h = AppHandlers(
-        registry, interval_s=interval_s, plot_interval_s=plot_interval_s, max_new_tokens_cap=max_new_tokens_cap
+        registry,
+        interval_s=interval_s,
+        plot_interval_s=plot_interval_s,
+        max_new_tokens_cap=max_new_tokens_cap,
+        max_request_s=max_request_s,
     )
+    if analytics_enabled is None:
+        analytics_enabled = os.environ.get("GRADIO_ANALYTICS_ENABLED") == "True"
     peers = peer_policies()
-    choices = model_choices()
+    choices = model_choices() if registry.allowed is None else list(registry.allowed)
     if registry.default not in choices:
         choices.insert(0, registry.default)
-    with gr.Blocks(title="anllm · anchor KV cache demo") as demo:
+    limit_note = f" Each request may compute for {max_request_s:g} s at most." if max_request_s else ""
+    with gr.Blocks(title="anllm · anchor KV cache demo", analytics_enabled=analytics_enabled) as demo:
         demo.handlers = h  # reachable from tests and notebooks
-        gr.Markdown(INTRO)
+        gr.Markdown(INTRO + limit_note)
         with gr.Row(equal_height=False):
             model = gr.Dropdown(
                 choices,
                 value=registry.default,
-                allow_custom_value=True,
-                label="Model (pick one or type a hub id)",
+                allow_custom_value=registry.allowed is None,
+                label="Model (pick one or type a hub id)" if registry.allowed is None else "Model",
                 elem_id="model",
                 scale=1,
             )
@@ -131,8 +146,10 @@ def build_demo(
                 with gr.Column(scale=2):
                     kind = gr.Radio(["EP", "AC"], value="EP", label="Anchors: EP (punctuation) or AC (<AC> token)")
                     with gr.Row():
-                        sink = gr.Number(0, precision=0, minimum=0, label="Sink tokens")
-                        window = gr.Number(0, precision=0, minimum=0, label="Local window (0 = off)")
+                        sink = gr.Number(0, precision=0, minimum=0, label="Sink tokens", elem_id="mask-sink")
+                        window = gr.Number(
+                            0, precision=0, minimum=0, label="Local window (0 = off)", elem_id="mask-window"
+                        )
                     see = gr.Checkbox(False, label="Anchors see earlier anchors")
                     show = gr.Button("Show masks", variant="primary", elem_id="show-masks")
             mask_md = gr.Markdown(f"Up to {EXPLORER_MAX_TOKENS} tokens are shown.", elem_id="mask-summary")
@@ -151,6 +168,10 @@ def build_demo(
         # outside the queue: a page load must not take a queue place (or get "busy") just to describe the model
         model.change(h.model_info, model, model_md, api_name="model_info", queue=False)
         demo.load(h.model_info, model, model_md, api_name=False, queue=False)
+        # the explorer starts from the model's served anchor setting (kind, sinks, window)
+        setting = dict(fn=h.explorer_setting, inputs=model, outputs=[kind, sink, window, see], queue=False)
+        demo.load(api_name="explorer_setting", **setting)
+        model.change(api_name=False, **setting)
         explore = dict(fn=h.explore, inputs=[model, text, kind, sink, window, see])
         explore["outputs"] = [tokens_out, mask_plot, schedule_plot, mask_md]
         show.click(api_name="explore", **explore)
@@ -161,18 +182,23 @@ def build_demo(
 
 def serve(args: argparse.Namespace) -> int:
     """Load the model named in ``args`` and serve the app until interrupted."""
-    from anllm.commands.common import default_device
+    from anllm.commands.common import check_device
 
     t0 = time.perf_counter()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes
-    registry = ModelRegistry(args.model, device=args.device or default_device())
+    registry = ModelRegistry(args.model, device=check_device(args.device), allowed=allowed_models_from_env(args.model))
     if not args.no_preload:
         try:
             registry.get()
         except AnLLMError as e:  # still serve: the UI shows the message and other models can be picked
             logger.warning("could not preload %s: %s", args.model, e)
-    demo = build_demo(registry, queue_size=args.queue_size)
-    demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
+    demo = build_demo(registry, queue_size=args.queue_size, max_request_s=args.max_request_s or None)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        prevent_thread_lock=True,
+        state_session_capacity=max(1, args.max_sessions),
+    )
     logger.info(
         "serving %s on http://%s:%s, ready %.1f s after start",
         args.model,

@@ -23,6 +23,7 @@ import torch
 
 from anllm.anchors import insert_ac
 from anllm.config import AnLLMError
+from anllm.textio import read_jsonl, read_text_file
 from anllm.training_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -64,22 +65,15 @@ class DataStats:
 
 # -- reading records -----------------------------------------------------------------------------------------------
 def _read_jsonl(path: Path) -> Iterator[dict]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AnLLMError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(record, dict):
-                raise AnLLMError(f"{path}:{line_no}: expected a JSON object per line, got {type(record).__name__}")
-            yield record
+    for line_no, record in read_jsonl(path, "data"):
+        if not isinstance(record, dict):
+            raise AnLLMError(f"{path}:{line_no}: expected a JSON object per line, got {type(record).__name__}")
+        yield record
 
 
 def _read_json(path: Path) -> Iterator[dict]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_file(path, "data", max_bytes=None))
     except json.JSONDecodeError as e:
         raise AnLLMError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from e
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -112,12 +106,10 @@ def read_records(source: str, cfg: TrainConfig) -> Iterator[dict]:
     if source.startswith("hub:"):
         yield from _read_hub(source)
         return
-    path = Path(source)
-    if not path.is_file():
-        raise AnLLMError(f"data file {path} does not exist")
+    path = Path(source)  # missing, a directory, not UTF-8: textio's readers say so
     fmt = cfg.data_format
     if fmt == "text" or (fmt == "auto" and path.suffix not in (".json", ".jsonl")):
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path, "data", max_bytes=None)
         parts = text.split(cfg.doc_separator) if cfg.doc_separator else [text]
         for part in parts:
             if part.strip():
@@ -168,8 +160,10 @@ def sft_pair(record: dict, cfg: TrainConfig, *, where: str = "") -> tuple[str, s
 def document_text(record: dict, cfg: TrainConfig, *, where: str = "") -> str:
     """Pretraining text of a record, ``<AC>`` inserted in AC mode."""
     text = record.get(cfg.text_field)
+    if cfg.text_field not in record:
+        raise AnLLMError(f"{where}pretraining record has no field {cfg.text_field!r} (fields: {sorted(record)})")
     if not isinstance(text, str):
-        raise AnLLMError(f"{where}pretraining record has no string field {cfg.text_field!r} (fields: {sorted(record)})")
+        raise AnLLMError(f"{where}field {cfg.text_field!r} must be a string, got {type(text).__name__} ({text!r:.40})")
     return insert_ac(text) if cfg.anchors == "ac" else text
 
 

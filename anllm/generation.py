@@ -194,6 +194,20 @@ def check_fits(lm: LoadedModel, n_tokens: int, what: str = "the prompt has", hin
     return limit
 
 
+def check_max_new_tokens(lm: LoadedModel, n_prompt: int, max_new_tokens: int) -> None:
+    """Refuse (never clamp) a generation length that runs past the model's positions after an ``n_prompt`` prompt.
+
+    Raises:
+        AnLLMError: naming the largest ``max_new_tokens`` that fits.
+    """
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    if limit is not None and n_prompt + max_new_tokens > limit:
+        raise AnLLMError(
+            f"max new tokens {max_new_tokens} + the prompt's {n_prompt} tokens exceed the model's {limit} positions; "
+            f"ask for at most {max(limit - n_prompt, 0)} new tokens (or shorten the prompt)"
+        )
+
+
 # -- streaming ---------------------------------------------------------------------------------------------------
 @dataclass
 class GenerationResponse:
@@ -265,8 +279,9 @@ def stream_generate(
     ids = encode_prompt(lm, prompt, gen.chat) if isinstance(prompt, str) else list(prompt)
     if not ids:
         raise AnLLMError("the prompt is empty: give some text to continue or a question to answer")
-    limit = check_fits(lm, len(ids))
-    max_new = gen.max_new_tokens if limit is None else min(gen.max_new_tokens, limit - len(ids))
+    check_fits(lm, len(ids))
+    check_max_new_tokens(lm, len(ids), gen.max_new_tokens)  # refused, never clamped
+    max_new = gen.max_new_tokens
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
     generator = torch.Generator(device).manual_seed(gen.seed) if gen.seed is not None else None
@@ -396,8 +411,9 @@ def generate_ids(
     """Batched decode on token ids ``(B, T)`` through :func:`generate_step`; finished rows feed masked padding."""
     B = input_ids.shape[0]
     n_real = input_ids.shape[1] if attention_mask is None else int(attention_mask.sum(-1).max())
-    limit = check_fits(lm, n_real)
-    max_new = gen.max_new_tokens if limit is None else min(gen.max_new_tokens, limit - n_real)
+    check_fits(lm, n_real)
+    check_max_new_tokens(lm, n_real, gen.max_new_tokens)  # refused, never clamped
+    max_new = gen.max_new_tokens
     cache = make_cache(lm, mode)
     chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
     stop_ids = eos_ids(lm) if gen.stop_on_eos else set()

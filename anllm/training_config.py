@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from anllm.config import AnchorConfig, AnLLMError
+from anllm.textio import read_text_file
 
 TrainMode = Literal["pretrain", "sft"]
 LossKind = Literal["lm", "kl", "lm+kl"]
@@ -196,19 +197,37 @@ class TrainConfig:
         data: dict[str, Any] = {}
         if path is not None:
             path = Path(path)
-            if not path.is_file():
-                raise AnLLMError(f"config file {path} does not exist")
-            text = path.read_text(encoding="utf-8")
-            try:
-                data = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
-            except (json.JSONDecodeError, yaml.YAMLError) as e:
-                raise AnLLMError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {e}") from e
+            text = read_text_file(path, "config")
+            if not text.strip():
+                raise AnLLMError(f"config file {path} is empty: see configs/ for examples")
+            data = _parse_config(text, path)
         for item in overrides or []:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise AnLLMError(f"--set expects key=value, got {item!r}")
-            data[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            try:
+                data[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            except yaml.YAMLError:
+                raise AnLLMError(f"--set {item!r}: the value is not valid YAML (quote strings)") from None
         return cls.from_dict(data, source=str(path) if path is not None else "--set")
+
+
+def _parse_config(text: str, path: Path) -> Any:
+    """JSON or YAML text as data; a syntax error is one line with file, line and column."""
+    import yaml
+
+    if path.suffix == ".json":
+        try:
+            return json.loads(text) or {}
+        except json.JSONDecodeError as e:
+            raise AnLLMError(f"{path}:{e.lineno}:{e.colno}: config is not valid JSON ({e.msg})") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        at = f"{mark.line + 1}:{mark.column + 1}:" if mark is not None else ""
+        problem = getattr(e, "problem", None) or getattr(e, "context", None) or type(e).__name__
+        raise AnLLMError(f"{path}:{at} config is not valid YAML ({problem})") from None
 
 
 def _coerce(cls, key: str, value: Any) -> Any:

@@ -16,6 +16,9 @@ from pathlib import Path
 # Before torch loads: OpenMP threads that spin while waiting starve the server and the other decode thread on a
 # busy CPU (measured on a shared 2-core machine: 4 -> 15 tokens/s, first token 6 s -> 0.25 s). Override to taste.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Gradio's usage analytics stay off unless the host sets GRADIO_ANALYTICS_ENABLED=True (an offline demo must not
+# try to phone home); set before gradio is imported, as it reads the variable then.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 try:
     import anllm  # noqa: F401
@@ -27,15 +30,22 @@ except ImportError:  # running from a checkout (or a Space) where anllm is not i
 
 import gradio as gr  # noqa: E402
 
-from anllm.app_support import ModelRegistry  # noqa: E402
+from anllm.app_support import MAX_REQUEST_S, ModelRegistry, allowed_models_from_env  # noqa: E402
 from anllm.app_ui import build_demo, serve  # noqa: E402
-from anllm.commands.app import add_app_args, default_model_name  # noqa: E402
+from anllm.commands.app import add_app_args, default_model_name, max_request_seconds  # noqa: E402
 from anllm.commands.common import default_device  # noqa: E402
+from anllm.config import AnLLMError  # noqa: E402
 
 if gr.NO_RELOAD:
-    REGISTRY = ModelRegistry(default_model_name(), device=default_device())  # loads lazily, on first use
+    REGISTRY = ModelRegistry(  # loads lazily, on first use
+        default_model_name(), device=default_device(), allowed=allowed_models_from_env(default_model_name())
+    )
 
-demo = build_demo(REGISTRY)
+try:
+    MAX_REQUEST = max_request_seconds(os.environ.get("ANLLM_MAX_REQUEST_S", str(MAX_REQUEST_S)))
+except argparse.ArgumentTypeError as e:
+    sys.exit(f"ANLLM_MAX_REQUEST_S {e}")
+demo = build_demo(REGISTRY, max_request_s=MAX_REQUEST or None)
 
 __all__ = ["build_demo", "demo"]
 
@@ -44,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="anllm demo: full vs anchor KV cache, side by side")
     add_app_args(parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return serve(parser.parse_args(argv))
+    try:
+        return serve(parser.parse_args(argv))
+    except AnLLMError as e:  # e.g. a --device this machine does not have
+        print(f"app: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

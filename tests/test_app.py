@@ -167,7 +167,7 @@ def test_bad_input_gives_a_message_not_a_traceback(handlers):
     }
     for prompt, expected in cases.items():
         outs = run_handler(handlers, prompt=prompt)
-        assert outs[-1][6].startswith("⚠️") and expected in outs[-1][6]
+        assert outs[-1][6].startswith("⚠️") and expected in html.unescape(outs[-1][6])
     bad_settings = [
         (dict(max_new=0), "max new tokens must be between 1 and"),
         (dict(max_new=100_000), "max new tokens must be between 1 and"),
@@ -183,7 +183,7 @@ def test_bad_input_gives_a_message_not_a_traceback(handlers):
     ]
     for kw, expected in bad_settings:
         outs = run_handler(handlers, **kw)
-        assert len(outs) == 1 and outs[0][6].startswith("⚠️") and expected in outs[0][6], (kw, outs[0][6])
+        assert len(outs) == 1 and outs[0][6].startswith("⚠️") and expected in html.unescape(outs[0][6]), (kw, outs[0][6])
     assert handlers.active_streams == 0
 
 
@@ -262,7 +262,7 @@ def test_mask_explorer_ac_mode_leaves_the_model_alone(registry, handlers):
     assert [t.name for t in masks.data] == [None, None] and len(schedule.data) == 1
     for bad, expected in (("", "text is empty"), ("Fine.", None)):
         out = handlers.explore(None, bad, "EP", -1 if expected is None else 0, 0, False)
-        assert out[3].startswith("⚠️") and (expected or "n_sink") in out[3]
+        assert out[3].startswith("⚠️") and (expected or "n_sink") in html.unescape(out[3])
 
 
 def test_kv_drop_schedule_without_a_model(registry):
@@ -303,12 +303,14 @@ def test_maybe_gpu_is_a_noop_without_spaces(monkeypatch):
 
 def test_app_module_builds_without_loading_or_serving(monkeypatch):
     monkeypatch.setenv("ANLLM_MODEL", "tiny-random")
+    monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)  # restored afterwards
     monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))  # restored afterwards
     spec = importlib.util.spec_from_file_location("anllm_app_under_test", ROOT / "app" / "app.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.REGISTRY.loaded() == [] and module.REGISTRY.default == "tiny-random"
     assert not module.demo.is_running
+    assert module.demo.analytics_enabled is False and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert {"/generate", "/model_info", "/explore"} <= set(module.demo.get_api_info()["named_endpoints"])
 
 
@@ -317,6 +319,21 @@ def test_cli_has_the_app_command():
 
     args = build_parser().parse_args(["app", "--port", "7999", "--model", "tiny-random"])
     assert args.command == "app" and args.host == "127.0.0.1" and args.port == 7999 and args.model == "tiny-random"
+    assert args.max_request_s == 60.0 and args.max_sessions == 100  # a bounded public app by default
+
+
+def test_app_limits_come_from_the_environment(monkeypatch):
+    from anllm.cli import build_parser
+
+    monkeypatch.setenv("ANLLM_MAX_REQUEST_S", "12.5")
+    monkeypatch.setenv("ANLLM_MAX_SESSIONS", "7")
+    args = build_parser().parse_args(["app"])
+    assert args.max_request_s == 12.5 and args.max_sessions == 7
+    monkeypatch.setenv("ANLLM_MAX_REQUEST_S", "-1")
+    assert build_parser().parse_args(["generate", "--prompt", "x"]).command == "generate"  # other commands unharmed
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["app"])
+    assert e.value.code == 2
 
 
 def test_spaces_front_matter_and_requirements():

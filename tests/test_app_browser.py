@@ -119,6 +119,29 @@ def set_max_new(page, box, n: int) -> None:
     raise AssertionError(f"the max-new-tokens slider did not take {n}")
 
 
+def test_browser_mask_explorer_starts_from_the_served_setting(page):
+    """The default model is served with 1 sink and a 16-token window: the explorer opens with those, not 0 and 0."""
+
+    def served_tiny(name, **kw):
+        lm = load_model("tiny-random", **kw)
+        lm.anchor = lm.anchor.replace(n_sink=1, window=16)
+        return lm
+
+    demo = build_demo(ModelRegistry("tiny-random", loader=served_tiny))
+    url = launch(demo)
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Mask explorer").click()
+        page.wait_for_function("() => document.querySelector('#mask-window input')?.value === '16'", timeout=30_000)
+        assert page.locator("#mask-sink input").input_value() == "1"
+        page.fill("#mask-text textarea", "One two three. Four five six seven!")
+        page.click("#show-masks")
+        page.wait_for_selector("#mask-plot .js-plotly-plot", timeout=30_000)
+        assert "2 anchors" in page.locator("#mask-summary").inner_text()
+    finally:
+        demo.close()
+
+
 @pytest.fixture
 def slow_app():
     """The app on a tiny model slowed to at most 50 tokens/s, so a 1024-token run cannot finish during the test."""

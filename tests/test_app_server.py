@@ -226,3 +226,161 @@ def test_no_thread_or_memory_leak_over_50_requests(client, served):
     assert threads1 <= threads0 + 2, (threads0, threads1)
     assert rss1 - rss0 < 40, f"RSS grew {rss1 - rss0:.1f} MB over 50 requests"
     assert served[0].handlers.active_streams == 0
+
+
+# -- issue 19: a public Space --------------------------------------------------------------------------------------
+def tiny_as(name_log: list, **anchor_changes):
+    """A loader that loads tiny-random under any name (so several "models" are cheap) and logs each load."""
+    from anllm.models import load_model
+
+    def loader(name, **kw):
+        name_log.append(name)
+        lm = load_model("tiny-random", **kw)
+        lm.name = name
+        if anchor_changes:
+            lm.anchor = lm.anchor.replace(**anchor_changes)
+        return lm
+
+    return loader
+
+
+@pytest.fixture(scope="module")
+def space(registry):
+    """The app as on a public Space: a resident default that looks served (1 sink, 16-token window) with an
+    adapter note naming a path under the checkout, other models allowed by the host, a short time limit."""
+    from anllm.app_support import _PACKAGE_ROOT
+
+    loads: list[str] = []
+    base = tiny_as(loads, n_sink=1, window=16)
+
+    def loader(name, **kw):
+        lm = base(name, **kw)
+        lm.notes = [f"anchor adapter applied from {_PACKAGE_ROOT}anllm/adapters/smollm2-135m-anchor"]
+        return lm
+
+    reg = ModelRegistry("served", loader=loader, allowed=("served", "other-a", "other-b"))
+    demo = build_demo(reg, queue_size=8, interval_s=0.01, plot_interval_s=0.05, max_request_s=0.3)
+    url = launch(demo)
+    yield demo, url, reg, loads
+    demo.close()
+
+
+HOSTILE = [
+    ("<img src=x onerror=alert(1)>", "&lt;img src=x onerror=alert(1)&gt;", "<img"),
+    ("<script>alert(1)</script>", "&lt;script&gt;", "<script"),
+    ("![pixel](http://evil.example/p.png)", "!\\[pixel]", "[pixel]("),
+    ("[click](javascript:alert(1))", "\\[click]", "[click]("),
+]
+
+
+@pytest.mark.parametrize("typed,shown,never", HOSTILE)
+def test_a_typed_model_name_is_escaped(client, typed, shown, never):
+    for status in (
+        client.predict(typed, api_name="/model_info"),
+        client.predict(*args(model=typed), api_name="/generate")[6],
+    ):
+        assert status.startswith("⚠️") and shown in status and never not in status.replace("\\[", ""), status
+
+
+def test_the_model_panel_shows_no_server_paths(space):
+    from anllm.app_support import _PACKAGE_ROOT
+
+    c = Client(space[1], verbose=False)
+    info = c.predict("served", api_name="/model_info")
+    c.close()
+    assert "anllm/adapters/smollm2-135m-anchor" in info.replace("\\", "")
+    assert _PACKAGE_ROOT not in info and _PACKAGE_ROOT.rstrip("/") not in info
+
+
+def test_the_default_model_stays_resident(space):
+    demo, url, reg, loads = space
+    c = Client(url, verbose=False)
+    for name in ("served", "other-a", "other-b", "other-a", "served"):
+        assert c.predict(name, api_name="/model_info").startswith(f"**{name}**")
+    out = c.predict(*args(model="served", max_new=4), api_name="/generate")
+    c.close()
+    assert loads.count("served") == 1, loads  # visitors switching models never pushed the default out
+    assert "served" in reg.loaded() and len(reg.loaded()) == 2
+    assert "time limit" in out[6] or out[6].startswith("✅")
+
+
+def test_only_allowed_models_can_be_loaded(space):
+    from anllm.config import AnLLMError
+
+    demo, url, reg, loads = space
+    c = Client(url, verbose=False)
+    n = len(loads)
+    for name in ("tiny-random", "smollm2-135m", "/etc", "org/some-model"):
+        for api, values in (("/model_info", (name,)), ("/generate", args(model=name))):
+            with pytest.raises(AppError, match="is not in the list of choices"):  # the picker refuses it
+                c.predict(*values, api_name=api)
+        with pytest.raises(AnLLMError, match="this app serves only served, other-a, other-b; model"):
+            reg.get(name)  # and so does the registry, for any other caller
+    c.close()
+    assert len(loads) == n  # nothing was loaded for them
+    config = next(comp for comp in demo.config["components"] if comp.get("props", {}).get("elem_id") == "model")
+    assert [ch[0] for ch in config["props"]["choices"]] == ["served", "other-a", "other-b"]
+    assert config["props"]["allow_custom_value"] is False
+
+
+def test_the_allowlist_comes_from_the_environment(monkeypatch):
+    from anllm.app_support import allowed_models_from_env
+
+    monkeypatch.delenv("ANLLM_ALLOWED_MODELS", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert allowed_models_from_env("default") is None  # a local demo: any model
+    monkeypatch.setenv("SPACE_ID", "someone/anllm")
+    assert allowed_models_from_env("default") == ("default",)  # on a Space: on by default
+    monkeypatch.setenv("ANLLM_ALLOWED_MODELS", "smollm2-135m, tiny-random")
+    assert allowed_models_from_env("default") == ("default", "smollm2-135m", "tiny-random")
+    monkeypatch.setenv("ANLLM_ALLOWED_MODELS", "*")
+    assert allowed_models_from_env("default") is None  # the host opts out
+
+
+def test_analytics_are_off_unless_the_host_turns_them_on(monkeypatch, registry):
+    import gradio.analytics
+    import httpx
+
+    monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
+    demo = build_demo(registry)
+    url = launch(demo)
+    try:
+        assert httpx.get(url + "config", timeout=30).json()["analytics_enabled"] is False
+    finally:
+        demo.close()
+    monkeypatch.setattr(gradio.analytics, "version_check", lambda: None)  # no network from the test
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "True")
+    assert build_demo(registry).analytics_enabled is True
+
+
+def test_a_request_over_the_time_limit_stops_cleanly(space):
+    demo, url, reg, loads = space
+    h = demo.handlers
+    c = Client(url, verbose=False)
+    done = h.completed_streams
+    out = c.predict(*args(model="served", max_new=1024), api_name="/generate")  # far more than 0.3 s of work
+    assert out[6].startswith("⚠️") and "stopped at this server's time limit (0.3 s a request" in out[6], out[6]
+    stats = {row[0]: row for row in out[5]["data"]}
+    assert stats["full"][3] < 1024 and stats["full"][9] in ("stopped", "length", "eos")
+    assert h.active_streams == 0 and h.completed_streams == done + 1
+    ok = c.predict(*args(model="served", max_new=2), api_name="/generate")  # the queue moved on
+    c.close()
+    assert "time limit" not in ok[6] and ok[6].startswith("✅"), ok[6]
+
+
+def test_the_time_limit_stops_a_long_prefill(registry):
+    from anllm.app_support import AppHandlers
+
+    h = AppHandlers(registry, max_request_s=1e-6)
+    outs = list(h.generate("word " * 300, None, "none", False, 8, 0.0, 1.0, 0, 1.0, 0))
+    assert "time limit" in outs[-1][6] and "✅" not in outs[-1][6]
+    stats = {row[0]: row for row in outs[-1][5]}
+    assert stats["full"][3] == 0 and stats["anchor"][3] == 0  # cut off inside the prompt's forward pass
+    assert not any(m._forward_pre_hooks for m in registry.get().model.modules())  # hooks removed
+
+
+def test_the_mask_explorer_starts_from_the_served_setting(space):
+    c = Client(space[1], verbose=False)
+    kind, sink, window, see = c.predict("served", api_name="/explorer_setting")
+    c.close()
+    assert (kind, sink, window, see) == ("EP", 1, 16, False)

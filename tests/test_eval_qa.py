@@ -97,7 +97,7 @@ def test_fewshot_ac_placement():
             ":2: 'choices'",
         ),
         (['{"query": "q", "choices": ["a", "b"], "label": 2}'], ":1: 'label'"),
-        (['{"query": "q", "choices": ["a", "b"], "label": 0}', "", "{not json"], ":3: not valid JSON"),
+        (['{"query": "q", "choices": ["a", "b"], "label": 0}', "", "{not json"], ":3: malformed JSON"),
         (['{"question": "q", "choices": ["a", "b"], "label": 0}'], ":1: give exactly one of 'query'"),
         (['["q", "a"]'], ":1: expected a JSON object"),
     ],

@@ -120,7 +120,12 @@ def test_bad_input_is_a_clear_error():
     lm.model.config.max_position_embeddings = 40
     with pytest.raises(AnLLMError, match="supports 40 positions"):
         list(stream_generate(lm, PROMPT * 2, "anchor", gen()))
-    near = generate(lm, "Hi. there, how are you", "anchor", gen(max_new_tokens=100))
+    # past the positions, max_new_tokens is refused (not clamped), naming what fits; exactly what fits runs
+    with pytest.raises(AnLLMError, match=r"max new tokens 100 \+ the prompt's 22 tokens .* at most 18 new tokens"):
+        generate(lm, "Hi. there, how are you", "anchor", gen(max_new_tokens=100))
+    with pytest.raises(AnLLMError, match="at most 18 new tokens"):
+        generate_batch(lm, ["Hi. there, how are you"], "anchor", gen(max_new_tokens=19))
+    near = generate(lm, "Hi. there, how are you", "anchor", gen(max_new_tokens=18, stop_on_eos=False))
     assert near.prompt_tokens + len(near.tokens) == 40 and near.finish_reason == "length"
     for kw in ({"temperature": -1}, {"top_p": 0}, {"top_k": -2}, {"repetition_penalty": 0}, {"max_new_tokens": -1}):
         with pytest.raises(AnLLMError, match=next(iter(kw))):
@@ -187,8 +192,11 @@ def test_batch_checks_the_prompt_against_the_models_positions():
     lm.model.config.max_position_embeddings = 40
     with pytest.raises(AnLLMError, match="supports 40 positions"):
         generate_batch(lm, ["Hi", PROMPT * 2], "anchor", gen())
-    near = generate_batch(lm, ["Hi. there, how are you", "Hi"], "anchor", gen(max_new_tokens=100))
-    assert len(near[0]) == 40 - len(encode_prompt(lm, "Hi. there, how are you", chat=False))
+    room = 40 - len(encode_prompt(lm, "Hi. there, how are you", chat=False))
+    with pytest.raises(AnLLMError, match=f"ask for at most {room} new tokens"):  # refused, never clamped
+        generate_batch(lm, ["Hi. there, how are you", "Hi"], "anchor", gen(max_new_tokens=100))
+    near = generate_batch(lm, ["Hi. there, how are you", "Hi"], "anchor", gen(max_new_tokens=room, stop_on_eos=False))
+    assert len(near[0]) == room
 
 
 def test_batch_repetition_penalty_skips_padding():

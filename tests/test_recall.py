@@ -136,7 +136,7 @@ def test_user_jsonl_bad_line_is_named(tmp_path):
     with pytest.raises(AnLLMError, match=r"items.jsonl:3: 'answer' must be a non-empty string \(got int\)"):
         load_user_items(path)
     path.write_text(json.dumps(good) + "\n{not json\n")
-    with pytest.raises(AnLLMError, match=r"items.jsonl:2: not valid JSON"):
+    with pytest.raises(AnLLMError, match=r"items.jsonl:2: malformed JSON"):
         load_user_items(path)
     path.write_text(json.dumps(good) + "\n")
     (it,) = load_user_items(path)

@@ -50,7 +50,7 @@ def run(args) -> int:
         chunk_size=args.chunk_size,
         compare_hf=not args.no_hf,
     )
-    text = read_text(None, args.text_file) if args.text_file else None
+    text = read_text(None, args.text_file, "text") if args.text_file else None
     lm = load_from_args(args)
     for note in lm.notes:
         print(f"note: {note}", file=sys.stderr)

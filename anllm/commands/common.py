@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
 from anllm.config import AnLLMError
+from anllm.textio import read_text_file
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,18 +37,44 @@ def load_from_args(args):
         args.model,
         anchor_overrides=overrides,
         dtype=DTYPES[args.dtype],
-        device=args.device or default_device(),
+        device=check_device(args.device),
         trust_remote_code=args.trust_remote_code,
     )
 
 
-def read_text(prompt: str | None, prompt_file: str | None) -> str:
+def read_text(prompt: str | None, prompt_file: str | None, what: str = "prompt") -> str:
+    """``prompt``, or the text of ``prompt_file`` (UTF-8; an empty or unreadable file is an error naming it)."""
     if prompt_file is not None:
-        path = Path(prompt_file)
-        if not path.is_file():
-            raise AnLLMError(f"prompt file {path} does not exist")
-        return path.read_text(encoding="utf-8")
+        text = read_text_file(prompt_file, what)
+        if not text.strip():
+            raise AnLLMError(f"{what} file {prompt_file} is empty: put some text in it")
+        return text
     return prompt if prompt is not None else ""
+
+
+def available_devices() -> list[str]:
+    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(name: str | None) -> str:
+    """``name`` (default: cuda if available, else cpu) if this machine has it; else an error listing what it has."""
+    if name is None or not name.strip():
+        return default_device()
+    have = available_devices()
+    try:
+        dev = torch.device(name.strip())
+    except (RuntimeError, ValueError):
+        raise AnLLMError(f"--device {name!r} is not a device name; this machine has: {', '.join(have)}") from None
+    ok = dev.type == "cpu" or (dev.type == "mps" and "mps" in have)
+    if dev.type == "cuda":
+        ok = torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()
+    if not ok:
+        why = "" if torch.version.cuda or dev.type != "cuda" else " (this torch build has no CUDA support)"
+        raise AnLLMError(f"--device {name}: not available on this machine{why}; available: {', '.join(have)}")
+    return str(dev)
 
 
 def emit_json(obj) -> None:

@@ -87,7 +87,7 @@ def register(sub) -> None:
 def run_ppl(args) -> int:
     from anllm.evaluation.ppl import perplexity_text
 
-    text = read_text(None, args.text_file)
+    text = read_text(None, args.text_file, "text")
     modes = split_modes(args.modes)
     budget = _budget(args.budget)
     lm = load_from_args(args)
@@ -129,7 +129,7 @@ def run_recall(args) -> int:
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     distances = _int_list(args.distances, "--distances")
     user = load_user_items(args.items) if args.items else None
-    filler = read_text(None, args.filler_file) if args.filler_file else None
+    filler = read_text(None, args.filler_file, "filler") if args.filler_file else None
     if args.plot:
         _check_writable(args.plot)
     lm = load_from_args(args)

@@ -20,7 +20,7 @@ def run(args) -> int:
 
     if args.mode is not None:
         args.anchors = args.mode
-    text = read_text(None, args.text_file)
+    text = read_text(None, args.text_file, "text")
     lm = load_from_args(args)
     report = verify_text(lm, text, chunk_size=args.verify_chunk_size)
     if args.json:

@@ -12,17 +12,15 @@ from pathlib import Path
 from anllm.config import AnLLMError, GenerationConfig
 from anllm.models import LoadedModel
 from anllm.progress import progress_bar
+from anllm.textio import read_text_file
 
 DEFAULT_TEMPLATE = "Translate the following German text into English.\nGerman: {src}\nEnglish:"
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:
     """Lines of a UTF-8 file without trailing newlines; errors name ``what`` and the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise AnLLMError(f"{what} file {path} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if not lines:
+    lines = read_text_file(path, what).splitlines()
+    if not any(line.strip() for line in lines):
         raise AnLLMError(f"{what} file {path} is empty")
     return lines
 

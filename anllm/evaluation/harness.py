@@ -104,15 +104,20 @@ class HarnessBackend:
 
     def generate_until(self, requests: list[tuple[str, dict]]) -> list[str]:
         """Greedy continuation of each context until one of ``gen_kwargs["until"]``."""
-        from anllm.generation import generate
+        from anllm.generation import encode_prompt, generate
 
         mode = "anchor" if self.scorer == "masked" else ("full" if self.scorer == "nocache" else self.scorer)
         out = []
         for ctx, kw in requests:
             until = kw.get("until") or ()
             until = (until,) if isinstance(until, str) else tuple(until)
-            gen = GenerationConfig(max_new_tokens=int(kw.get("max_gen_toks", 256)), stop_strings=until, chat=False)
-            out.append(generate(self.lm, self.mark_demos(ctx), mode, gen).text)
+            text = self.mark_demos(ctx)
+            n_new = int(kw.get("max_gen_toks", 256))
+            limit = getattr(self.lm.model.config, "max_position_embeddings", None)
+            if limit is not None:  # generate refuses lengths past the model's positions; the harness clamps
+                n_new = max(0, min(n_new, limit - len(encode_prompt(self.lm, text, False))))
+            gen = GenerationConfig(max_new_tokens=n_new, stop_strings=until, chat=False)
+            out.append(generate(self.lm, text, mode, gen).text)
         return out
 
 

@@ -10,7 +10,6 @@ entries after the prompt size the StreamingLLM / SepLLM caches of the same item.
 from __future__ import annotations
 
 import copy
-import json
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ from anllm.evaluation.ppl import BUDGETED
 from anllm.generation import decode_step, eos_ids, forward_chunk, make_cache, prefill, sample_next
 from anllm.memory import FAMILIES, MemoryItem, make_items
 from anllm.models import LoadedModel
+from anllm.textio import read_jsonl
 
 DEFAULT_DISTANCES = (64, 256, 1024, 2048, 4096)
 DEFAULT_FILLER = Path(__file__).resolve().parent.parent / "data" / "kjv_genesis.txt"  # public domain, never trained on
@@ -180,21 +180,8 @@ class RecallResult:
 def load_user_items(path: str | Path) -> list[MemoryItem]:
     """``{"context", "question", "answer"}`` per JSONL line; a bad line is named by its number."""
     path = Path(path)
-    if not path.is_file():
-        raise AnLLMError(f"recall items file {path} does not exist")
     items = []
-    with path.open(encoding="utf-8", errors="strict") as f:
-        try:
-            lines = list(f)
-        except UnicodeDecodeError as e:
-            raise AnLLMError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise AnLLMError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for n, obj in read_jsonl(path, "recall items"):
         if not isinstance(obj, dict):
             raise AnLLMError(f"{path}:{n}: expected a JSON object with context, question and answer")
         for key in ("context", "question", "answer"):

@@ -8,12 +8,12 @@ when it is reachable and converted to the same schema; the prompt formats are an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from anllm.config import AnLLMError
+from anllm.textio import read_jsonl
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 LOCAL_TASKS = {"toy": DATA_DIR / "toy_mc.jsonl"}
@@ -62,18 +62,7 @@ def parse_item(obj, where: str) -> MCItem:
 def load_jsonl(path: str | Path) -> list[MCItem]:
     """Items of a local JSONL file in the schema above; errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise AnLLMError(f"task file {path} does not exist")
-    items = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AnLLMError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            items.append(parse_item(obj, f"{path}:{n}"))
+    items = [parse_item(obj, f"{path}:{n}") for n, obj in read_jsonl(path, "task")]
     if not items:
         raise AnLLMError(f"task file {path} has no items")
     return items
