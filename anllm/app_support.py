@@ -44,6 +44,9 @@ BASE_MODES = ("full", "anchor")
 NO_PEER = "none"
 MAX_NEW_TOKENS = 1024  # app-side cap: a public demo must not be asked for unbounded work
 MAX_PROMPT_CHARS = 20_000
+MEMORY_FACT = "The code for the blue door is 4821."
+MEMORY_QUESTION = "What is the code for the blue door? Answer with the number only."
+MEMORY_ANSWER = "4821"
 MAX_REQUEST_S = 60.0  # compute time of one generation request, all modes together (ANLLM_MAX_REQUEST_S)
 EXPLORER_MAX_TOKENS = 160
 STATS_HEADERS = [
@@ -365,6 +368,38 @@ def _deadline_hooks(model: torch.nn.Module, deadline: list[float]):
     finally:
         for h in handles:
             h.remove()
+
+
+def memory_test_prompt(filler_chars: int = 1600) -> str:
+    """The app's memory test: a fact, about 400 tokens of KJV Genesis 12 (public domain), then the question.
+
+    Full cache vs anchor cache vs StreamingLLM at the anchor cache's size shows in seconds whether the anchors kept
+    the fact (docs/evaluation.md, "Recall", measures the same at scale).
+    """
+    from anllm.evaluation.recall import DEFAULT_FILLER
+
+    chapter = DEFAULT_FILLER.read_text(encoding="utf-8").split("\n\n")[11]
+    cut = chapter.rfind(". ", 0, filler_chars) + 1  # end on a sentence
+    return f"{MEMORY_FACT} {chapter[:cut]}\n\n{MEMORY_QUESTION}"
+
+
+def budget_matched_peer(lm: LoadedModel, prompt: str, peer: str, chat: bool) -> str:
+    """A bare ``streaming`` / ``sepllm`` peer sized to the anchor cache's entries after ``prompt`` (as
+    ``anllm eval recall --budget anchor`` does); other peers are returned unchanged.
+
+    The anchor cache's size after a prompt depends only on the token ids, so it is computed without the model.
+    """
+    from anllm.evaluation.ppl import BUDGETED
+    from anllm.generation import encode_prompt, make_cache
+
+    if peer not in BUDGETED:
+        return peer
+    ids = torch.tensor([encode_prompt(lm, prompt, chat)])
+    cache = make_cache(lm, "anchor")
+    cache.prepare(ids)
+    cache.evict()  # metadata only: no K/V is stored, the policy's keep rule runs on the token ids
+    n = max(2, int(cache.n_kept()[0]))
+    return f"{peer}:budget={n},sink={min(4, n - 1)}"
 
 
 def _produce(
@@ -768,11 +803,11 @@ class AppHandlers:
                     max_new_tokens_cap=self.max_new_tokens_cap,
                 )
                 modes = list(BASE_MODES)
-                if peer and peer != NO_PEER:
-                    if peer not in peer_policies():
-                        raise AnLLMError(f"unknown peer policy {peer!r}; choose one of {peer_policies() or 'none'}")
-                    modes.append(peer)
+                if peer and peer != NO_PEER and peer not in peer_policies():
+                    raise AnLLMError(f"unknown peer policy {peer!r}; choose one of {peer_policies() or 'none'}")
                 lm = self.registry.get(model_name)
+                if peer and peer != NO_PEER:  # at the anchor cache's size: a fair comparison of what is kept
+                    modes.append(budget_matched_peer(lm, prompt, peer, bool(chat)))
             except AnLLMError as e:
                 empty = tokens_html([])
                 yield empty, empty, empty, gr.skip(), gr.skip(), [], error_markdown(str(e))

