@@ -401,7 +401,7 @@ def write_plot(results: dict[str, dict[str, ModeResult]], path: str | Path) -> P
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
     except ImportError as e:
-        raise AnLLMError("--plot needs plotly: python3 -m pip install plotly==7.1.0") from e
+        raise AnLLMError("--plot needs plotly: python3 -m pip install 'anllm[app]' (or plotly==7.1.0)") from e
     panels = [
         ("prefill_s", "prefill time (s)"),
         ("decode_tok_s", "decode tokens/s"),
