@@ -14,6 +14,7 @@ from anllm.generation import encode_prompt, generate, generate_batch
 from tests.conftest import make_lm
 
 ROOT = Path(__file__).resolve().parents[1]  # holds custom_generate/generate.py, the layout transformers loads
+pytestmark = pytest.mark.core  # also run against transformers 5.17 (its output names the cache past_key_values)
 PROMPT = "The sun rose. Birds sang! Did the town wake? It did. People walked to the market and"
 
 
@@ -36,6 +37,11 @@ def anllm_tokens(lm, ids, mode, **gen):
     return res.tokens + ([lm.tokenizer.eos_token_id] if res.finish_reason == "eos" else []), res
 
 
+def out_cache(out):
+    """The cache of a ``return_dict_in_generate`` output: ``cache`` (transformers 5.24) or ``past_key_values``."""
+    return out.cache if hasattr(out, "cache") else out.past_key_values
+
+
 class Collector(BaseStreamer):
     def __init__(self):
         self.puts, self.ended = [], 0
@@ -54,7 +60,7 @@ def test_greedy_equals_anllm_generate(lm, mode):
     want, res = anllm_tokens(lm, ids, mode, max_new_tokens=24)
     assert out.sequences[0, : ids.shape[1]].tolist() == ids[0].tolist()
     assert out.sequences[0, ids.shape[1] :].tolist() == want
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    cache = out_cache(out)
     assert isinstance(cache, PolicyCache)
     assert int(cache.n_kept()[0]) == res.kv_entries and int(cache.n_seen[0]) == res.kv_full_entries
     if mode == "full":
@@ -68,9 +74,9 @@ def test_anchor_settings_reach_the_cache(lm):
     want, res = anllm_tokens(make_lm(window=6), ids, "anchor", max_new_tokens=8)  # same weights, a local window
     out = hf_generate(lm, ids, anchor_config={"window": 6}, max_new_tokens=8, return_dict_in_generate=True)
     assert out.sequences[0, ids.shape[1] :].tolist() == want
-    assert int(out.cache.n_kept()[0]) == res.kv_entries
+    assert int(out_cache(out).n_kept()[0]) == res.kv_entries
     plain = hf_generate(lm, ids, max_new_tokens=8, return_dict_in_generate=True)
-    assert int(plain.cache.n_kept()[0]) < res.kv_entries  # the window keeps recent entries on top
+    assert int(out_cache(plain).n_kept()[0]) < res.kv_entries  # the window keeps recent entries on top
     with pytest.raises(AnLLMError, match="unknown anchor setting"):
         hf_generate(lm, ids, anchor_config={"windw": 6}, max_new_tokens=2)
 
@@ -163,16 +169,3 @@ def test_a_forward_must_feed_the_prepared_chunk(lm):
     assert int(cache.n_seen[0]) == 10
     with pytest.raises(AnLLMError, match="without prepare"):  # evict() consumed the chunk: the next needs prepare()
         lm.model(input_ids=ids[:, 10:11], use_cache=True, **{cache_kwarg(lm.model): cache})
-
-
-@pytest.mark.slow
-def test_default_model_greedy_equals_anllm_generate():
-    from anllm.models import load_model
-
-    lm = load_model("default")
-    ids = torch.tensor([encode_prompt(lm, "Tell me about lighthouses. Keep it short.", chat=True)])
-    out = hf_generate(lm, ids, anchor_config=lm.anchor, max_new_tokens=32, return_dict_in_generate=True)
-    res = generate(lm, ids[0].tolist(), "anchor", GenerationConfig(max_new_tokens=32))
-    want = res.tokens + ([lm.tokenizer.eos_token_id] if res.finish_reason == "eos" else [])
-    assert out.sequences[0, ids.shape[1] :].tolist() == want
-    assert int(out.cache.n_kept()[0]) == res.kv_entries < res.kv_full_entries
