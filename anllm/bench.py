@@ -89,6 +89,42 @@ class ModeResult:
 
 
 # -- inputs ------------------------------------------------------------------------------------------------------
+# SmolLM2-135M's shapes (its config.json): what speed and memory depend on, with no weights needed
+SMOLLM2_SHAPE = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    rope_theta=100000.0,
+    tie_word_embeddings=True,
+)
+
+
+def shaped_model(
+    name: str, *, positions: int = 8192, dtype: torch.dtype = torch.float32, device: str = "cpu", **sizes
+) -> LoadedModel:
+    """A model for speed and memory measurements.
+
+    ``"smollm2-shape"`` is SmolLM2-135M's architecture with random weights and the character tokenizer (EP anchors
+    ``.!?``), with ``positions`` positions: timings and cache sizes depend on shapes and token ids, not weights, so
+    it stands in where the real weights cannot be had (a machine that can neither download nor receive 540 MB).
+    Its tokens are characters, so a context of N tokens covers less text than SmolLM2's. ``sizes`` override
+    :data:`SMOLLM2_SHAPE` fields. Any other name goes to :func:`anllm.models.load_model`.
+    """
+    from anllm.anchors import resolve_anchor_ids
+    from anllm.config import AnchorConfig
+    from anllm.models import load_model, tiny_model, tiny_tokenizer
+
+    if name != "smollm2-shape":
+        return load_model(name, dtype=dtype, device=device)
+    tok = tiny_tokenizer()
+    model = tiny_model(**{**SMOLLM2_SHAPE, "max_position_embeddings": positions, **sizes}).to(device, dtype)
+    cfg = AnchorConfig()
+    return LoadedModel(model, tok, cfg, resolve_anchor_ids(cfg, tok), name, ["random weights, character tokens"])
+
+
 def builtin_passage() -> str:
     """The built-in English passage: KJV Genesis 1-36 (public domain), about 33.9k SmolLM2 tokens."""
     return PASSAGE_FILE.read_text(encoding="utf-8")
@@ -401,7 +437,7 @@ def write_plot(results: dict[str, dict[str, ModeResult]], path: str | Path) -> P
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
     except ImportError as e:
-        raise AnLLMError("--plot needs plotly: python3 -m pip install plotly==7.1.0") from e
+        raise AnLLMError("--plot needs plotly: python3 -m pip install 'anllm[app]' (or plotly==7.1.0)") from e
     panels = [
         ("prefill_s", "prefill time (s)"),
         ("decode_tok_s", "decode tokens/s"),

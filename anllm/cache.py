@@ -4,7 +4,8 @@ Works with stock models (no forked modeling code): before each forward pass :met
 the 4D ``attention_mask`` and explicit ``position_ids`` for the incoming chunk; the model appends K/V through the
 usual ``update``; after the pass :meth:`PolicyCache.evict` drops what the policy no longer needs. Rows are
 compacted independently, so a batch with different anchor layouts works; empty slots of shorter rows are
-marked invalid and masked.
+marked invalid and masked. A forward pass whose chunk was not registered by ``prepare`` (plain
+``model.generate(past_key_values=cache)``) raises instead of silently keeping every token.
 """
 
 from __future__ import annotations
@@ -16,9 +17,20 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from anllm.anchors import mark_anchors
+from anllm.config import AnLLMError
 from anllm.masks import combine, segment_ids, to_additive, token_positions
 from anllm.policies.base import EvictionPolicy, TokenMeta
 from anllm.policies.full import FullCachePolicy
+
+_HOW_TO_USE = (
+    "Decode through anllm instead: model.generate(..., custom_generate=<the anllm repository or its custom_generate "
+    "Hub id>, trust_remote_code=True), anllm.generate(lm, prompt), or call cache.prepare(input_ids) before and "
+    "cache.evict() after each forward (anllm.generation.forward_chunk does both)."
+)
+_UNPREPARED = (
+    "PolicyCache was used by a model forward without prepare() for that chunk (plain model.generate(..., "
+    "past_key_values=PolicyCache(...)) does this): it would keep every token and skip the anchor mask. " + _HOW_TO_USE
+)
 
 
 class PolicyCache(DynamicCache):
@@ -120,6 +132,22 @@ class PolicyCache(DynamicCache):
             idx = index[:, None, :, None].expand(B, H, M, D)  # (B, H_kv, M, D)
             layer.keys = layer.keys.gather(2, idx)
             layer.values = layer.values.gather(2, idx.expand(B, layer.values.shape[1], M, layer.values.shape[3]))
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
+        """Append a layer's K/V ``(B, H_kv, Q, D)`` for the chunk registered by :meth:`prepare`.
+
+        Raises:
+            AnLLMError: when no chunk is registered, or the chunk has another length: a model forward that did not
+                go through :meth:`prepare` would get a full (never evicted) cache without the anchor mask.
+        """
+        if self._pending is None:
+            raise AnLLMError(_UNPREPARED)
+        if key_states.shape[-2] != self._pending.token.shape[1]:
+            raise AnLLMError(
+                f"PolicyCache.update got {key_states.shape[-2]} tokens but prepare() registered "
+                f"{self._pending.token.shape[1]}; feed the model exactly the chunk given to prepare(). {_HOW_TO_USE}"
+            )
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     # -- statistics -------------------------------------------------------------------------------------------
     def n_kept(self) -> Tensor:

@@ -7,17 +7,34 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
+import platform
 import sys
 
+from anllm import __version__
 from anllm.config import AnLLMError
 
 COMMANDS = ("generate", "verify", "train", "eval", "bench", "app")
+# optional packages -> the pyproject extra that installs them (tests/test_packaging.py checks they agree)
+EXTRAS = {"gradio": "app", "plotly": "app", "accelerate": "train", "sacrebleu": "eval", "lm_eval": "harness"}
+
+
+def version_line() -> str:
+    """``anllm X (torch Y, transformers Z, Python W)``: what a bug report needs, read without importing."""
+    deps = []
+    for name in ("torch", "transformers"):
+        try:
+            deps.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            deps.append(f"{name} not installed")
+    return f"anllm {__version__} ({', '.join(deps)}, Python {platform.python_version()})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anllm", description="Anchor-based LLMs: AnSAN masks and anchor KV caches")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         try:
@@ -37,6 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except AnLLMError as e:
         print(f"anllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"anllm {args.command}: error: this needs {e.name.split('.')[0]}, an optional dependency: "
+            f"python3 -m pip install 'anllm[{extra}]' (in a checkout: python3 -m pip install '.[{extra}]')",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

@@ -223,7 +223,12 @@ def _apply_adapter(model, adapter_dir: Path, notes: list[str]) -> tuple[torch.nn
     anchor = _adapter_anchor(adapter_dir / "anchor.json")
     try:
         from peft import PeftModel
-
+    except ImportError as e:
+        raise AnLLMError(
+            "the default model's anchor adapter needs peft, a core dependency of anllm missing here: "
+            "python3 -m pip install 'peft>=0.15' (or reinstall anllm); --model smollm2-135m runs without it"
+        ) from e
+    try:
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     except Exception as e:  # noqa: BLE001 - any failure here means the adapter files are unusable
         files = " / ".join(str(adapter_dir / n) for n in ADAPTER_FILES[:2])

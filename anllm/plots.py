@@ -7,7 +7,12 @@ records with the fields of :class:`anllm.generation.GenerationResponse` (``step`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import base64
+import importlib.util
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +20,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 MB = 1e6
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+_CHROMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 MODE_COLORS = {"full": "#64748b", "anchor": "#ea580c"}
 _PALETTE = ("#2563eb", "#16a34a", "#9333ea", "#db2777", "#0891b2")
 
@@ -262,3 +269,53 @@ def recall_figure(
     fig.update_xaxes(title="distance between the fact and the question (tokens)", type="log")
     fig.update_yaxes(title="exact match (%)", range=[0, 100])
     return _layout(fig, title, height, "recall")
+
+
+# -- static images in notebooks ------------------------------------------------------------------------------------
+def static_export_available() -> bool:
+    """True when plotly can write PNGs here: kaleido is installed and finds a Chrome or Chromium to drive."""
+    if importlib.util.find_spec("kaleido") is None:
+        return False
+    return bool(os.environ.get("BROWSER_PATH")) or any(shutil.which(name) for name in _CHROMES)
+
+
+def notebook_renderer() -> str:
+    """The plotly renderer of the tutorial notebooks.
+
+    With kaleido and a Chrome/Chromium: the figure as JSON (interactive in JupyterLab and VS Code) plus a static
+    PNG, which viewers that run no JavaScript show instead (GitHub, Hub previews, Colab's view of saved outputs).
+    Without: the JSON plus a small HTML loader taking plotly.js from the CDN.
+    """
+    return "plotly_mimetype+png" if static_export_available() else "plotly_mimetype+notebook_connected"
+
+
+def add_static_images(path: str | Path, to_png: Callable[[dict], bytes] | None = None) -> int:
+    """Give every plotly figure saved in notebook ``path`` the output :func:`notebook_renderer` writes with kaleido.
+
+    Each figure output keeps its plotly JSON, gains an ``image/png`` rendered from it and loses the ``text/html``
+    loader (GitHub would show that, blank, instead of the image), so committed outputs look as a re-run with kaleido
+    would leave them, without re-running. ``to_png`` maps a figure dict to PNG bytes (default: plotly's ``png``
+    renderer, which needs kaleido). Returns how many outputs changed; figures that already have a PNG are left alone.
+    """
+    import nbformat
+
+    if to_png is None:
+        import plotly.io as pio
+
+        def to_png(fig: dict) -> bytes:
+            return base64.b64decode(pio.renderers["png"].to_mimebundle(fig)["image/png"])
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    changed = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if PLOTLY_MIME not in data or "image/png" in data:
+                continue
+            data["image/png"] = base64.b64encode(to_png(data[PLOTLY_MIME])).decode("ascii")
+            data.pop("text/html", None)
+            changed += 1
+    if changed:
+        nbformat.write(nb, path)
+    return changed

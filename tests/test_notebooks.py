@@ -6,6 +6,7 @@ spec written into a temporary directory that runs this interpreter (``sys.execut
 same ``anllm`` and libraries as the tests, whatever kernels the machine has installed.
 """
 
+import base64
 import json
 import sys
 import time
@@ -72,6 +73,9 @@ def test_committed_notebook_structure_and_outputs(name):
     figures = [o for c in code for o in c.outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
     assert figures, f"{name} shows no figure"
     for fig in figures:
+        # a static PNG beside the interactive JSON, and no HTML loader that GitHub would show blank instead of it
+        assert "image/png" in fig.data and "text/html" not in fig.data, f"{name}: a figure has no static image"
+        assert base64.b64decode(fig.data["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
         layout = fig.data["application/vnd.plotly.v1+json"]["layout"]
         assert layout.get("title", {}).get("text"), f"{name}: a figure has no title"
         axes = [v for k, v in layout.items() if k.startswith(("xaxis", "yaxis")) and not k.startswith("yaxis2")]
@@ -106,3 +110,28 @@ def test_notebook_runs_in_smoke_mode(name, tmp_path, monkeypatch):
     setup = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "mode: SMOKE run" in setup
     assert path.read_bytes() == committed, "the committed notebook must not be modified by the test"
+
+
+def test_add_static_images_gives_each_figure_a_png(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from anllm import plots
+
+    fig = go.Figure(go.Scatter(y=[1, 3, 2]), layout={"title": {"text": "t"}})
+    bundle = {**pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict()), "text/html": "<div>loader</div>"}
+    out = nbformat.v4.new_output("display_data", data=bundle)
+    text = nbformat.v4.new_output("stream", text="hello\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("fig", outputs=[out, text])])
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    seen = []
+    fake_png = b"\x89PNG\r\n\x1a\nfake"
+    assert plots.add_static_images(path, to_png=lambda f: seen.append(f) or fake_png) == 1
+    data = nbformat.read(path, as_version=4).cells[0].outputs[0].data
+    assert sorted(data) == ["application/vnd.plotly.v1+json", "image/png"]
+    assert base64.b64decode(data["image/png"]) == fake_png and seen == [bundle["application/vnd.plotly.v1+json"]]
+    assert plots.add_static_images(path, to_png=lambda f: fake_png) == 0  # already done: left alone
+
+    monkeypatch.setattr(plots.importlib.util, "find_spec", lambda name: None)  # no kaleido
+    assert plots.notebook_renderer() == "plotly_mimetype+notebook_connected"

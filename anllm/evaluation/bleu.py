@@ -32,7 +32,7 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
     try:
         import sacrebleu
     except ImportError as e:
-        raise AnLLMError("BLEU needs sacrebleu: python3 -m pip install sacrebleu==2.6.0") from e
+        raise AnLLMError("BLEU needs sacrebleu: python3 -m pip install 'anllm[eval]' (or sacrebleu==2.6.0)") from e
     return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
 
 

@@ -134,7 +134,7 @@ def register_with_lm_eval():
     except ImportError as e:
         raise AnLLMError(
             "the harness integration needs lm-evaluation-harness: python3 -m pip install lm_eval==0.4.13 "
-            "(about 620 MB with its dependencies); `anllm eval qa` works without it"
+            "(or 'anllm[harness]'; about 620 MB with its dependencies); `anllm eval qa` works without it"
         ) from e
 
     @register_model("anllm")
