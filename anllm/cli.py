@@ -12,7 +12,7 @@ import sys
 
 from anllm.config import AnLLMError
 
-COMMANDS = ("generate", "verify", "train", "eval", "bench", "app")
+COMMANDS = ("generate", "compress", "chat", "verify", "train", "eval", "bench", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:
