@@ -53,7 +53,8 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     with torch.no_grad():
         for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
             flat = p.detach().reshape(-1)  # (N,)
-            idx = torch.linspace(0, flat.numel() - 1, min(N_SAMPLES, flat.numel()), device=flat.device).long()
+            n = min(N_SAMPLES, flat.numel())
+            idx = torch.arange(n, device=flat.device) * (flat.numel() - 1) // max(n - 1, 1)  # (n,) exact integers
             h.update(f"{name}:{tuple(p.shape)}".encode())
             h.update(flat[idx].to("cpu", torch.float64).numpy().tobytes())
     return h.hexdigest()
