@@ -308,9 +308,11 @@ def read_cache(lm, path: str | os.PathLike, mode: str | EvictionPolicy | None = 
     record, tensors = _read(path, device)
     try:
         policy = check_model(record, lm, mode)
-    except (KeyError, TypeError) as e:
+        return SavedCache(_build(record, tensors, lm, policy, path), record, path)
+    except AnLLMError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a record this version did not write
         raise AnLLMError(f"{path} is not a consistent anllm cache file (bad record: {e!r}); write it again") from None
-    return SavedCache(_build(record, tensors, lm, policy, path), record, path)
 
 
 def load_cache(lm, path: str | os.PathLike, mode: str | EvictionPolicy | None = None) -> PolicyCache:
