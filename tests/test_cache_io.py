@@ -294,3 +294,13 @@ def test_default_model_loaded_cache_is_exact_float64(tmp_path):
         ref = reference_logits(lm, session.cache.policy, torch.cat([doc, q], 1))[:, doc.shape[1] :]
     assert (got - mem).abs().max() <= 1e-10
     assert (got - ref).abs().max() <= 1e-4
+
+
+def test_tokenizer_fingerprint_follows_changes_to_the_same_tokenizer():
+    tok = make_lm("llama", "ep").tokenizer
+    first = cache_io.tokenizer_fingerprint(tok)
+    assert cache_io.tokenizer_fingerprint(tok) == first
+    tok.chat_template = "{{ messages }}"
+    second = cache_io.tokenizer_fingerprint(tok)
+    tok.add_tokens(["<new>"])
+    assert len({first, second, cache_io.tokenizer_fingerprint(tok)}) == 3
