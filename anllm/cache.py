@@ -177,5 +177,22 @@ class PolicyCache(DynamicCache):
                     total += t.numel() * t.element_size()
         return total
 
+    # -- saved caches (anllm/cache_io.py) ---------------------------------------------------------------------
+    def save(self, path, lm, extra: dict | None = None):
+        """Write this cache to ``path`` (one safetensors file, atomic); ``lm`` is the model that computed it.
+
+        ``lm`` is needed because the file records a fingerprint of the weights and tokenizer, which the cache does
+        not hold. Load it back with :func:`anllm.cache_io.load_cache`.
+        """
+        from anllm.cache_io import save_cache
+
+        return save_cache(self, lm, path, extra)
+
+    def copy(self, batch_size: int | None = None) -> PolicyCache:
+        """An independent copy (a one-row cache may be repeated into ``batch_size`` rows)."""
+        from anllm.cache_io import copy_cache
+
+        return copy_cache(self, batch_size)
+
 
 AnchorCache = PolicyCache  # the name the paper's readers look for

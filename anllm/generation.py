@@ -268,19 +268,27 @@ class _TextTracker:
 
 
 def stream_generate(
-    lm: LoadedModel, prompt: str | list[int], mode: str | EvictionPolicy = "anchor", gen: GenerationConfig | None = None
+    lm: LoadedModel,
+    prompt: str | list[int],
+    mode: str | EvictionPolicy = "anchor",
+    gen: GenerationConfig | None = None,
+    *,
+    cache: PolicyCache | None = None,
 ) -> Iterator[GenerationResponse]:
     """Generate for one prompt, yielding a :class:`GenerationResponse` per token.
 
-    ``prompt`` is text (chat template applied when ``gen.chat`` and available) or token ids.
+    ``prompt`` is text (chat template applied when ``gen.chat`` and available) or token ids. ``cache``: continue
+    a one-row cache that already holds earlier text (a saved document, a chat); it is extended in place and its own
+    policy replaces ``mode``. The last sampled token is not fed into it.
     """
     gen = gen or GenerationConfig()
     model = lm.model
     ids = encode_prompt(lm, prompt, gen.chat) if isinstance(prompt, str) else list(prompt)
     if not ids:
         raise AnLLMError("the prompt is empty: give some text to continue or a question to answer")
-    check_fits(lm, len(ids))
-    check_max_new_tokens(lm, len(ids), gen.max_new_tokens)  # refused, never clamped
+    n_cached = int(cache.n_seen.max()) if cache is not None and cache.n_seen is not None else 0
+    check_fits(lm, n_cached + len(ids), "the cached text and the prompt have" if n_cached else "the prompt has")
+    check_max_new_tokens(lm, n_cached + len(ids), gen.max_new_tokens)  # refused, never clamped
     max_new = gen.max_new_tokens
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
@@ -289,7 +297,7 @@ def stream_generate(
     ac_id = lm.tokenizer.get_vocab().get(AC_TOKEN)
     tracker = _TextTracker(lm.tokenizer, {ac_id} if ac_id is not None else set(), gen.stop_strings)
     anchor_set = set(lm.anchor_ids)
-    cache = make_cache(lm, mode)
+    cache = make_cache(lm, mode) if cache is None else cache
     chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
     t0 = time.perf_counter()
     with torch.inference_mode():

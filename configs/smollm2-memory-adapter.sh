@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=runs/smollm2-memory
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # spin-waiting threads slow a shared CPU several times
 [ -f runs/corpus-broad/train.jsonl ] || bash configs/corpus-broad.sh runs/corpus-broad
 [ -f runs/memory/train.jsonl ] || "$PY" -m anllm.memory_data --corpus runs/corpus-broad/train.jsonl \
     --out runs/memory/train.jsonl --n 6000 --seed 1

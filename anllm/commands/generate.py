@@ -17,6 +17,7 @@ def register(sub) -> None:
     p.add_argument(
         "--mode", default=None, help="cache policy: full | anchor (default: anchor if the model was trained for it)"
     )
+    p.add_argument("--cache", default=None, help="continue a file written by anllm compress (the prompt is a question)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -46,6 +47,7 @@ def run(args) -> int:
     lm = load_from_args(args)
     for note in lm.notes:
         print(f"note: {note}", file=sys.stderr)
+    responses = _from_cache(lm, args, gen, prompt) if args.cache else None
     if args.mode is None:
         args.mode = lm.default_mode
         if args.mode == "full":
@@ -55,7 +57,7 @@ def run(args) -> int:
                 file=sys.stderr,
             )
     text, last, n_anchor = [], None, 0
-    for r in stream_generate(lm, prompt, args.mode, gen):
+    for r in responses or stream_generate(lm, prompt, args.mode, gen):
         text.append(r.text)
         n_anchor += r.is_anchor
         last = r
@@ -92,3 +94,12 @@ def run(args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _from_cache(lm, args, gen, prompt):
+    """The answer stream for ``prompt`` asked of the document saved in ``args.cache`` (a fresh copy of it)."""
+    from anllm.chat import ChatSession
+
+    session = ChatSession.load(lm, args.cache, args.mode, gen=gen)
+    args.mode = type(session.cache.policy).name
+    return session.ask(prompt)
