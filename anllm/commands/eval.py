@@ -134,10 +134,12 @@ def run_recall(args) -> int:
         _check_writable(args.plot)
     lm = load_from_args(args)
     items = user or builtin_items(lm, seed=args.seed, distances=distances, n=args.n, families=families, filler=filler)
-    bar = tqdm(total=len(items) * len(modes), desc="recall", unit="run", file=sys.stderr)
+    bars = []  # created at the first finished run: a setting refused up front prints only its error line
 
     def progress(done: int, total: int) -> None:
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(total=total, desc="recall", unit="run", file=sys.stderr))
+        bars[0].update(done - bars[0].n)
 
     res = evaluate_recall(
         lm,
@@ -149,7 +151,8 @@ def run_recall(args) -> int:
         max_new_tokens=args.max_new_tokens,
         progress=progress,
     )
-    bar.close()
+    for bar in bars:
+        bar.close()
     print(f"{'mode':<10} {'family':<8} {'distance':>8} {'n':>3} {'EM':>6} {'logp':>7} {'KV':>8}", file=sys.stderr)
     for r in res.rows:
         print(
