@@ -41,6 +41,7 @@ TEXT_OPTIONS = [
     (["eval", "bleu", *TINY, "--ref", "{good}", "--src", "{f}"], {}),
     (["train", "--config", "{f}"], {}),
     (["eval", "recall", *TINY, "--distances", "40", "--n", "1", "--filler-file", "{f}", "--plot", "{keep}"], {}),
+    (["compress", *TINY, "--text-file", "{f}", "-o", "{keep}"], {}),
 ]
 JSONL_OPTIONS = [  # a JSONL file has no size cap (training data may be large); empty means no items
     (["eval", "qa", *TINY, "--task", "{f}"], {"empty": "has no items", "blank": "has no items"}),
@@ -103,6 +104,9 @@ CONTENT_CASES = [
         "{f}:1: 'answer' must be a non-empty string (got int)",
     ),
     (["eval", "recall", *TINY, "--distances", "40,x"], None, None, "--distances must be comma-separated integers"),
+    (["generate", *TINY, "--cache", "{f}", "--prompt", "Hi."], "doc.kv", "not a cache", "not a readable anllm cache"),
+    (["chat", *TINY, "--cache", "{f}"], "doc.kv", "", "not a readable anllm cache"),
+    (["generate", *TINY, "--cache", "{f}/none.kv", "--prompt", "Hi."], "d", "x", "does not exist"),
     (["eval", "recall", *TINY, "--distances", "9000", "--n", "1"], None, None, "distance 9000 needs"),
     (["eval", "recall", *TINY, "--families", "single,poems"], None, None, "unknown recall families ['poems']"),
     (["train", "--set", "lr=[1,"], None, None, "--set 'lr=[1,': the value is not valid YAML"),
