@@ -36,7 +36,7 @@ from anllm.generation import GenerationResponse, stream_generate
 from anllm.masks import ansan_mask
 from anllm.models import BUILTIN_MODELS, LoadedModel, load_model
 from anllm.plots import MB, kv_cache_spec, mask_figure, schedule_figure, speed_spec
-from anllm.policies import POLICIES, AnchorPolicy
+from anllm.policies import BUDGETED, POLICIES, AnchorPolicy, budget_spec
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +389,6 @@ def budget_matched_peer(lm: LoadedModel, prompt: str, peer: str, chat: bool) -> 
 
     The anchor cache's size after a prompt depends only on the token ids, so it is computed without the model.
     """
-    from anllm.evaluation.ppl import BUDGETED
     from anllm.generation import encode_prompt, make_cache
 
     if peer not in BUDGETED:
@@ -399,7 +398,7 @@ def budget_matched_peer(lm: LoadedModel, prompt: str, peer: str, chat: bool) -> 
     cache.prepare(ids)
     cache.evict()  # metadata only: no K/V is stored, the policy's keep rule runs on the token ids
     n = max(2, int(cache.n_kept()[0]))
-    return f"{peer}:budget={n},sink={min(4, n - 1)}"
+    return budget_spec(peer, n)
 
 
 def _produce(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from anllm.config import AnLLMError
 
@@ -229,18 +229,21 @@ class MemoryItem:
     fact: str = ""  # the sentence stating the answer
 
     def to_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "family": self.family,
-            "distance": self.distance,
-            "context": self.context,
-            "question": self.question,
-            "answer": self.answer,
-            "kind": self.kind,
-            "template": self.template,
-            "turns": [list(t) for t in self.turns],
-            "fact": self.fact,
-        }
+        return {**asdict(self), "turns": [list(t) for t in self.turns]}
+
+    def messages(self) -> list[dict[str, str]]:
+        """Chat messages ending with the question: the chat family's turns, else one user turn."""
+        if self.turns:
+            return [{"role": r, "content": x} for r, x in self.turns]
+        return [{"role": "user", "content": f"{self.context}\n\n{self.question}".strip()}]
+
+    def plain_prompt(self) -> str:
+        """The prompt without a chat template: the context (turns as ``role: text`` lines), a blank line, then
+        ``Question: ... Answer:`` (a question already ending in ``Answer:``, as few-shot items do, is kept as is)."""
+        body = "\n".join(f"{r}: {x}" for r, x in self.turns[:-1]) if self.turns else self.context
+        question = self.turns[-1][1] if self.turns else self.question
+        tail = question if question.rstrip().endswith("Answer:") else f"Question: {question}\nAnswer:"
+        return f"{body}\n\n{tail}".strip()
 
 
 class _Filler:

@@ -33,11 +33,7 @@ def corpus_filler(corpus: str | Path, *, max_docs: int = 4000, seed: int = 0) ->
 def item_record(item: MemoryItem, tokenizer, rng: random.Random, *, chat: bool, answer_weight: float) -> dict:
     """The segment record of one item (prompt, answer, end of turn)."""
     if chat and getattr(tokenizer, "chat_template", None):
-        if item.turns:
-            messages = [{"role": r, "content": x} for r, x in item.turns]
-        else:
-            messages = [{"role": "user", "content": f"{item.context}\n\n{item.question}"}]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = tokenizer.apply_chat_template(item.messages(), add_generation_prompt=True, tokenize=False)
         style = rng.choice(CHAT_ANSWERS)
         answer = style.format(answer=item.answer, fact=item.fact or f"{item.answer}.")
         end = (tokenizer.eos_token or "") + "\n"
@@ -48,11 +44,9 @@ def item_record(item: MemoryItem, tokenizer, rng: random.Random, *, chat: bool, 
                 {"text": end, "weight": 1.0},
             ]
         }
-    body = "\n".join(f"{r}: {x}" for r, x in item.turns[:-1]) if item.turns else item.context
-    question = item.turns[-1][1] if item.turns else item.question
     return {
         "segments": [
-            {"text": f"{body}\n\nQuestion: {question}\nAnswer:", "weight": 1.0},
+            {"text": item.plain_prompt(), "weight": 1.0},
             {"text": f" {item.answer}.", "weight": answer_weight, "target": True},
         ]
     }

@@ -18,10 +18,8 @@ from anllm.config import AnLLMError
 from anllm.evaluation.metrics import perplexity_from_nll
 from anllm.generation import check_fits, forward_chunk, make_cache
 from anllm.models import LoadedModel
-from anllm.policies import EvictionPolicy
+from anllm.policies import BUDGETED, EvictionPolicy, budget_spec
 from anllm.progress import progress_bar
-
-BUDGETED = ("streaming", "sepllm")  # bare mode names that a budget resizes
 
 
 @dataclass
@@ -165,6 +163,6 @@ def perplexity_text(
         spec = m
         if budget is not None and m in BUDGETED:
             n = max(2, round(out[budget].kv_kept_mean)) if isinstance(budget, str) else int(budget)
-            spec = f"{m}:budget={n},sink={min(4, n - 1)}"
+            spec = budget_spec(m, n)
         out[m] = replace(perplexity(lm, ids, lm.policy(spec), chunk_size=chunk_size, progress=progress), mode=spec)
     return {m: out[m] for m in modes}

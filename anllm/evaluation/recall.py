@@ -20,10 +20,10 @@ import torch
 
 from anllm.anchors import insert_ac
 from anllm.config import AnLLMError, GenerationConfig
-from anllm.evaluation.ppl import BUDGETED
 from anllm.generation import decode_step, eos_ids, forward_chunk, make_cache, prefill, sample_next
 from anllm.memory import FAMILIES, MemoryItem, make_items
 from anllm.models import LoadedModel
+from anllm.policies import BUDGETED, budget_spec
 from anllm.textio import read_jsonl
 
 DEFAULT_DISTANCES = (64, 256, 1024, 2048, 4096)
@@ -60,24 +60,13 @@ def render(lm: LoadedModel, item: MemoryItem, *, chat: bool = True) -> tuple[lis
             question=insert_ac(item.question),
             turns=tuple((r, insert_ac(x)) for r, x in item.turns),
         )
-    question = item.question
     if chat and getattr(tok, "chat_template", None):
-        if item.turns:
-            messages = [{"role": r, "content": x} for r, x in item.turns]
-        else:
-            messages = [{"role": "user", "content": f"{item.context}\n\n{question}".strip()}]
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = tok.apply_chat_template(item.messages(), add_generation_prompt=True, tokenize=True)
         if hasattr(ids, "keys"):
             ids = ids["input_ids"]
         answer = tok(item.answer, add_special_tokens=False)["input_ids"]
         return list(ids), list(answer)
-    if item.turns:
-        body = "\n".join(f"{r}: {x}" for r, x in item.turns[:-1])
-        question = item.turns[-1][1]
-    else:
-        body = item.context
-    tail = question if question.rstrip().endswith("Answer:") else f"Question: {question}\nAnswer:"
-    ids = tok(f"{body}\n\n{tail}".strip())["input_ids"]
+    ids = tok(item.plain_prompt())["input_ids"]
     return list(ids), list(tok(" " + item.answer, add_special_tokens=False)["input_ids"])
 
 
@@ -264,7 +253,7 @@ def evaluate_recall(
         for m in order:
             spec = m
             if budget is not None and m in BUDGETED and matched is not None:
-                spec = f"{m}:budget={matched},sink={min(4, matched - 1)}"
+                spec = budget_spec(m, matched)
             s = score_item(
                 lm, prompt, it.answer, ans, lm.policy(spec), chunk_size=chunk_size, max_new_tokens=max_new_tokens
             )

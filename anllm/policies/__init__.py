@@ -13,9 +13,16 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
     "sepllm": SepLLMPolicy,
 }
 
-from anllm.policies.spec import parse_spec, policy_from_spec, split_modes  # noqa: E402 - needs POLICIES
+from anllm.policies.spec import (  # noqa: E402 - needs POLICIES
+    BUDGETED,
+    budget_spec,
+    parse_spec,
+    policy_from_spec,
+    split_modes,
+)
 
 __all__ = [
+    "BUDGETED",
     "POLICIES",
     "AnchorPolicy",
     "EvictionPolicy",
@@ -23,6 +30,7 @@ __all__ = [
     "SepLLMPolicy",
     "StreamingPolicy",
     "TokenMeta",
+    "budget_spec",
     "parse_spec",
     "policy_from_spec",
     "split_modes",

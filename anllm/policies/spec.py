@@ -79,6 +79,15 @@ def policy_from_spec(spec: str, lm=None) -> EvictionPolicy:
     return cls(**kwargs)
 
 
+BUDGETED = ("streaming", "sepllm")  # bare mode names that a budget resizes
+
+
+def budget_spec(name: str, entries: int) -> str:
+    """The spec of a bare budgeted mode sized to ``entries`` KV entries (at most 4 of them sinks), e.g. to match
+    another cache's size: ``budget_spec("streaming", 30)`` -> ``"streaming:budget=30,sink=4"``."""
+    return f"{name}:budget={entries},sink={min(4, entries - 1)}"
+
+
 def _default(cls, field: str, fallback: int) -> int:
     for f in dataclasses.fields(cls):
         if f.name == field and f.default is not dataclasses.MISSING:
