@@ -50,7 +50,9 @@ def registry():
 
 @pytest.fixture(scope="module")
 def handlers(registry):
-    return AppHandlers(registry, interval_s=0.0, plot_interval_s=0.0)
+    # no time limit: these tests pin numbers, not speed; a loaded CI machine must not cut a mode short
+    # (the limit has its own tests in test_app_server.py)
+    return AppHandlers(registry, interval_s=0.0, plot_interval_s=0.0, max_request_s=None)
 
 
 def raw_handler(h, prompt=PROMPT, model=None, peer="none", chat=False, max_new=40, temp=0.0, top_p=1.0, top_k=0,
@@ -146,7 +148,7 @@ def test_modes_run_sequentially(registry):
 
 
 def test_plot_updates_are_throttled(registry):
-    h = AppHandlers(registry, interval_s=0.0, plot_interval_s=3600.0)
+    h = AppHandlers(registry, interval_s=0.0, plot_interval_s=3600.0, max_request_s=None)
     outs = raw_handler(h, max_new=200)
     assert len(outs) >= 5
     figs = [o[3] for o in outs if as_figure(o[3]) is not None]
@@ -283,7 +285,7 @@ def test_peer_policy_gets_a_third_column(registry, monkeypatch):
 
     monkeypatch.setitem(POLICIES, "peer-test", Peer)
     assert "peer-test" in app_support.peer_policies()
-    h = AppHandlers(registry, interval_s=0.0)
+    h = AppHandlers(registry, interval_s=0.0, max_request_s=None)
     outs = run_handler(h, peer="peer-test", max_new=10)
     assert outs[-1][6].startswith("✅")
     assert [row[0] for row in outs[-1][5]] == ["full", "anchor", "peer-test"]
