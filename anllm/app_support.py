@@ -73,8 +73,11 @@ TOKENS_CSS = """
 
 
 # -- Spaces -----------------------------------------------------------------------------------------------------
-def maybe_gpu(fn: Callable, duration: int = 120) -> Callable:
-    """``spaces.GPU(duration=...)(fn)`` when the ``spaces`` package is installed (ZeroGPU), else ``fn`` unchanged."""
+def maybe_gpu(fn: Callable, duration: int | Callable[..., int] = 120) -> Callable:
+    """``spaces.GPU(duration=...)(fn)`` when the ``spaces`` package is installed (ZeroGPU), else ``fn`` unchanged.
+
+    ``duration``: seconds, or a callable taking ``fn``'s arguments (see :func:`anllm.zerogpu.gpu_duration`).
+    """
     try:
         import spaces  # noqa: PLC0415 - optional, only on Hugging Face Spaces
     except ImportError:

@@ -30,6 +30,7 @@ from anllm.app_support import (
 )
 from anllm.commands.app import DEFAULT_QUEUE_SIZE, default_model_name
 from anllm.config import AnLLMError
+from anllm.zerogpu import gpu_duration
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def build_demo(
 
         gen_inputs = [prompt, model, peer, chat, max_new, temperature, top_p, top_k, rep, seed]
         gen_outputs = [full_out, anchor_out, peer_out, kv_plot, speed_plot, stats, status]
-        generate = maybe_gpu(h.generate)
+        generate = maybe_gpu(h.generate, duration=gpu_duration(h))  # a GPU slot sized to the request (ZeroGPU)
         run = dict(fn=generate, inputs=gen_inputs, outputs=gen_outputs, concurrency_id="model", concurrency_limit=1)
         ev_click = go.click(api_name="generate", **run)
         ev_submit = prompt.submit(api_name=False, **run)

@@ -3,6 +3,7 @@
 Run ``python app/app.py`` (or ``anllm app``); flags ``--host`` (default 127.0.0.1), ``--port`` and ``--model``,
 or the environment variables ``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT`` and ``ANLLM_MODEL`` (Spaces).
 Importing this file builds ``demo`` without loading a model or starting a server (``gradio app/app.py`` reloads).
+``python app/deploy.py OUT`` assembles a Hugging Face Space from this file (docs/app.md, "Hugging Face Spaces").
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Gradio's usage analytics stay off unless the host sets GRADIO_ANALYTICS_ENABLED=True (an offline demo must not
 # try to phone home); set before gradio is imported, as it reads the variable then.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+# Hugging Face ZeroGPU: `spaces` must be imported before torch (anllm imports it) and before any device is chosen;
+# on ZeroGPU hardware it makes torch report the GPU it attaches to `@spaces.GPU` calls, so the model is placed on
+# cuda at start-up and generation runs on the GPU. Elsewhere the package is absent or changes nothing.
+try:
+    import spaces  # noqa: F401
+except ImportError:
+    pass
 
 try:
     import anllm  # noqa: F401
