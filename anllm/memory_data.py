@@ -18,6 +18,7 @@ import math
 import random
 from pathlib import Path
 
+from anllm.config import AnLLMError
 from anllm.memory import CHAT_OPENERS_TRAIN, TRAIN_TEMPLATES, MemoryItem, filler_sentences, make_items
 
 CHAT_ANSWERS = ("{answer}.", "The answer is {answer}.", "It is {answer}.", "{fact}")
@@ -64,6 +65,11 @@ def build_memory_data(
     answer_weight: float = 4.0,
 ) -> dict:
     """Write ``n`` memory records (single, multi, chat families; distances log-uniform) to ``out``."""
+    if not 1 <= min_distance <= max_distance:
+        raise AnLLMError(
+            f"memory data: distances must satisfy 1 <= min_distance <= max_distance, got {min_distance} and "
+            f"{max_distance}; pass e.g. --min-distance 48 --max-distance 900"
+        )
     rng = random.Random(seed)
     filler = filler_sentences(corpus_filler(corpus, seed=seed))
     lo, hi = math.log(min_distance), math.log(max_distance)
@@ -102,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m", help="whose tokenizer measures distances and renders chats")
     p.add_argument("--n", type=int, default=6000)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--max-distance", type=int, default=800)
+    p.add_argument("--min-distance", type=int, default=16, help="shortest filler between fact and question (tokens)")
+    p.add_argument("--max-distance", type=int, default=800, help="longest filler (tokens; distances are log-uniform)")
     p.add_argument("--answer-weight", type=float, default=4.0)
     args = p.parse_args(argv)
     from transformers import AutoTokenizer
@@ -117,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         tok,
         n=args.n,
         seed=args.seed,
+        min_distance=args.min_distance,
         max_distance=args.max_distance,
         answer_weight=args.answer_weight,
     )

@@ -4,8 +4,12 @@
 #   2. 6,000 memory items (python -m anllm.memory_data: training templates only, filler from that corpus, seed 1);
 #   3. stage M1, steps 0-250: from the shipped adapter, configs/smollm2-memory-adapter.yaml as committed
 #      (constant lr 2e-4; answer tokens: KL x4 + ground-truth LM loss x1);
-#   4. stage M2, steps 250-3000: the same run resumed with target_lm_weight=8 (at step 175 recall through the anchor
-#      cache was still 0 %: the answer's share of the objective was too small next to the prose tokens' KL).
+#   4. stage M2, steps 250-500: the same run resumed with target_lm_weight=8 (at step 175 recall through the anchor
+#      cache was still 0 %: the answer's share of the objective was too small next to the prose tokens' KL);
+#   5. stage M3, steps 500-3000: memory items only, a second set at longer distances (48-900 tokens, seed 2): at step
+#      450 anchor recall was 25 % at 256 tokens and 0 % at 1,024; half of M2's steps were prose blocks, and the
+#      first set's distances (log-uniform 16-800) put the median at ~110 tokens. The filler is corpus prose, so the
+#      items still carry the KL to the full-attention teacher on every prose token.
 # Resumable: rerun this script after a stop and it continues from the newest checkpoint (the data order is a
 # function of the step). MAX_STEPS=N stops earlier (the schedule is constant, so the order does not depend on it).
 set -euo pipefail
@@ -18,6 +22,8 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # spin-waiting threads slow 
 [ -f runs/corpus-broad/train.jsonl ] || bash configs/corpus-broad.sh runs/corpus-broad
 [ -f runs/memory/train.jsonl ] || "$PY" -m anllm.memory_data --corpus runs/corpus-broad/train.jsonl \
     --out runs/memory/train.jsonl --n 6000 --seed 1
+[ -f runs/memory/train-long.jsonl ] || "$PY" -m anllm.memory_data --corpus runs/corpus-broad/train.jsonl \
+    --out runs/memory/train-long.jsonl --n 6000 --seed 2 --min-distance 48 --max-distance 900
 step() { "$PY" - "$1" <<'PY'
 import sys
 from pathlib import Path
@@ -34,4 +40,8 @@ if [ "$S" -lt 250 ]; then
     "$PY" -m anllm -v train --config "$CFG" "${RESUME[@]}" --set max_steps=250
     RESUME=(--resume)
 fi
-"$PY" -m anllm -v train --config "$CFG" "${RESUME[@]}" --set max_steps="${MAX_STEPS:-3000}" --set target_lm_weight=8
+if [ "$S" -lt 500 ]; then
+    "$PY" -m anllm -v train --config "$CFG" "${RESUME[@]}" --set max_steps=500 --set target_lm_weight=8
+fi
+"$PY" -m anllm -v train --config "$CFG" --resume --set max_steps="${MAX_STEPS:-3000}" --set target_lm_weight=8 \
+    --set "train_files=[runs/memory/train-long.jsonl]"

@@ -181,3 +181,15 @@ def test_memory_training_records_use_training_templates_only(tmp_path):
         question = prompt["text"].rsplit("Question: ", 1)[1].split("\nAnswer:")[0]
         assert not any(rx.fullmatch(question) for rx in eval_regex), question
         assert answer["text"].strip(" .") in prompt["text"]
+
+
+def test_memory_training_distance_range_is_checked(tmp_path):
+    from anllm.memory_data import build_memory_data
+    from anllm.models import tiny_tokenizer
+
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text(json.dumps({"text": FILLER[:2000]}) + "\n")
+    for lo, hi in ((0, 100), (300, 200)):
+        with pytest.raises(AnLLMError, match="min_distance <= max_distance"):
+            build_memory_data(corpus, tmp_path / "m.jsonl", tiny_tokenizer(), n=3, min_distance=lo, max_distance=hi)
+    assert not (tmp_path / "m.jsonl").exists()  # nothing written for a refused range
