@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from anllm.ablations import AblationRow, Variant, ablation_figure, budget_figure, by_name, run_variants, with_anchor
+from anllm.ablations import AblationRow, Variant, by_name, run_variants, with_anchor
+from anllm.plots import ablation_figure, budget_figure
 from anllm.config import AC_TOKEN, AnLLMError
 from anllm.evaluation.ppl import perplexity
 from anllm.verify import masked_forward

@@ -1,5 +1,4 @@
 import time
-from importlib.resources import files
 
 import pytest
 import torch
@@ -7,6 +6,7 @@ import torch
 from anllm.anchors import add_ac_token, ep_anchor_ids, insert_ac, is_anchor, split_sentences
 from anllm.config import PRESETS, AnchorConfig, AnLLMError, preset_for
 from anllm.models import tiny_model, tiny_tokenizer
+from anllm.resources import KJV_GENESIS, read_resource
 from tests.conftest import make_lm
 from tests.sentence_cases import CASES, HELDOUT
 
@@ -122,7 +122,7 @@ def test_split_sentences_held_out_score():
 
 def test_split_sentences_is_linear():
     """8x the text takes about 8x the time (it took ~50x when every match rescanned the text before it)."""
-    text = (files("anllm") / "data" / "kjv_genesis.txt").read_text(encoding="utf-8")[:136_000]
+    text = read_resource(KJV_GENESIS)[:136_000]
 
     def seconds(t):
         best = float("inf")

@@ -1,4 +1,4 @@
-"""Unit tests of the app's handlers (anllm.app_support), called directly with the tiny random model."""
+"""Unit tests of the app's handlers (anllm.ui, anllm.explorer), called directly with the tiny random model."""
 
 from __future__ import annotations
 
@@ -18,21 +18,15 @@ import pytest
 import torch
 from gradio.components.plot import PlotData
 
-from anllm import app_support
-from anllm.app_support import (
-    AppHandlers,
-    ModelRegistry,
-    compare_stream,
-    explore_masks,
-    kv_drop_schedule,
-    make_generation_config,
-    maybe_gpu,
-    model_choices,
-)
 from anllm.config import PRESETS, AnLLMError, GenerationConfig
 from anllm.generation import forward_chunk, make_cache, stream_generate
 from anllm.masks import ansan_mask
 from anllm.policies import POLICIES, AnchorPolicy, FullCachePolicy
+from anllm.explorer import explore_masks, kv_drop_schedule
+from anllm.ui import handlers as app_support
+from anllm.ui import registry as app_registry
+from anllm.ui.handlers import AppHandlers, compare_stream, make_generation_config, maybe_gpu
+from anllm.ui.registry import ModelRegistry, model_choices
 
 PROMPT = "Hello there. How are you? I am fine!"
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,7 +193,7 @@ def test_hub_ids_fail_fast_offline(monkeypatch):
     # without the offline flags, an unreachable Hub is detected before transformers starts retrying
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(app_support, "hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(app_registry, "hub_reachable", lambda timeout_s=3.0: False)
     with pytest.raises(AnLLMError, match="Hub is unreachable"):
         reg.get("someone/never-cached")
     assert reg.loaded() == []
@@ -354,7 +348,7 @@ def test_spaces_front_matter_and_requirements():
 
 
 def test_default_model_name_follows_env(monkeypatch):
-    from anllm.commands import app as app_cmd
+    from anllm.ui import launch as app_cmd
 
     monkeypatch.delenv("ANLLM_MODEL", raising=False)
     assert app_cmd.default_model_name() == "default"

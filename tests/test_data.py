@@ -7,10 +7,10 @@ import pytest
 
 from anllm.anchors import split_sentences
 from anllm.config import AC_TOKEN, AnLLMError
-from anllm.corpus import build_corpus
-from anllm.data import IGNORE_INDEX, build_examples, collate, eval_blocks, translation_to_alpaca
 from anllm.models import tiny_tokenizer
-from anllm.training_config import TrainConfig
+from anllm.train.config import TrainConfig
+from anllm.train.corpus import build_corpus
+from anllm.train.data import IGNORE_INDEX, build_examples, collate, eval_blocks, translation_to_alpaca
 
 RECORDS = [
     {"instruction": "Name a colour. Keep it short.", "input": "", "output": "Blue. It is calm."},
@@ -51,7 +51,7 @@ def test_ac_inserted_in_prompt_and_response(tmp_path, tok):
     n_prompt = sum(lab == IGNORE_INDEX for lab in ex.labels)
     prompt_ac = ex.input_ids[:n_prompt].count(ac)
     rec = RECORDS[1]
-    from anllm.data import PREAMBLE_INPUT
+    from anllm.train.data import PREAMBLE_INPUT
 
     expected = sum(len(split_sentences(s)) for s in (PREAMBLE_INPUT, rec["instruction"], rec["input"]))
     assert prompt_ac == expected == 2 + 1 + 2
@@ -98,7 +98,7 @@ def test_packing_concatenates_documents_into_full_blocks(tmp_path, tok):
 def test_overlong_examples_truncated_warned_and_counted(tmp_path, tok, caplog):
     docs = [{"text": "x" * 50}, {"text": "short"}, {"text": "y" * 80}]
     cfg = TrainConfig(train_files=[write_jsonl(tmp_path / "l.jsonl", docs)], block_size=32)
-    with caplog.at_level(logging.WARNING, logger="anllm.data"):
+    with caplog.at_level(logging.WARNING, logger="anllm.train.data"):
         examples, stats = build_examples(cfg, tok)
     assert stats.n_truncated == 2 and [len(e.input_ids) for e in examples] == [32, 6, 32]
     assert "2 of 3 examples" in caplog.text and "truncated" in caplog.text
@@ -108,7 +108,7 @@ def test_sft_prompt_filling_the_block_is_dropped(tmp_path, tok):
     cfg = TrainConfig(mode="sft", train_files=[write_jsonl(tmp_path / "a.jsonl", RECORDS)], block_size=64)
     with pytest.raises(AnLLMError, match="empty"):
         build_examples(cfg, tok)  # the Alpaca preamble alone is longer than 64 characters
-    from anllm.data import alpaca_prompt
+    from anllm.train.data import alpaca_prompt
 
     short = len(alpaca_prompt(RECORDS[0]["instruction"]))  # record 1 has an input: its prompt is longer
     assert len(alpaca_prompt(RECORDS[1]["instruction"], RECORDS[1]["input"])) > short + 4
@@ -147,7 +147,7 @@ def test_missing_field_and_empty_dataset(tmp_path, tok):
 
 
 def test_collate_pads_right_and_masks_labels(tok):
-    from anllm.data import Example
+    from anllm.train.data import Example
 
     batch = collate([Example([5, 6, 7], [5, 6, 7]), Example([8], [8])], pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
@@ -185,7 +185,7 @@ def test_unknown_config_key_and_bad_values(tmp_path):
 
 
 def test_corpus_builder_falls_back_and_holds_out(tmp_path, monkeypatch):
-    import anllm.corpus as corpus
+    import anllm.train.corpus as corpus
 
     monkeypatch.setattr(corpus, "FORTUNES_DIR", tmp_path / "none")
     monkeypatch.setattr(corpus, "fortune_documents", lambda: [])
@@ -197,7 +197,7 @@ def test_corpus_builder_falls_back_and_holds_out(tmp_path, monkeypatch):
 
 
 def test_wordnet_glosses_become_sentences(tmp_path):
-    from anllm.corpus import wordnet_documents
+    from anllm.train.corpus import wordnet_documents
 
     header = "  1 This software and database is being provided to you, the LICENSEE, by Princeton University\n"
     noun = (
@@ -219,7 +219,7 @@ def test_wordnet_glosses_become_sentences(tmp_path):
 
 
 def test_kjv_leaves_out_the_evaluation_book(tmp_path):
-    from anllm.corpus import kjv_documents
+    from anllm.train.corpus import kjv_documents
 
     verses = [("Genesis", 1, "In the beginning."), ("Exodus", 1, "Now these are the names."), ("Exodus", 1, "And all.")]
     path = tmp_path / "kjv.jsonl"

@@ -8,17 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from anllm.config import AC_TOKEN, AnchorConfig, AnLLMError
-from anllm.training import (
-    SampleOrder,
-    anchor_attention,
-    lr_lambda,
-    prepare_model,
-    process_slice,
-    token_kl,
-    token_nll,
-    train,
-)
-from anllm.training_config import TrainConfig
+from anllm.train.config import TrainConfig
+from anllm.train.loop import SampleOrder, lr_lambda, prepare_model, process_slice, train
+from anllm.train.losses import anchor_attention, token_kl, token_nll
 
 PROSE = [
     "The cat sat on the mat. It was warm! Was it happy? The dog ran to the park.",
@@ -73,7 +65,7 @@ def test_loss_decreases(data, mode, anchors):
 def test_ac_rows_from_dot_and_tokenizer_reloads(data):
     from transformers import AutoTokenizer
 
-    from anllm.training import prepare_model
+    from anllm.train.loop import prepare_model
 
     cfg = cfg_for(data, anchors="ac", max_steps=2, save_every=1)
     model, lm, _ = prepare_model(cfg)
@@ -149,7 +141,7 @@ def test_kl_is_zero_without_anchors_at_init(data, finetune):
 def test_lora_with_ac_trains_the_ac_row(data):
     from safetensors.torch import load_file
 
-    from anllm.training import prepare_model
+    from anllm.train.loop import prepare_model
 
     cfg = cfg_for(data, finetune="lora", anchors="ac", lora_r=4, max_steps=3)
     _, lm, _ = prepare_model(cfg)
@@ -175,7 +167,7 @@ def test_token_kl_matches_torch_kl_div():
 
 def test_eval_anchor_ppl_equals_anchor_cache_decoding(data):
     from anllm.generation import forward_chunk, make_cache
-    from anllm.training import evaluate_perplexity
+    from anllm.train.loop import evaluate_perplexity
     from tests.conftest import make_lm
 
     lm = make_lm(dtype=torch.float64)
@@ -217,7 +209,7 @@ def test_lr_schedule_shapes():
 
 
 def test_stale_temporary_checkpoint_is_ignored(data):
-    from anllm.checkpointing import latest_checkpoint
+    from anllm.train.checkpoint import latest_checkpoint
 
     res = train(cfg_for(data, max_steps=4, save_every=2, output_dir=str(data / "c")))
     root = res.output_dir / "checkpoints"
@@ -240,8 +232,9 @@ def test_cli_train_and_errors(data, capsys):
 
 @pytest.mark.gpu
 def test_flex_attention_matches_dense_on_gpu(data):
-    from anllm.data import build_examples, collate
-    from anllm.training import micro_batch_loss, prepare_model
+    from anllm.train.data import build_examples, collate
+    from anllm.train.loop import prepare_model
+    from anllm.train.losses import micro_batch_loss
 
     cfg = cfg_for(data, precision="fp32")
     model, lm, _ = prepare_model(cfg)
@@ -431,7 +424,7 @@ def test_weighted_losses_and_target_term():
 
 
 def test_target_lm_term_is_added_on_marked_tokens(data):
-    from anllm.training import micro_batch_loss
+    from anllm.train.losses import micro_batch_loss
     from tests.conftest import make_lm
 
     lm = make_lm(dtype=torch.float64)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from anllm.training import train
-from anllm.training_config import TrainConfig
+from anllm.train import TrainConfig, train
 from tests.test_training import PROSE
 
 

@@ -53,13 +53,13 @@ def run(args) -> int:
     import json
     import os
 
-    from anllm.training_config import TrainConfig
+    from anllm.train.config import TrainConfig
 
     cfg = TrainConfig.load(args.config, args.overrides)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    from anllm.training import train
+    from anllm.train.loop import train
 
     result = train(cfg, resume=args.resume)
     last = result.losses.get(result.step)

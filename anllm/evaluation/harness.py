@@ -143,7 +143,7 @@ def register_with_lm_eval():
 
         def __init__(self, model: str = "default", mode: str = "anchor", dtype: str = "float32", device=None, **kw):
             super().__init__()
-            from anllm.commands.common import DTYPES, default_device
+            from anllm.devices import DTYPES, default_device
             from anllm.models import load_model
 
             lm = kw.pop("lm", None) or load_model(model, dtype=DTYPES[dtype], device=device or default_device())

@@ -24,7 +24,7 @@ import torch
 from anllm.anchors import insert_ac
 from anllm.config import AnLLMError
 from anllm.textio import read_jsonl, read_text_file
-from anllm.training_config import TrainConfig
+from anllm.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
