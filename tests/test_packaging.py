@@ -73,7 +73,7 @@ def test_bench_plot_without_plotly_fails_before_measuring(monkeypatch, capsys, t
     monkeypatch.setattr(anllm.bench, "run_bench", lambda *a, **k: pytest.fail("measured before checking plotly"))
     block(monkeypatch, "plotly")
     monkeypatch.delitem(sys.modules, "anllm.plots", raising=False)  # re-imported, so it meets the missing plotly
-    assert main(["bench", "--model", "tiny-random", "--plot", str(tmp_path / "b.html")]) == 2
+    assert main(["bench", "--model", "tiny-random", "--context", "16", "--plot", str(tmp_path / "b.html")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "needs plotly" in err and "pip install 'anllm[app]'" in err
 
