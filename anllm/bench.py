@@ -84,6 +84,10 @@ class ModeResult:
     prefill_tok_s: float = 0.0
     runs: list[dict] = field(default_factory=list)  # every repetition, for the record
 
+    def speedups_over(self, base: ModeResult) -> dict[str, float]:
+        """``decode_x``: decode tokens/s over ``base``'s; ``prefill_x``: ``base``'s prefill time over this one's."""
+        return {"decode_x": self.decode_tok_s / base.decode_tok_s, "prefill_x": base.prefill_s / self.prefill_s}
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from anllm.ablations import AblationRow, Variant, by_name, run_variants, with_anchor
-from anllm.plots import ablation_figure, budget_figure
 from anllm.config import AC_TOKEN, AnLLMError
 from anllm.evaluation.ppl import perplexity
+from anllm.plots import ablation_figure, budget_figure
 from anllm.verify import masked_forward
 from tests.conftest import make_lm
 

@@ -19,10 +19,10 @@ import torch
 from gradio.components.plot import PlotData
 
 from anllm.config import PRESETS, AnLLMError, GenerationConfig
+from anllm.explorer import explore_masks, kv_drop_schedule
 from anllm.generation import forward_chunk, make_cache, stream_generate
 from anllm.masks import ansan_mask
 from anllm.policies import POLICIES, AnchorPolicy, FullCachePolicy
-from anllm.explorer import explore_masks, kv_drop_schedule
 from anllm.ui import handlers as app_support
 from anllm.ui import registry as app_registry
 from anllm.ui.handlers import AppHandlers, compare_stream, make_generation_config, maybe_gpu

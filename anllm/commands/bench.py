@@ -72,7 +72,8 @@ def run(args) -> int:
         for mode, r in row.items():
             rel = ""
             if full is not None and mode != "full":
-                rel = f"  decode x{r.decode_tok_s / full.decode_tok_s:.2f}  prefill x{full.prefill_s / r.prefill_s:.2f}"
+                x = r.speedups_over(full)
+                rel = f"  decode x{x['decode_x']:.2f}  prefill x{x['prefill_x']:.2f}"
             print(
                 f"  {mode:<22} prefill {r.prefill_s:8.3f} s  decode {r.decode_tok_s:7.2f} tok/s  "
                 f"KV {r.kv_entries:6d} entries {r.kv_bytes / 2**20:8.2f} MiB  "

@@ -183,17 +183,17 @@ class ModeRun:
         r = self.last
         if r is None:
             return [self.mode, None, None, 0, None, None, None, None, None, self.error and "error"]
-        reduction = 1.0 - r.kv_entries / max(r.kv_full_entries, 1)
+        s = r.stats
         return [
             self.mode,
             round(self.responses[0].elapsed_s, 3),
-            round(r.tokens_per_s, 1) if r.step > 1 else None,
-            r.step,
-            r.kv_entries,
-            r.kv_full_entries,
-            round(r.kv_bytes / MB, 4),
-            f"{reduction:.1%}",
-            r.n_evicted,
+            round(s.tokens_per_s, 1) if s.new_tokens > 1 else None,
+            s.new_tokens,
+            s.kv_entries,
+            s.kv_full_entries,
+            round(s.kv_bytes / MB, 4),
+            f"{s.kv_reduction:.1%}",
+            s.n_evicted,
             r.finish_reason or ("stopped" if self.error else "running"),
         ]
 
