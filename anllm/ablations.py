@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from anllm.anchors import resolve_anchor_ids
-from anllm.config import AC_TOKEN, AnLLMError
+from anllm.config import AC_TOKEN, AnLLMError, canonical_anchor_fields
 from anllm.evaluation.ppl import encode_text, perplexity
 from anllm.models import LoadedModel
 from anllm.progress import progress_bar
 
-_RESOLVE_KEYS = ("mode", "anchor_chars", "anchor_ids")
+_RESOLVE_KEYS = ("kind", "anchor_chars", "anchor_ids")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Variant:
     Attributes:
         name: label in tables and figures.
         mode: cache mode or policy spec, e.g. ``"anchor"``, ``"full"``, ``"sepllm:budget=64"``.
-        anchor: changes to the model's ``AnchorConfig`` (e.g. ``{"mode": "ac"}``, ``{"n_sink": 4}``).
+        anchor: changes to the model's ``AnchorConfig`` (e.g. ``{"kind": "ac"}``, ``{"n_sink": 4}``).
         group: which family the variant belongs to (figure colour / curve).
     """
 
@@ -69,19 +69,20 @@ def _has_ac(lm: LoadedModel) -> bool:
 def with_anchor(lm: LoadedModel, **changes: Any) -> LoadedModel:
     """A copy of ``lm`` whose anchor config has ``changes`` applied; ``lm`` itself is never modified.
 
-    The copy shares the model and tokenizer, except when it switches to ``mode="ac"`` on a model without ``<AC>``:
+    The copy shares the model and tokenizer, except when it switches to ``kind="ac"`` on a model without ``<AC>``:
     then model and tokenizer are deep-copied before ``<AC>`` is added (embedding and LM-head rows copied from
     ``"."``). Adding it in place would change every later EP score, because the new LM-head row competes with
-    ``"."`` in the softmax. When the anchor identity changes (``mode``, ``anchor_chars``, ``anchor_ids``) the
+    ``"."`` in the softmax. When the anchor identity changes (``kind``, ``anchor_chars``, ``anchor_ids``) the
     anchor ids are resolved again.
     """
+    changes = canonical_anchor_fields(changes)
     if not changes:
         return lm
     resolve = any(k in changes for k in _RESOLVE_KEYS)
     base = lm.anchor.replace(anchor_ids=None) if resolve and "anchor_ids" not in changes else lm.anchor
     cfg = base.replace(**changes)
     model, tokenizer = lm.model, lm.tokenizer
-    if resolve and cfg.mode == "ac" and cfg.anchor_ids is None and not _has_ac(lm):
+    if resolve and cfg.kind == "ac" and cfg.anchor_ids is None and not _has_ac(lm):
         model, tokenizer = copy.deepcopy(model), copy.deepcopy(tokenizer)
     ids = resolve_anchor_ids(cfg, tokenizer, model) if resolve else lm.anchor_ids
     return dataclasses.replace(
@@ -119,12 +120,12 @@ def run_variants(
     rows = []
     ac_base: LoadedModel | None = None  # one <AC> copy of the model, shared by every AC variant
     for v in progress_bar(variants, desc="ablations", unit="variant", enabled=progress):
-        changes = dict(v.anchor)
+        changes = canonical_anchor_fields(v.anchor)
         base = lm
-        if changes.get("mode") == "ac" and lm.anchor.mode != "ac" and "anchor_ids" not in changes:
-            ac_base = ac_base or with_anchor(lm, mode="ac")
+        if changes.get("kind") == "ac" and lm.anchor.kind != "ac" and "anchor_ids" not in changes:
+            ac_base = ac_base or with_anchor(lm, kind="ac")
             base = ac_base
-            changes.pop("mode")
+            changes.pop("kind")
         lmv = with_anchor(base, **changes)
         ids = encode_text(lmv, text, max_tokens)
         r = perplexity(lmv, ids, lmv.policy(v.mode), chunk_size=chunk_size)

@@ -139,7 +139,7 @@ def bench_tokens(lm: LoadedModel, text: str, n_tokens: int) -> list[int]:
     check_fits(lm, n_tokens, "context + new tokens =", "use a shorter --context")
     if not text.strip():
         raise AnLLMError("the benchmark text is empty")
-    if lm.anchor.mode == "ac":
+    if lm.anchor.kind == "ac":
         text = insert_ac(text)
     ids = list(lm.tokenizer(text)["input_ids"])
     if len(ids) < n_tokens:

@@ -115,7 +115,7 @@ class ChatSession:
 
     # -- text -> new tokens -------------------------------------------------------------------------------------
     def _content(self, text: str) -> str:
-        return insert_ac(text) if self.lm.anchor.mode == "ac" else text
+        return insert_ac(text) if self.lm.anchor.kind == "ac" else text
 
     def _render(self, messages: list[dict], generation_prompt: bool = True) -> str:
         kw = {} if self.chat else {"chat_template": PLAIN_TEMPLATE}

@@ -53,7 +53,7 @@ def tokenize_for_masks(
     if kind not in ("ep", "ac"):
         raise AnLLMError(f"anchor kind must be EP or AC, got {kind!r}")
     if kind == "ep":
-        anchor_ids = lm.anchor_ids if lm.anchor.mode == "ep" else ep_anchor_ids(tok, lm.anchor.anchor_chars)
+        anchor_ids = lm.anchor_ids if lm.anchor.kind == "ep" else ep_anchor_ids(tok, lm.anchor.anchor_chars)
         ids = list(tok(text, add_special_tokens=False)["input_ids"])
     else:
         ac_id = tok.get_vocab().get(AC_TOKEN, max(len(tok), lm.model.config.vocab_size))

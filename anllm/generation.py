@@ -161,7 +161,7 @@ def encode_prompt(lm: LoadedModel, prompt: str, chat: bool = True) -> list[int]:
     """Token ids of a prompt: chat template when asked for and available, ``<AC>`` inserted in AC mode."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise AnLLMError("the prompt is empty: give some text to continue or a question to answer")
-    text = insert_ac(prompt) if lm.anchor.mode == "ac" else prompt
+    text = insert_ac(prompt) if lm.anchor.kind == "ac" else prompt
     tok = lm.tokenizer
     if chat and getattr(tok, "chat_template", None):
         ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)

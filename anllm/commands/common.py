@@ -25,7 +25,7 @@ def load_from_args(args):
     """Load the model named on the command line; anchor flags change only their field of the model's own setting."""
     from anllm.models import load_model
 
-    overrides = dict(mode=args.anchors, position_policy=args.positions, chunk_size=args.chunk_size)
+    overrides = dict(kind=args.anchors, position_policy=args.positions, chunk_size=args.chunk_size)
     return load_model(
         args.model,
         anchor_overrides=overrides,

@@ -63,7 +63,7 @@ class HarnessBackend:
 
     def mark_demos(self, context: str) -> str:
         """AC mode: close every demonstration (text before a few-shot delimiter) with ``<AC>``."""
-        if self.lm.anchor.mode != "ac" or not self.delim or AC_TOKEN in context:
+        if self.lm.anchor.kind != "ac" or not self.delim or AC_TOKEN in context:
             return context
         parts = context.split(self.delim)
         return self.delim.join([p + f" {AC_TOKEN}" if p.strip() else p for p in parts[:-1]] + parts[-1:])

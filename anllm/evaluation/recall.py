@@ -54,7 +54,7 @@ def render(lm: LoadedModel, item: MemoryItem, *, chat: bool = True) -> tuple[lis
     otherwise ``context``, a blank line, ``Question: ...`` and ``Answer:``.
     """
     tok = lm.tokenizer
-    if lm.anchor.mode == "ac":  # <AC> after every sentence, as encode_prompt does for users' prompts
+    if lm.anchor.kind == "ac":  # <AC> after every sentence, as encode_prompt does for users' prompts
         item = replace(
             item,
             context=insert_ac(item.context) if item.context.strip() else item.context,

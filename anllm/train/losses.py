@@ -83,25 +83,25 @@ def micro_batch_loss(model, batch: dict[str, Tensor], anchor_ids, cfg: TrainConf
     Returns:
         (objective, parts): the scalar to minimise (a sum over predicted tokens, not a mean) and its detached
         summed parts ``nll``, ``kl`` and ``kl_full`` (the student under full attention, when
-        ``cfg.full_kl_weight > 0``).
+        ``cfg.loss.full_kl_weight > 0``).
     """
     ids, attn = batch["input_ids"], batch["attention_mask"]
-    mask, pos = anchor_attention(ids, attn, anchor_ids, cfg.mask_rule(), path=path, max_segment=cfg.max_segment)
+    mask, pos = anchor_attention(ids, attn, anchor_ids, cfg.mask_rule(), path=path, max_segment=cfg.anchor.max_segment)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (B, T, V)
     w = batch.get("weights")  # (B, T) or None
     nll = token_nll(logits, batch["labels"], w)
     zero = torch.zeros((), device=logits.device)
     kl = kl_full = target_nll = zero
-    if cfg.loss != "lm" or cfg.full_kl_weight > 0:
+    if cfg.loss.needs_teacher:
         with torch.no_grad():
             t_logits = teacher(ids, attn, pos)
-        if cfg.loss != "lm":
-            kl = token_kl(logits, t_logits, batch["labels"], cfg.kl_temperature, w)
-        if cfg.full_kl_weight > 0:  # keep the model's own full-attention behaviour while it learns anchors
+        if cfg.loss.kind != "lm":
+            kl = token_kl(logits, t_logits, batch["labels"], cfg.loss.kl_temperature, w)
+        if cfg.loss.full_kl_weight > 0:  # keep the model's own full-attention behaviour while it learns anchors
             full = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
-            kl_full = token_kl(full, t_logits, batch["labels"], cfg.kl_temperature, w)
-    if cfg.target_lm_weight > 0 and "targets" in batch:  # ground truth on marked tokens (a memory item's answer)
+            kl_full = token_kl(full, t_logits, batch["labels"], cfg.loss.kl_temperature, w)
+    if cfg.loss.target_lm_weight > 0 and "targets" in batch:  # ground truth on marked tokens (a memory item's answer)
         target_nll = token_nll(logits, batch["labels"], batch["targets"].float())
-    objective = {"lm": nll, "kl": kl, "lm+kl": nll + cfg.kl_weight * kl}[cfg.loss]
-    objective = objective + cfg.full_kl_weight * kl_full + cfg.target_lm_weight * target_nll
+    objective = {"lm": nll, "kl": kl, "lm+kl": nll + cfg.loss.kl_weight * kl}[cfg.loss.kind]
+    objective = objective + cfg.loss.full_kl_weight * kl_full + cfg.loss.target_lm_weight * target_nll
     return objective, {"nll": nll.detach(), "kl": kl.detach(), "kl_full": kl_full.detach()}

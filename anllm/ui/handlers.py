@@ -101,7 +101,7 @@ def model_markdown(lm: LoadedModel) -> str:
     device = next(lm.model.parameters()).device
     lines = [
         f"**{public_text(lm.name)}** · {getattr(cfg, 'model_type', '?')} · {n_params / 1e6:.2f} M parameters · "
-        f"{lm.model.dtype} on {device} · anchors: {lm.anchor.mode.upper()} ({len(lm.anchor_ids)} anchor token ids)"
+        f"{lm.model.dtype} on {device} · anchors: {lm.anchor.kind.upper()} ({len(lm.anchor_ids)} anchor token ids)"
         + (f" + {lm.anchor.n_sink} sink(s)" if lm.anchor.n_sink else "")
         + (f" + a {lm.anchor.window}-token window" if lm.anchor.window else "")
     ]
@@ -510,7 +510,7 @@ class AppHandlers:
             a = self.registry.get(model_name).anchor
         except AnLLMError:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return a.mode.upper(), a.n_sink, a.window, a.anchors_see_anchors
+        return a.kind.upper(), a.n_sink, a.window, a.anchors_see_anchors
 
     # generate tab
     def generate(
