@@ -23,7 +23,7 @@ from anllm.explorer import explore_masks, kv_drop_schedule
 from anllm.generation import forward_chunk, make_cache, stream_generate
 from anllm.masks import ansan_mask
 from anllm.policies import POLICIES, AnchorPolicy, FullCachePolicy
-from anllm.ui import handlers as app_support
+from anllm.ui import handlers as ui_handlers
 from anllm.ui import registry as app_registry
 from anllm.ui.handlers import AppHandlers, compare_stream, make_generation_config, maybe_gpu
 from anllm.ui.registry import ModelRegistry, model_choices
@@ -278,7 +278,7 @@ def test_peer_policy_gets_a_third_column(registry, monkeypatch):
         name = "peer-test"
 
     monkeypatch.setitem(POLICIES, "peer-test", Peer)
-    assert "peer-test" in app_support.peer_policies()
+    assert "peer-test" in ui_handlers.peer_policies()
     h = AppHandlers(registry, interval_s=0.0, max_request_s=None)
     outs = run_handler(h, peer="peer-test", max_new=10)
     assert outs[-1][6].startswith("✅")
@@ -384,18 +384,18 @@ def test_default_model_without_the_wheel_comes_from_the_hub(monkeypatch, tmp_pat
 
 def test_memory_test_runs_streaming_at_the_anchor_caches_size(handlers, registry):
     lm = registry.get()
-    prompt = app_support.memory_test_prompt()
-    assert prompt.startswith(app_support.MEMORY_FACT) and prompt.endswith(app_support.MEMORY_QUESTION)
-    assert app_support.MEMORY_ANSWER not in prompt[len(app_support.MEMORY_FACT) :]  # stated once, at the start
+    prompt = ui_handlers.memory_test_prompt()
+    assert prompt.startswith(ui_handlers.MEMORY_FACT) and prompt.endswith(ui_handlers.MEMORY_QUESTION)
+    assert ui_handlers.MEMORY_ANSWER not in prompt[len(ui_handlers.MEMORY_FACT) :]  # stated once, at the start
     # the peer's budget = what a real anchor prefill keeps (computed here through the model, there without it)
     cache = make_cache(lm, "anchor")
     with torch.no_grad():
         forward_chunk(lm.model, cache, torch.tensor([lm.tokenizer(prompt)["input_ids"]]))
     n = int(cache.n_kept()[0])
     assert n < len(lm.tokenizer(prompt)["input_ids"])
-    spec = app_support.budget_matched_peer(lm, prompt, "streaming", chat=False)
+    spec = ui_handlers.budget_matched_peer(lm, prompt, "streaming", chat=False)
     assert spec == f"streaming:budget={n},sink=4"
-    assert app_support.budget_matched_peer(lm, prompt, "full", chat=False) == "full"
+    assert ui_handlers.budget_matched_peer(lm, prompt, "full", chat=False) == "full"
     outs = raw_handler(handlers, prompt=prompt, peer="streaming", max_new=3)
     rows = outs[-1][5]
     assert [row[0] for row in rows] == ["full", "anchor", spec]
