@@ -17,6 +17,7 @@ from anllm.generation import (
 from anllm.masks import ansan_mask, ansan_mask_mod, segment_ids, to_additive
 from anllm.models import LoadedModel, load_model
 from anllm.policies import AnchorPolicy, EvictionPolicy, FullCachePolicy
+from anllm.stats import RunStats
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "GenerationResult",
     "LoadedModel",
     "PolicyCache",
+    "RunStats",
     "add_ac_token",
     "ansan_mask",
     "ansan_mask_mod",

@@ -164,12 +164,12 @@ def resolve_anchor_ids(cfg: AnchorConfig, tokenizer, model=None) -> tuple[int, .
     """The anchor token ids for ``cfg`` with this tokenizer (adds ``<AC>`` to model and tokenizer in AC mode)."""
     if cfg.anchor_ids is not None:
         return cfg.anchor_ids
-    if cfg.mode == "ac":
+    if cfg.kind == "ac":
         if model is not None:
             return (add_ac_token(model, tokenizer),)
         vocab = tokenizer.get_vocab()
         if AC_TOKEN not in vocab:
-            raise AnLLMError("AC mode needs the <AC> token: pass the model so it can be added, or use mode='ep'")
+            raise AnLLMError("AC mode needs the <AC> token: pass the model so it can be added, or use kind='ep'")
         return (vocab[AC_TOKEN],)
     return ep_anchor_ids(tokenizer, cfg.anchor_chars)
 

@@ -1,4 +1,5 @@
-"""Attention maps of a real model with and without the AnSAN mask, plus summaries and a heatmap builder.
+"""Attention maps of a real model with and without the AnSAN mask, and their summaries (the heatmaps are
+:func:`anllm.plots.attention_figure`).
 
 Attention probabilities come from the eager attention path (``output_attentions=True``); the model is switched to
 ``"eager"`` for the call and back to its previous implementation afterwards, so a model loaded with SDPA can be
@@ -9,13 +10,10 @@ used as is. With the mask the pass is the one-pass AnSAN forward of :func:`anllm
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-import plotly.graph_objects as go
 import torch
-from plotly.subplots import make_subplots
 from torch import Tensor
 
 from anllm.config import AnLLMError
@@ -95,56 +93,3 @@ def blocked_by_ansan(anchor: Tensor, **rule) -> Tensor:
     T = allowed.shape[0]
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=allowed.device))
     return (causal & ~allowed).cpu()
-
-
-def _ticks(labels: Sequence[str], anchors: Sequence[bool]) -> list[str]:
-    shown = [(t.replace("\n", "⏎").replace(" ", "␣") or "∅") for t in labels]
-    return [f"{i}:{s}" + (" ⚓" if a else "") for i, (s, a) in enumerate(zip(shown, anchors))]
-
-
-def attention_figure(
-    maps: Mapping[str, Any],
-    labels: Sequence[str],
-    anchors: Sequence[bool],
-    *,
-    title: str = "Attention probabilities (row = query token, column = key token)",
-    height: int = 460,
-    zmax: float | None = None,
-) -> go.Figure:
-    """Side-by-side heatmaps of ``(T, T)`` attention probability matrices sharing one colour scale.
-
-    Args:
-        maps: panel title -> ``(T, T)`` matrix (tensor or array) of probabilities in [0, 1].
-        labels: the text of each token (axis ticks when there are at most 48 tokens); anchors are marked ⚓.
-        anchors: whether each token is an anchor.
-        zmax: top of the colour scale (default: the 99th percentile of all values, so small weights stay visible).
-    """
-    names = list(maps)
-    if not names:
-        raise AnLLMError("attention_figure needs at least one map")
-    arrays = [np.round(np.asarray(maps[n], dtype=float), 4) for n in names]
-    top = zmax if zmax is not None else float(np.quantile(np.concatenate([a.ravel() for a in arrays]), 0.99)) or 1.0
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.1)
-    ticks = _ticks(labels, anchors)
-    for c, z in enumerate(arrays, start=1):
-        fig.add_trace(
-            go.Heatmap(
-                z=z,
-                zmin=0,
-                zmax=top,
-                colorscale="Viridis",
-                showscale=c == len(names),
-                colorbar={"title": {"text": "probability"}},
-                hovertemplate="query %{y} → key %{x}: %{z:.4f}<extra></extra>",
-            ),
-            row=1,
-            col=c,
-        )
-        fig.update_xaxes(title_text="key token (index)", row=1, col=c)
-        fig.update_yaxes(title_text="query token (index)", autorange="reversed", row=1, col=c)
-    if len(ticks) <= 48:
-        idx = list(range(len(ticks)))
-        fig.update_xaxes(tickmode="array", tickvals=idx, ticktext=ticks, tickangle=-60, tickfont={"size": 8})
-        fig.update_yaxes(tickmode="array", tickvals=idx, ticktext=ticks, tickfont={"size": 8})
-    fig.update_layout(title={"text": title, "x": 0.01}, height=height, template="plotly_white")
-    return fig

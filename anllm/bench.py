@@ -21,7 +21,6 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -33,10 +32,11 @@ from anllm.generation import check_fits, decode_step, make_cache, prefill
 from anllm.models import LoadedModel
 from anllm.policies import FullCachePolicy
 from anllm.progress import progress_bar
+from anllm.resources import KJV_GENESIS, resource_path
 
 logger = logging.getLogger(__name__)
 
-PASSAGE_FILE = Path(__file__).parent / "data" / "kjv_genesis.txt"
+PASSAGE_FILE = resource_path(KJV_GENESIS)
 DEFAULT_MODES = ("full", "anchor", "streaming", "sepllm", "limit")
 EXTRA_ROWS = ("limit", "hf_generate")
 
@@ -83,6 +83,10 @@ class ModeResult:
     kv_full_entries: int = 0  # entries a full cache holds at the end (tokens seen)
     prefill_tok_s: float = 0.0
     runs: list[dict] = field(default_factory=list)  # every repetition, for the record
+
+    def speedups_over(self, base: ModeResult) -> dict[str, float]:
+        """``decode_x``: decode tokens/s over ``base``'s; ``prefill_x``: ``base``'s prefill time over this one's."""
+        return {"decode_x": self.decode_tok_s / base.decode_tok_s, "prefill_x": base.prefill_s / self.prefill_s}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,7 +139,7 @@ def bench_tokens(lm: LoadedModel, text: str, n_tokens: int) -> list[int]:
     check_fits(lm, n_tokens, "context + new tokens =", "use a shorter --context")
     if not text.strip():
         raise AnLLMError("the benchmark text is empty")
-    if lm.anchor.mode == "ac":
+    if lm.anchor.kind == "ac":
         text = insert_ac(text)
     ids = list(lm.tokenizer(text)["input_ids"])
     if len(ids) < n_tokens:
@@ -428,36 +432,3 @@ def roofline(model, kv_by_mode: dict[str, int], machine: dict[str, float] | None
             d.update(ideal_s=t, speedup_roofline=t_base / t)
         out[m] = d
     return out
-
-
-# -- plot --------------------------------------------------------------------------------------------------------
-def write_plot(results: dict[str, dict[str, ModeResult]], path: str | Path) -> Path:
-    """A plotly HTML page (plotly.js embedded, works offline): four panels against context length."""
-    try:
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
-    except ImportError as e:
-        raise AnLLMError("--plot needs plotly: python3 -m pip install 'anllm[app]' (or plotly==7.1.0)") from e
-    panels = [
-        ("prefill_s", "prefill time (s)"),
-        ("decode_tok_s", "decode tokens/s"),
-        ("kv_bytes", "KV bytes at the end"),
-        ("peak_mem_bytes", "peak memory (bytes)"),
-    ]
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in panels])
-    contexts = [int(c) for c in results]
-    modes = list(dict.fromkeys(m for row in results.values() for m in row))
-    for mode in modes:
-        for j, (key, _) in enumerate(panels):
-            ys = [getattr(results[str(c)][mode], key) if mode in results[str(c)] else None for c in contexts]
-            fig.add_trace(
-                go.Scatter(x=contexts, y=ys, mode="lines+markers", name=mode, legendgroup=mode, showlegend=j == 0),
-                row=j // 2 + 1,
-                col=j % 2 + 1,
-            )
-    fig.update_xaxes(title_text="context (tokens)", type="log")
-    fig.update_layout(title="anllm bench", height=800)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True)
-    return path

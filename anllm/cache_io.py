@@ -97,7 +97,7 @@ def model_record(lm) -> dict:
         "dtype": str(lm.model.dtype).removeprefix("torch."),
         "weights": weights_fingerprint(lm.model),
         "tokenizer": tokenizer_fingerprint(lm.tokenizer),
-        "anchor_mode": lm.anchor.mode,
+        "anchor_mode": lm.anchor.kind,  # the file format keeps its key (the anchor kind, EP or AC)
         "anchor_ids": list(lm.anchor_ids),
         "position_policy": lm.anchor.position_policy,
         "max_segment": lm.anchor.max_segment,

@@ -26,6 +26,7 @@ from anllm.config import AnLLMError, GenerationConfig
 from anllm.generation import GenerationResponse, decode_step, eos_ids, forward_chunk, make_cache, stream_generate
 from anllm.policies import EvictionPolicy
 from anllm.progress import progress_bar
+from anllm.stats import RunStats
 
 DOC_SEPARATOR = "\n\n"  # between a document and the question that follows it in the same user message
 PLAIN_TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"  # without a chat template (--raw)
@@ -98,22 +99,23 @@ class ChatSession:
         }
 
     def stats(self) -> dict:
-        """Tokens seen, KV entries and bytes held (valid and allocated), entries evicted, turns."""
+        """Tokens seen, KV entries and bytes held (valid and allocated), entries evicted, kept fraction, turns."""
         c = self.cache
-        seen = int(c.n_seen[0]) if c.n_seen is not None else 0
+        s = RunStats.of_cache(c)
         return {
             "policy": describe_policy(c.policy),
             "turns": len(self.turns),
-            "tokens_seen": seen,
-            "kv_entries": int(c.n_kept()[0]) if c.meta is not None else 0,
-            "kv_bytes": int(c.kv_bytes()[0]) if c.meta is not None else 0,
+            "tokens_seen": s.kv_full_entries,
+            "kv_entries": s.kv_entries,
+            "kv_bytes": s.kv_bytes,
             "allocated_bytes": c.allocated_bytes(),
-            "n_evicted": int(c.n_evicted[0]) if c.n_evicted is not None else 0,
+            "n_evicted": s.n_evicted,
+            "kv_kept_frac": s.kv_kept_frac,
         }
 
     # -- text -> new tokens -------------------------------------------------------------------------------------
     def _content(self, text: str) -> str:
-        return insert_ac(text) if self.lm.anchor.mode == "ac" else text
+        return insert_ac(text) if self.lm.anchor.kind == "ac" else text
 
     def _render(self, messages: list[dict], generation_prompt: bool = True) -> str:
         kw = {} if self.chat else {"chat_template": PLAIN_TEMPLATE}

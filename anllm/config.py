@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-AnchorMode = Literal["ep", "ac"]
+AnchorKind = Literal["ep", "ac"]
 PositionPolicy = Literal["true", "compact"]
 
 AC_TOKEN = "<AC>"
@@ -29,7 +29,7 @@ class AnchorConfig:
     their own sentence, no sinks, no local window.
     """
 
-    mode: AnchorMode = "ep"  # "ep": sentence-end punctuation is the anchor; "ac": an added <AC> token is
+    kind: AnchorKind = "ep"  # "ep": sentence-end punctuation is the anchor; "ac": an added <AC> token is
     anchor_chars: str = DEFAULT_ANCHOR_CHARS  # EP: a token is an anchor if its text ends a sentence with one of these
     anchor_ids: tuple[int, ...] | None = None  # explicit anchor ids; overrides anchor_chars (presets use this)
     anchors_see_anchors: bool = False  # ablation: anchor queries may also see earlier anchors
@@ -40,11 +40,11 @@ class AnchorConfig:
     max_segment: int = 0  # a forced anchor after this many tokens without one (bounds the cache; 0 = off)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("ep", "ac"):
-            raise AnLLMError(f"AnchorConfig.mode must be 'ep' or 'ac', got {self.mode!r}")
+        if self.kind not in ("ep", "ac"):
+            raise AnLLMError(f"AnchorConfig.kind must be 'ep' or 'ac', got {self.kind!r}")
         if self.position_policy not in ("true", "compact"):
             raise AnLLMError(f"AnchorConfig.position_policy must be 'true' or 'compact', got {self.position_policy!r}")
-        if self.mode == "ep" and self.anchor_ids is None and not self.anchor_chars:
+        if self.kind == "ep" and self.anchor_ids is None and not self.anchor_chars:
             raise AnLLMError("AnchorConfig.anchor_chars is empty: give at least one sentence-end character, e.g. '.'")
         if self.anchor_ids is not None:
             if len(self.anchor_ids) == 0 or any(int(i) < 0 for i in self.anchor_ids):
@@ -56,8 +56,29 @@ class AnchorConfig:
         if self.chunk_size < 1:
             raise AnLLMError(f"AnchorConfig.chunk_size must be >= 1, got {self.chunk_size}")
 
+    @property
+    def mode(self) -> AnchorKind:
+        """The former name of :attr:`kind` (read-only; ``mode`` now means a cache policy only)."""
+        return self.kind
+
     def replace(self, **changes) -> AnchorConfig:
-        return replace(self, **changes)
+        """A copy with ``changes`` applied (the former field name ``mode`` is read as ``kind``)."""
+        return replace(self, **canonical_anchor_fields(changes))
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> AnchorConfig:
+        """Build from a mapping, e.g. an adapter's ``anchor.json`` (whose older files say ``mode`` for ``kind``)."""
+        return cls(**canonical_anchor_fields(fields))
+
+
+def canonical_anchor_fields(fields: dict) -> dict:
+    """``fields`` with the former key ``mode`` renamed ``kind`` (both given: an error unless they agree)."""
+    if "mode" not in fields:
+        return dict(fields)
+    out = {k: v for k, v in fields.items() if k != "mode"}
+    if out.setdefault("kind", fields["mode"]) != fields["mode"]:
+        raise AnLLMError(f"anchor settings give kind={out['kind']!r} and mode={fields['mode']!r}; give kind only")
+    return out
 
 
 @dataclass(frozen=True)
@@ -104,8 +125,8 @@ class CheckpointPreset:
 
 
 # Llama-2 vocab ids: "." = 29889 (the piece without a leading "▁"), [PAD] = 32000, <AC> = 32001.
-_EP = AnchorConfig(mode="ep", anchor_ids=(29889,))  # "compact" positions reproduce the official code
-_AC = AnchorConfig(mode="ac", anchor_ids=(32001,))
+_EP = AnchorConfig(kind="ep", anchor_ids=(29889,))  # "compact" positions reproduce the official code
+_AC = AnchorConfig(kind="ac", anchor_ids=(32001,))
 
 PRESETS: dict[str, CheckpointPreset] = {
     "anllm-ac-7b": CheckpointPreset(

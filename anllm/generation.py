@@ -19,6 +19,7 @@ from anllm.compat import cache_kwarg
 from anllm.config import AC_TOKEN, AnLLMError, GenerationConfig
 from anllm.models import LoadedModel
 from anllm.policies import EvictionPolicy
+from anllm.stats import RunStats, decode_rate
 
 
 # -- low level: one forward pass through a policy cache ---------------------------------------------------------
@@ -160,7 +161,7 @@ def encode_prompt(lm: LoadedModel, prompt: str, chat: bool = True) -> list[int]:
     """Token ids of a prompt: chat template when asked for and available, ``<AC>`` inserted in AC mode."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise AnLLMError("the prompt is empty: give some text to continue or a question to answer")
-    text = insert_ac(prompt) if lm.anchor.mode == "ac" else prompt
+    text = insert_ac(prompt) if lm.anchor.kind == "ac" else prompt
     tok = lm.tokenizer
     if chat and getattr(tok, "chat_template", None):
         ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
@@ -226,6 +227,20 @@ class GenerationResponse:
     prefill_s: float
     tokens_per_s: float  # generated tokens / time since the first token (decode speed)
     finish_reason: str | None = None  # None while running, then "eos", "stop" or "length"
+
+    @property
+    def stats(self) -> RunStats:
+        """The run's numbers at this token (KV kept fraction, C⇓, tokens/s are defined there)."""
+        return RunStats(
+            self.kv_entries,
+            self.kv_full_entries,
+            self.kv_bytes,
+            self.n_evicted,
+            self.prompt_tokens,
+            self.step,
+            self.prefill_s,
+            self.elapsed_s,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -333,7 +348,7 @@ def stream_generate(
                 n_evicted=int(cache.n_evicted[0]),
                 elapsed_s=now - t0,
                 prefill_s=t_prefill,
-                tokens_per_s=step / max(now - t0 - t_prefill, 1e-9),
+                tokens_per_s=decode_rate(step, now - t0, t_prefill),
                 finish_reason=finish,
             )
             if finish is not None:
@@ -358,9 +373,23 @@ class GenerationResult:
     tokens_per_s: float
 
     @property
+    def stats(self) -> RunStats:
+        """The run's numbers at the end (KV kept fraction, C⇓, tokens/s are defined there)."""
+        return RunStats(
+            self.kv_entries,
+            self.kv_full_entries,
+            self.kv_bytes,
+            self.n_evicted,
+            self.prompt_tokens,
+            len(self.tokens) + (self.finish_reason == "eos"),
+            self.prefill_s,
+            self.elapsed_s,
+        )
+
+    @property
     def kv_reduction(self) -> float:
         """C⇓ = 1 - kept / full entries at the end."""
-        return 1.0 - self.kv_entries / max(self.kv_full_entries, 1)
+        return self.stats.kv_reduction
 
     def to_dict(self) -> dict:
         return {**asdict(self), "kv_reduction": self.kv_reduction}

@@ -19,7 +19,7 @@ import torch
 
 from anllm.anchors import resolve_anchor_ids
 from anllm.compat import check_supported
-from anllm.config import PRESETS, AnchorConfig, AnLLMError, preset_for
+from anllm.config import PRESETS, AnchorConfig, AnLLMError, canonical_anchor_fields, preset_for
 from anllm.policies import AnchorPolicy, EvictionPolicy, policy_from_spec
 from anllm.progress import note
 
@@ -174,7 +174,7 @@ def _adapter_anchor(path: Path) -> AnchorConfig:
         fields = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(fields, dict):
             raise TypeError(f"expected a JSON object, got {type(fields).__name__}")
-        return AnchorConfig(**fields)
+        return AnchorConfig.from_dict(fields)
     except (OSError, ValueError, TypeError, AnLLMError) as e:
         raise AnLLMError(f"{path} is not a valid anchor configuration ({e}); {_REINSTALL}") from e
 
@@ -205,7 +205,7 @@ def export_adapter(
     (dst / ADAPTER_FILES[0]).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     default = dataclasses.asdict(AnchorConfig())  # anchor.json names the served setting and any other change
     fields = {
-        k: v for k, v in dataclasses.asdict(anchor).items() if k in ("mode", "n_sink", "window") or v != default[k]
+        k: v for k, v in dataclasses.asdict(anchor).items() if k in ("kind", "n_sink", "window") or v != default[k]
     }
     (dst / ADAPTER_FILES[2]).write_text(json.dumps(fields, indent=2) + "\n", encoding="utf-8")
     return dst
@@ -242,13 +242,14 @@ def _apply_adapter(model, adapter_dir: Path, notes: list[str]) -> tuple[torch.nn
 def merge_anchor(base: AnchorConfig, overrides: dict | None) -> AnchorConfig:
     """``base`` with the fields in ``overrides`` changed; ``None`` values are ignored.
 
-    Switching ``mode`` (EP <-> AC) drops ``base.anchor_ids``: ids picked for one anchor kind don't name the other's.
+    Switching ``kind`` (EP <-> AC) drops ``base.anchor_ids``: ids picked for one anchor kind don't name the other's.
+    The former key ``mode`` is read as ``kind``.
     """
-    changes = {k: v for k, v in (overrides or {}).items() if v is not None}
+    changes = canonical_anchor_fields({k: v for k, v in (overrides or {}).items() if v is not None})
     unknown = set(changes) - {f.name for f in dataclasses.fields(AnchorConfig)}
     if unknown:
         raise AnLLMError(f"unknown anchor setting(s) {', '.join(sorted(unknown))}")
-    if "mode" in changes and changes["mode"] != base.mode and "anchor_ids" not in changes:
+    if "kind" in changes and changes["kind"] != base.kind and "anchor_ids" not in changes:
         changes["anchor_ids"] = None
     return base.replace(**changes) if changes else base
 

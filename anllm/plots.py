@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import math
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -19,10 +20,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from anllm.config import AnLLMError
+
 MB = 1e6
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 _CHROMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 MODE_COLORS = {"full": "#64748b", "anchor": "#ea580c"}
+_ABLATION_PALETTE = ("#ea580c", "#2563eb", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#64748b")
 _PALETTE = ("#2563eb", "#16a34a", "#9333ea", "#db2777", "#0891b2")
 
 
@@ -269,6 +273,170 @@ def recall_figure(
     fig.update_xaxes(title="distance between the fact and the question (tokens)", type="log")
     fig.update_yaxes(title="exact match (%)", range=[0, 100])
     return _layout(fig, title, height, "recall")
+
+
+# -- attention maps, ablations, benchmarks ------------------------------------------------------------------------
+def attention_figure(
+    maps: Mapping[str, Any],
+    labels: Sequence[str],
+    anchors: Sequence[bool],
+    *,
+    title: str = "Attention probabilities (row = query token, column = key token)",
+    height: int = 460,
+    zmax: float | None = None,
+) -> go.Figure:
+    """Side-by-side heatmaps of ``(T, T)`` attention probability matrices sharing one colour scale.
+
+    Args:
+        maps: panel title -> ``(T, T)`` matrix (tensor or array) of probabilities in [0, 1].
+        labels: the text of each token (axis ticks when there are at most 48 tokens); anchors are marked ⚓.
+        anchors: whether each token is an anchor.
+        zmax: top of the colour scale (default: the 99th percentile of all values, so small weights stay visible).
+    """
+    names = list(maps)
+    if not names:
+        raise AnLLMError("attention_figure needs at least one map")
+    arrays = [np.round(np.asarray(maps[n], dtype=float), 4) for n in names]
+    top = zmax if zmax is not None else float(np.quantile(np.concatenate([a.ravel() for a in arrays]), 0.99)) or 1.0
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.1)
+    ticks = _tick_labels(labels, anchors)
+    for c, z in enumerate(arrays, start=1):
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                zmin=0,
+                zmax=top,
+                colorscale="Viridis",
+                showscale=c == len(names),
+                colorbar={"title": {"text": "probability"}},
+                hovertemplate="query %{y} → key %{x}: %{z:.4f}<extra></extra>",
+            ),
+            row=1,
+            col=c,
+        )
+        fig.update_xaxes(title_text="key token (index)", row=1, col=c)
+        fig.update_yaxes(title_text="query token (index)", autorange="reversed", row=1, col=c)
+    if len(ticks) <= 48:
+        idx = list(range(len(ticks)))
+        fig.update_xaxes(tickmode="array", tickvals=idx, ticktext=ticks, tickangle=-60, tickfont={"size": 8})
+        fig.update_yaxes(tickmode="array", tickvals=idx, ticktext=ticks, tickfont={"size": 8})
+    fig.update_layout(title={"text": title, "x": 0.01}, height=height, template="plotly_white")
+    return fig
+
+
+def ablation_figure(
+    rows: Sequence[Any], *, title: str = "Perplexity per variant (real cache decoding)", height: int = 380
+) -> go.Figure:
+    """Bars of perplexity per variant (log scale) with the mean KV kept printed on each bar."""
+    if not rows:
+        raise AnLLMError("ablation_figure needs at least one row")
+    groups = list(dict.fromkeys(r.group for r in rows))
+    fig = go.Figure()
+    for i, g in enumerate(groups):
+        sel = [r for r in rows if r.group == g]
+        fig.add_trace(
+            go.Bar(
+                x=[r.name for r in sel],
+                y=[round(r.ppl, 3) for r in sel],
+                name=g or "variant",
+                marker_color=_ABLATION_PALETTE[i % len(_PALETTE)],
+                text=[f"{r.ppl:.1f}<br>KV {100 * r.kv_kept_mean_frac:.0f}%" for r in sel],
+                textposition="outside",
+                hovertemplate="%{x}: perplexity %{y:.2f}<extra></extra>",
+            )
+        )
+    top = max(r.ppl for r in rows)
+    fig.update_layout(
+        title={"text": title, "x": 0.01},
+        height=height,
+        template="plotly_white",
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+    )
+    fig.update_xaxes(title_text="variant")
+    low = min(r.ppl for r in rows)
+    fig.update_yaxes(
+        title_text="perplexity (log scale, lower is better)",
+        type="log",
+        range=[math.log10(max(low, 1.0)) - 0.1, math.log10(top) + 0.35],
+    )
+    return fig
+
+
+def budget_figure(
+    rows: Sequence[Any],
+    *,
+    title: str = "KV budget vs perplexity",
+    height: int = 420,
+    reference: Any | None = None,
+) -> go.Figure:
+    """Perplexity against the mean fraction of KV entries kept, one curve per group.
+
+    Args:
+        rows: variants with a ``group`` each (e.g. ``"anchor"``, ``"streaming"``, ``"sepllm"``).
+        reference: drawn as a horizontal dashed line (typically the full cache).
+    """
+    if not rows:
+        raise AnLLMError("budget_figure needs at least one row")
+    fig = go.Figure()
+    for i, g in enumerate(dict.fromkeys(r.group for r in rows)):
+        sel = sorted((r for r in rows if r.group == g), key=lambda r: r.kv_kept_mean_frac)
+        fig.add_trace(
+            go.Scatter(
+                x=[round(100 * r.kv_kept_mean_frac, 2) for r in sel],
+                y=[round(r.ppl, 3) for r in sel],
+                mode="lines+markers",
+                name=g or "variant",
+                line={"color": _ABLATION_PALETTE[i % len(_PALETTE)], "width": 2.5},
+                customdata=[r.name for r in sel],
+                hovertemplate="%{customdata}<br>KV kept %{x:.1f}%<br>perplexity %{y:.2f}<extra></extra>",
+            )
+        )
+    if reference is not None:
+        fig.add_hline(
+            y=reference.ppl,
+            line_dash="dash",
+            line_color="#64748b",
+            annotation_text=f"{reference.name}: {reference.ppl:.1f}",
+            annotation_position="top left",
+        )
+    fig.update_layout(
+        title={"text": title, "x": 0.01},
+        height=height,
+        template="plotly_white",
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+    )
+    fig.update_xaxes(title_text="KV entries kept (% of tokens seen, mean over chunks)", rangemode="tozero")
+    fig.update_yaxes(title_text="perplexity (log scale, lower is better)", type="log")
+    return fig
+
+
+def bench_figure(results: Mapping[str, Mapping[str, Any]]) -> go.Figure:
+    """``anllm bench --plot``: prefill time, decode speed, KV bytes and peak memory against context length.
+
+    Args:
+        results: context (as a string) -> mode -> :class:`anllm.bench.ModeResult`, as :func:`anllm.bench.run_bench`
+            returns them.
+    """
+    panels = [
+        ("prefill_s", "prefill time (s)"),
+        ("decode_tok_s", "decode tokens/s"),
+        ("kv_bytes", "KV bytes at the end"),
+        ("peak_mem_bytes", "peak memory (bytes)"),
+    ]
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in panels])
+    contexts = [int(c) for c in results]
+    modes = list(dict.fromkeys(m for row in results.values() for m in row))
+    for mode in modes:
+        for j, (key, _) in enumerate(panels):
+            ys = [getattr(results[str(c)][mode], key) if mode in results[str(c)] else None for c in contexts]
+            fig.add_trace(
+                go.Scatter(x=contexts, y=ys, mode="lines+markers", name=mode, legendgroup=mode, showlegend=j == 0),
+                row=j // 2 + 1,
+                col=j % 2 + 1,
+            )
+    fig.update_xaxes(title_text="context (tokens)", type="log")
+    fig.update_layout(title="anllm bench", height=800)
+    return fig
 
 
 # -- static images in notebooks ------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def verify_text(lm: LoadedModel, text: str, *, chunk_size: int = 64) -> VerifyRe
         raise AnLLMError("the text to verify is empty")
     if lm.anchor.position_policy != "true":
         raise AnLLMError("exactness holds only under position_policy='true'; 'compact' matches no single pass")
-    if lm.anchor.mode == "ac":
+    if lm.anchor.kind == "ac":
         text = insert_ac(text)
     ids = torch.tensor([lm.tokenizer(text)["input_ids"]], device=next(lm.model.parameters()).device)
     check_fits(lm, ids.shape[1], "the text has", "verify a shorter text")

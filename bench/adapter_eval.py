@@ -7,11 +7,11 @@ StreamingLLM / SepLLM at the mean KV budget of ``--budget`` (a mode among ``--mo
 anchor), with the KV cache kept; ``--json-out`` writes everything to one JSON file (the model card's numbers),
 ``--markdown`` prints the tables. Inside ``--modes`` and ``--budget``, ``;`` separates a spec's parameters:
 
-    python bench/adapter_eval.py --adapter anllm/adapters/smollm2-135m-anchor --text anllm/data/heldout_prose.txt \
+    python bench/adapter_eval.py --adapter anllm/adapters/smollm2-135m-anchor --text anllm/resources/heldout_prose.txt \
         --modes "full,anchor,anchor:sink=1;window=16,streaming,sepllm" --budget "anchor:sink=1;window=16"
 
     python bench/adapter_eval.py --adapter runs/smollm2-anchor/checkpoints/step-0000200/adapter \
-        --text runs/corpus-fortunes/heldout.txt --text anllm/data/kjv_genesis.txt --max-tokens 1024
+        --text runs/corpus-fortunes/heldout.txt --text anllm/resources/kjv_genesis.txt --max-tokens 1024
 """
 
 from __future__ import annotations

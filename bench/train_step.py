@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from anllm.anchors import ep_anchor_ids
-from anllm.corpus import fortune_documents, synthetic_documents
-from anllm.training import anchor_attention, token_nll
+from anllm.train.corpus import fortune_documents, synthetic_documents
+from anllm.train.losses import anchor_attention, token_nll
 
 
 def text_batch(tokenizer, batch: int, seq: int) -> torch.Tensor:

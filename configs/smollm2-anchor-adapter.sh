@@ -23,11 +23,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=runs/smollm2-anchor
 CFG=configs/smollm2-anchor-adapter.yaml
-[ -f runs/corpus-fortunes/train.jsonl ] || "$PY" -m anllm.corpus --out runs/corpus-fortunes --sources fortunes
+[ -f runs/corpus-fortunes/train.jsonl ] || "$PY" -m anllm.train.corpus --out runs/corpus-fortunes --sources fortunes
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 step() { "$PY" - "$1" <<'PY'
 import sys
-from anllm.checkpointing import latest_checkpoint
+from anllm.train.checkpoint import latest_checkpoint
 from pathlib import Path
 c = latest_checkpoint(Path(sys.argv[1]))
 print(0 if c is None else int(c.name.split("-")[-1]))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 15: train the memory adapter for `--model default` on CPU (docs/adapter-training.md, "Memory adapter").
 #   1. the broad corpus (configs/corpus-broad.sh: fortunes, KJV without Genesis, WordNet, Debian documentation);
-#   2. 6,000 memory items (python -m anllm.memory_data: training templates only, filler from that corpus, seed 1);
+#   2. 6,000 memory items (python -m anllm.train.memory_data: training templates only, filler from that corpus, seed 1);
 #   3. stage M1, steps 0-250: from the shipped adapter, configs/smollm2-memory-adapter.yaml as committed
 #      (constant lr 2e-4; answer tokens: KL x4 + ground-truth LM loss x1);
 #   4. stage M2, steps 250-500: the same run resumed with target_lm_weight=8 (at step 175 recall through the anchor
@@ -20,15 +20,15 @@ CFG=configs/smollm2-memory-adapter.yaml
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # spin-waiting threads slow a shared CPU several times
 [ -f runs/corpus-broad/train.jsonl ] || bash configs/corpus-broad.sh runs/corpus-broad
-[ -f runs/memory/train.jsonl ] || "$PY" -m anllm.memory_data --corpus runs/corpus-broad/train.jsonl \
+[ -f runs/memory/train.jsonl ] || "$PY" -m anllm.train.memory_data --corpus runs/corpus-broad/train.jsonl \
     --out runs/memory/train.jsonl --n 6000 --seed 1
-[ -f runs/memory/train-long.jsonl ] || "$PY" -m anllm.memory_data --corpus runs/corpus-broad/train.jsonl \
+[ -f runs/memory/train-long.jsonl ] || "$PY" -m anllm.train.memory_data --corpus runs/corpus-broad/train.jsonl \
     --out runs/memory/train-long.jsonl --n 6000 --seed 2 --min-distance 48 --max-distance 900
 step() { "$PY" - "$1" <<'PY'
 import sys
 from pathlib import Path
 
-from anllm.checkpointing import latest_checkpoint
+from anllm.train.checkpoint import latest_checkpoint
 
 c = latest_checkpoint(Path(sys.argv[1]))
 print(0 if c is None else int(c.name.split("-")[-1]))

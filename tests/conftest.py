@@ -14,11 +14,11 @@ from anllm.models import LoadedModel, tiny_model, tiny_tokenizer  # noqa: E402
 ARCHS = ("llama", "mistral", "qwen2", "qwen3")
 
 
-def make_lm(arch="llama", mode="ep", dtype=torch.float64, seed=0, **anchor_kw) -> LoadedModel:
+def make_lm(arch="llama", kind="ep", dtype=torch.float64, seed=0, **anchor_kw) -> LoadedModel:
     """A tiny random model (odd sizes, GQA) with the character tokenizer, in float64 by default."""
     tok = tiny_tokenizer()
     model = tiny_model(vocab_size=len(tok), seed=seed, arch=arch).to(dtype)
-    cfg = AnchorConfig(mode=mode, **anchor_kw)
+    cfg = AnchorConfig(kind=kind, **anchor_kw)
     ids = resolve_anchor_ids(cfg, tok, model)
     return LoadedModel(model, tok, cfg, ids, f"tiny-{arch}")
 

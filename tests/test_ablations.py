@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from anllm.ablations import AblationRow, Variant, ablation_figure, budget_figure, by_name, run_variants, with_anchor
+from anllm.ablations import AblationRow, Variant, by_name, run_variants, with_anchor
 from anllm.config import AC_TOKEN, AnLLMError
 from anllm.evaluation.ppl import perplexity
+from anllm.plots import ablation_figure, budget_figure
 from anllm.verify import masked_forward
 from tests.conftest import make_lm
 
@@ -16,7 +17,7 @@ def test_with_anchor_changes_rule_and_resolves_ids():
     assert sinks.anchor.n_sink == 2 and sinks.anchor.position_policy == "compact"
     assert sinks.anchor_ids == lm.anchor_ids and sinks.model is lm.model
     assert lm.anchor.n_sink == 0  # the original is untouched
-    ac = with_anchor(lm, mode="ac")
+    ac = with_anchor(lm, kind="ac")
     assert ac.anchor_ids == (ac.tokenizer.convert_tokens_to_ids(AC_TOKEN),)
     assert with_anchor(lm) is lm
 
@@ -47,18 +48,18 @@ def test_run_variants_matches_the_masked_forward_and_full_cache():
 
 def test_ac_variants_leave_the_shared_model_alone():
     lm = make_lm()
-    rows = by_name(run_variants(lm, TEXT, [Variant("ep"), Variant("ac", anchor={"mode": "ac"}), Variant("ep2")]))
+    rows = by_name(run_variants(lm, TEXT, [Variant("ep"), Variant("ac", anchor={"kind": "ac"}), Variant("ep2")]))
     # adding <AC> in place would give the LM head a row competing with "." and change every later EP score
     assert rows["ep2"].nll == rows["ep"].nll
     assert AC_TOKEN not in lm.tokenizer.get_vocab()
     assert lm.model.get_output_embeddings().weight.shape[0] == len(lm.tokenizer)
-    ac = with_anchor(lm, mode="ac")
+    ac = with_anchor(lm, kind="ac")
     assert ac.model is not lm.model and with_anchor(ac, n_sink=1).model is ac.model
 
 
 def test_ac_variant_scores_the_text_with_ac_tokens():
     lm = make_lm()
-    rows = by_name(run_variants(lm, TEXT, [Variant("ep"), Variant("ac", anchor={"mode": "ac"})]))
+    rows = by_name(run_variants(lm, TEXT, [Variant("ep"), Variant("ac", anchor={"kind": "ac"})]))
     # " <AC>" after each of the 6 sentences: a space and the <AC> token with the character tokenizer
     assert rows["ac"].tokens == rows["ep"].tokens + 2 * 6
     assert rows["ac"].kv_kept_end < rows["ac"].tokens

@@ -1,5 +1,4 @@
 import time
-from importlib.resources import files
 
 import pytest
 import torch
@@ -7,6 +6,7 @@ import torch
 from anllm.anchors import add_ac_token, ep_anchor_ids, insert_ac, is_anchor, split_sentences
 from anllm.config import PRESETS, AnchorConfig, AnLLMError, preset_for
 from anllm.models import tiny_model, tiny_tokenizer
+from anllm.resources import KJV_GENESIS, read_resource
 from tests.conftest import make_lm
 from tests.sentence_cases import CASES, HELDOUT
 
@@ -56,7 +56,7 @@ def test_add_ac_token_initialises_rows_from_dot():
 def test_saved_tokenizer_keeps_ac_id(tmp_path):
     from transformers import AutoTokenizer
 
-    lm = make_lm(mode="ac")
+    lm = make_lm(kind="ac")
     lm.tokenizer.save_pretrained(tmp_path)
     again = AutoTokenizer.from_pretrained(tmp_path)
     assert again.convert_tokens_to_ids("<AC>") == lm.anchor_ids[0]
@@ -87,14 +87,14 @@ def test_presets_match_the_released_checkpoints():
     assert preset_for("pangjh3/AnLLM-EP-7B-PT").anchor.anchor_ids == (29889,)
     assert preset_for("anllm-ac-13b").hub_id == "pangjh3/AnLLM-AC-13B-PT"
     for p in PRESETS.values():
-        assert p.anchor.anchor_ids == ((32001,) if p.anchor.mode == "ac" else (29889,))
+        assert p.anchor.anchor_ids == ((32001,) if p.anchor.kind == "ac" else (29889,))
         assert p.pad_id == 32000
 
 
 @pytest.mark.parametrize(
     "kw,field",
     [
-        ({"mode": "xx"}, "mode"),
+        ({"kind": "xx"}, "kind"),
         ({"n_sink": -1}, "n_sink"),
         ({"chunk_size": 0}, "chunk_size"),
         ({"anchor_ids": ()}, "anchor_ids"),
@@ -104,6 +104,16 @@ def test_presets_match_the_released_checkpoints():
 def test_anchor_config_validation(kw, field):
     with pytest.raises(AnLLMError, match=field):
         AnchorConfig(**kw)
+
+
+def test_anchor_kind_reads_the_former_key_mode():
+    """``kind`` (EP / AC) was called ``mode``; files and callers using the old key still load the same setting."""
+    ac = AnchorConfig(kind="ac")
+    assert AnchorConfig.from_dict({"mode": "ac"}) == ac and AnchorConfig().replace(mode="ac") == ac
+    assert ac.mode == "ac"  # read-only alias
+    assert AnchorConfig.from_dict({"mode": "ac", "kind": "ac", "n_sink": 1}) == ac.replace(n_sink=1)
+    with pytest.raises(AnLLMError, match="give kind only"):
+        AnchorConfig.from_dict({"mode": "ac", "kind": "ep"})
 
 
 @pytest.mark.parametrize("gold", CASES, ids=lambda g: g[0][:30])
@@ -122,7 +132,7 @@ def test_split_sentences_held_out_score():
 
 def test_split_sentences_is_linear():
     """8x the text takes about 8x the time (it took ~50x when every match rescanned the text before it)."""
-    text = (files("anllm") / "data" / "kjv_genesis.txt").read_text(encoding="utf-8")[:136_000]
+    text = read_resource(KJV_GENESIS)[:136_000]
 
     def seconds(t):
         best = float("inf")

@@ -1,4 +1,4 @@
-"""Unit tests of the app's handlers (anllm.app_support), called directly with the tiny random model."""
+"""Unit tests of the app's handlers (anllm.ui, anllm.explorer), called directly with the tiny random model."""
 
 from __future__ import annotations
 
@@ -18,21 +18,15 @@ import pytest
 import torch
 from gradio.components.plot import PlotData
 
-from anllm import app_support
-from anllm.app_support import (
-    AppHandlers,
-    ModelRegistry,
-    compare_stream,
-    explore_masks,
-    kv_drop_schedule,
-    make_generation_config,
-    maybe_gpu,
-    model_choices,
-)
 from anllm.config import PRESETS, AnLLMError, GenerationConfig
+from anllm.explorer import explore_masks, kv_drop_schedule
 from anllm.generation import forward_chunk, make_cache, stream_generate
 from anllm.masks import ansan_mask
 from anllm.policies import POLICIES, AnchorPolicy, FullCachePolicy
+from anllm.ui import handlers as ui_handlers
+from anllm.ui import registry as app_registry
+from anllm.ui.handlers import AppHandlers, compare_stream, make_generation_config, maybe_gpu
+from anllm.ui.registry import ModelRegistry, model_choices
 
 PROMPT = "Hello there. How are you? I am fine!"
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,7 +193,7 @@ def test_hub_ids_fail_fast_offline(monkeypatch):
     # without the offline flags, an unreachable Hub is detected before transformers starts retrying
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(app_support, "hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(app_registry, "hub_reachable", lambda timeout_s=3.0: False)
     with pytest.raises(AnLLMError, match="Hub is unreachable"):
         reg.get("someone/never-cached")
     assert reg.loaded() == []
@@ -284,7 +278,7 @@ def test_peer_policy_gets_a_third_column(registry, monkeypatch):
         name = "peer-test"
 
     monkeypatch.setitem(POLICIES, "peer-test", Peer)
-    assert "peer-test" in app_support.peer_policies()
+    assert "peer-test" in ui_handlers.peer_policies()
     h = AppHandlers(registry, interval_s=0.0, max_request_s=None)
     outs = run_handler(h, peer="peer-test", max_new=10)
     assert outs[-1][6].startswith("✅")
@@ -354,7 +348,7 @@ def test_spaces_front_matter_and_requirements():
 
 
 def test_default_model_name_follows_env(monkeypatch):
-    from anllm.commands import app as app_cmd
+    from anllm.ui import launch as app_cmd
 
     monkeypatch.delenv("ANLLM_MODEL", raising=False)
     assert app_cmd.default_model_name() == "default"
@@ -390,18 +384,18 @@ def test_default_model_without_the_wheel_comes_from_the_hub(monkeypatch, tmp_pat
 
 def test_memory_test_runs_streaming_at_the_anchor_caches_size(handlers, registry):
     lm = registry.get()
-    prompt = app_support.memory_test_prompt()
-    assert prompt.startswith(app_support.MEMORY_FACT) and prompt.endswith(app_support.MEMORY_QUESTION)
-    assert app_support.MEMORY_ANSWER not in prompt[len(app_support.MEMORY_FACT) :]  # stated once, at the start
+    prompt = ui_handlers.memory_test_prompt()
+    assert prompt.startswith(ui_handlers.MEMORY_FACT) and prompt.endswith(ui_handlers.MEMORY_QUESTION)
+    assert ui_handlers.MEMORY_ANSWER not in prompt[len(ui_handlers.MEMORY_FACT) :]  # stated once, at the start
     # the peer's budget = what a real anchor prefill keeps (computed here through the model, there without it)
     cache = make_cache(lm, "anchor")
     with torch.no_grad():
         forward_chunk(lm.model, cache, torch.tensor([lm.tokenizer(prompt)["input_ids"]]))
     n = int(cache.n_kept()[0])
     assert n < len(lm.tokenizer(prompt)["input_ids"])
-    spec = app_support.budget_matched_peer(lm, prompt, "streaming", chat=False)
+    spec = ui_handlers.budget_matched_peer(lm, prompt, "streaming", chat=False)
     assert spec == f"streaming:budget={n},sink=4"
-    assert app_support.budget_matched_peer(lm, prompt, "full", chat=False) == "full"
+    assert ui_handlers.budget_matched_peer(lm, prompt, "full", chat=False) == "full"
     outs = raw_handler(handlers, prompt=prompt, peer="streaming", max_new=3)
     rows = outs[-1][5]
     assert [row[0] for row in rows] == ["full", "anchor", spec]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from anllm.app_support import ModelRegistry
-from anllm.app_ui import build_demo
 from anllm.models import load_model
+from anllm.ui.blocks import build_demo
+from anllm.ui.registry import ModelRegistry
 from tests.app_launch import launch
 
 CHROMIUM = os.environ.get("ANLLM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

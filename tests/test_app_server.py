@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from anllm.app_support import ModelRegistry
-from anllm.app_ui import build_demo
 from anllm.config import GenerationConfig
 from anllm.generation import stream_generate
+from anllm.ui.blocks import build_demo
+from anllm.ui.registry import ModelRegistry
 from tests.app_launch import launch
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -248,7 +248,7 @@ def tiny_as(name_log: list, **anchor_changes):
 def space(registry):
     """The app as on a public Space: a resident default that looks served (1 sink, 16-token window) with an
     adapter note naming a path under the checkout, other models allowed by the host, a short time limit."""
-    from anllm.app_support import _PACKAGE_ROOT
+    from anllm.ui.handlers import _PACKAGE_ROOT
 
     loads: list[str] = []
     base = tiny_as(loads, n_sink=1, window=16)
@@ -283,7 +283,7 @@ def test_a_typed_model_name_is_escaped(client, typed, shown, never):
 
 
 def test_the_model_panel_shows_no_server_paths(space):
-    from anllm.app_support import _PACKAGE_ROOT
+    from anllm.ui.handlers import _PACKAGE_ROOT
 
     c = Client(space[1], verbose=False)
     info = c.predict("served", api_name="/model_info")
@@ -324,7 +324,7 @@ def test_only_allowed_models_can_be_loaded(space):
 
 
 def test_the_allowlist_comes_from_the_environment(monkeypatch):
-    from anllm.app_support import allowed_models_from_env
+    from anllm.ui.registry import allowed_models_from_env
 
     monkeypatch.delenv("ANLLM_ALLOWED_MODELS", raising=False)
     monkeypatch.delenv("SPACE_ID", raising=False)
@@ -373,7 +373,7 @@ def test_a_request_over_the_time_limit_stops_cleanly(space):
 
 
 def test_the_time_limit_stops_a_long_prefill(registry):
-    from anllm.app_support import AppHandlers
+    from anllm.ui.handlers import AppHandlers
 
     h = AppHandlers(registry, max_request_s=1e-6)
     outs = list(h.generate("word " * 300, None, "none", False, 8, 0.0, 1.0, 0, 1.0, 0))

@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from anllm.anchors import is_anchor
-from anllm.attention_maps import attention_figure, attention_maps, attention_mass, blocked_by_ansan
+from anllm.attention_maps import attention_maps, attention_mass, blocked_by_ansan
 from anllm.config import AnLLMError
 from anllm.masks import ansan_mask
+from anllm.plots import attention_figure
 from tests.conftest import make_lm
 
 TEXT = "Ab cd. Ef gh! Ij kl? Mn"

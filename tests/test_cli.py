@@ -132,7 +132,7 @@ def fake_default(monkeypatch, tmp_path):
         ([], {}),
         (["--chunk-size", "128"], {"chunk_size": 128}),
         (["--positions", "compact"], {"position_policy": "compact"}),
-        (["--anchors", "ac"], {"mode": "ac"}),
+        (["--anchors", "ac"], {"kind": "ac"}),
         (["--anchors", "ep", "--chunk-size", "7"], {"chunk_size": 7}),
     ],
 )
@@ -153,8 +153,8 @@ def test_load_model_anchor_overrides():
     base = AnchorConfig(n_sink=2, window=8, anchor_ids=(5,))
     lm = load_model("tiny-random", anchor=base, anchor_overrides=dict(chunk_size=64, position_policy=None))
     assert lm.anchor == base.replace(chunk_size=64)
-    assert merge_anchor(base, {"mode": "ac"}) == base.replace(mode="ac", anchor_ids=None)  # EP ids don't name <AC>
-    assert merge_anchor(base, {"mode": "ep"}) == base
+    assert merge_anchor(base, {"kind": "ac"}) == base.replace(kind="ac", anchor_ids=None)  # EP ids don't name <AC>
+    assert merge_anchor(base, {"kind": "ep"}) == base
     with pytest.raises(AnLLMError, match="unknown anchor setting"):
         merge_anchor(base, {"sinks": 1})
 

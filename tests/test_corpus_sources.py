@@ -1,11 +1,11 @@
-"""Prose sources of anllm.corpus (Debian HTML books, man pages) on small hand-written fixtures, no apt packages."""
+"""Prose sources of anllm.train.corpus (Debian HTML books, man pages) on small hand-written fixtures, no apt."""
 
 import gzip
 import json
 
 import pytest
 
-from anllm import corpus
+from anllm.train import corpus
 
 
 def prose(tag: str, n_sentences: int = 12) -> str:

@@ -31,7 +31,7 @@ def ppl_from_logits(logits, ids):
 @pytest.mark.parametrize("mode", ["ep", "ac"])
 @pytest.mark.parametrize("chunk", [1, 9, 64])
 def test_anchor_ppl_equals_masked_forward(mode, chunk):
-    lm = make_lm(mode=mode)
+    lm = make_lm(kind=mode)
     ids = torch.tensor([encode_text(lm, TEXT)])
     with torch.inference_mode():
         ref = ppl_from_logits(masked_forward(lm.model, ids, is_anchor(ids, lm.anchor_ids)), ids)

@@ -15,9 +15,9 @@ from tests.reference import expected_kept
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def uniform_lm(mode="ep"):
+def uniform_lm(kind="ep"):
     """A model whose every weight is zero: logits are 0, so each token has log-probability -log(V)."""
-    lm = make_lm(mode=mode)
+    lm = make_lm(kind=kind)
     with torch.no_grad():
         for p in lm.model.parameters():
             p.zero_()
@@ -40,7 +40,7 @@ def test_toy_accuracy_is_hand_checkable():
 
 @pytest.mark.parametrize("mode", ["ep", "ac"])
 def test_scorers_agree_and_kv_reduction(mode):
-    lm = make_lm(mode=mode)
+    lm = make_lm(kind=mode)
     items = load_task("toy", limit=5)
     res = evaluate_qa(lm, items, shots=2)
     reqs = build_requests(items, 2, ac=mode == "ac")
@@ -129,7 +129,7 @@ def test_cli_qa_json(capsys):
 
 
 def test_harness_backend(tmp_path):
-    lm = make_lm(mode="ac")
+    lm = make_lm(kind="ac")
     b = HarnessBackend(lm, scorer="anchor")
     assert b.mark_demos("a b\n\nc d\n\nq") == f"a b {AC_TOKEN}\n\nc d {AC_TOKEN}\n\nq"
     pairs = [("Birds fly.\n\nQ: sky?", " blue"), ("Birds fly.\n\nQ: sky?", " green"), ("Other.", " x")]

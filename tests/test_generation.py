@@ -75,7 +75,7 @@ def test_stop_string_and_eos():
 
 
 def test_ac_mode_inserts_and_hides_ac():
-    lm = make_lm(mode="ac")
+    lm = make_lm(kind="ac")
     ids = encode_prompt(lm, "One. Two. Three", chat=False)
     assert ids.count(lm.anchor_ids[0]) == 3
     steps = list(stream_generate(lm, "One. Two. Three", "anchor", gen(max_new_tokens=30)))

@@ -61,17 +61,27 @@ def test_license_and_py_typed_ship():
 
 def test_cli_names_the_extra_of_a_missing_package(monkeypatch, capsys):
     block(monkeypatch, "gradio")
-    monkeypatch.delitem(sys.modules, "anllm.app_ui", raising=False)  # re-imported, so it meets the missing gradio
+    monkeypatch.delitem(sys.modules, "anllm.ui.blocks", raising=False)  # re-imported, so it meets the missing gradio
     assert main(["app", "--model", "tiny-random"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "needs gradio" in err and "pip install 'anllm[app]'" in err
+
+
+def test_bench_plot_without_plotly_fails_before_measuring(monkeypatch, capsys, tmp_path):
+    import anllm.bench
+
+    monkeypatch.setattr(anllm.bench, "run_bench", lambda *a, **k: pytest.fail("measured before checking plotly"))
+    block(monkeypatch, "plotly")
+    monkeypatch.delitem(sys.modules, "anllm.plots", raising=False)  # re-imported, so it meets the missing plotly
+    assert main(["bench", "--model", "tiny-random", "--context", "16", "--plot", str(tmp_path / "b.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "needs plotly" in err and "pip install 'anllm[app]'" in err
 
 
 @pytest.mark.parametrize(
     "module, extra, where, call",
     [
         ("sacrebleu", "eval", "anllm.evaluation.bleu", lambda m: m.corpus_bleu(["a"], ["a"])),
-        ("plotly", "app", "anllm.bench", lambda m: m.write_plot({}, "unused.html")),
         ("lm_eval", "harness", "anllm.evaluation.harness", lambda m: m.register_with_lm_eval()),
     ],
 )

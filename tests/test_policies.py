@@ -1,12 +1,22 @@
-"""StreamingLLM and SepLLM-style policies keep exactly the entries their rule says, and decode exactly."""
+"""Cache policies: StreamingLLM and SepLLM keep exactly the entries their rule says; every registered policy decodes
+exactly (one table-driven test over anllm.policies.POLICIES)."""
 
 import pytest
 import torch
 
+from anllm.anchors import insert_ac, mark_anchors
 from anllm.config import AnLLMError
 from anllm.generation import forward_chunk, make_cache
-from anllm.masks import to_additive
-from anllm.policies import POLICIES, SepLLMPolicy, StreamingPolicy, parse_spec, policy_from_spec, split_modes
+from anllm.masks import segment_ids, to_additive, token_positions
+from anllm.policies import (
+    POLICIES,
+    SepLLMPolicy,
+    StreamingPolicy,
+    TokenMeta,
+    parse_spec,
+    policy_from_spec,
+    split_modes,
+)
 from anllm.policies.sepllm import separator_ids
 from tests.conftest import make_lm
 
@@ -76,18 +86,73 @@ def test_cache_keeps_exactly_the_rule(rule, n_sink, window, chunk):
 
 
 @pytest.mark.parametrize("rule", ["streaming", "sepllm"])
-@pytest.mark.parametrize("chunk", [1, 6, 64])
-def test_decoding_equals_one_masked_pass(rule, chunk):
+def test_visible_is_the_rules_wording(rule):
+    """The policy's mask is the rule as its paper words it (the table below proves decoding equals that mask)."""
     lm = make_lm()
     n_sink, window = 3, 5
     ids = torch.tensor([lm.tokenizer(TEXT)["input_ids"]])
     T = ids.shape[1]
-    with torch.inference_mode():
-        mask = to_additive(brute_mask(TEXT, rule, n_sink, window), lm.model.dtype)
-        ref = lm.model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(T)[None]).logits
-        cache = make_cache(lm, make_policy(lm, rule, n_sink, window))
-        got = torch.cat([forward_chunk(lm.model, cache, ids[:, s : s + chunk]) for s in range(0, T, chunk)], 1)
-    torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)
+    meta = TokenMeta(ids, torch.arange(T)[None], torch.zeros_like(ids), torch.zeros_like(ids).bool(), ids >= 0)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    got = make_policy(lm, rule, n_sink, window).visible(meta, meta)[0] & causal  # (T, T)
+    assert torch.equal(got, brute_mask(TEXT, rule, n_sink, window)[0, 0])
+
+
+# -- every registered policy proves itself -----------------------------------------------------------------------
+# Small settings, so that every policy evicts on the short texts below; a policy registered in
+# anllm.policies.POLICIES without a row here runs with its defaults (and must still evict, see the assertion).
+SMALL = {
+    "anchor": ("anchor", "anchor:sink=1,window=4"),
+    "streaming": ("streaming:sink=2,window=5",),
+    "sepllm": ("sepllm:sink=1,window=4",),
+}
+TABLE_TEXTS = [
+    "The cat sat. It was warm! Was it? Yes. Then the dog came, and sat down too",
+    "One. Two.",
+    "No anchor in this row at all; only commas, words and more words",
+]
+
+
+def _one_pass_mask(policy, lm, ids, valid):
+    """Bool ``(B, 1, T, T)``: the policy's own rule over the whole padded batch, plus causality and padding (built
+    here, not by the cache); a padding query sees itself only."""
+    anchor, _ = mark_anchors(ids, lm.anchor_ids, valid, max_segment=lm.anchor.max_segment)
+    meta = TokenMeta(ids, token_positions(valid), segment_ids(anchor, valid), anchor, valid)
+    T = ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    allowed = policy.visible(meta, meta) & causal & valid[:, None, :] & valid[:, :, None]  # (B, T, T)
+    return (allowed | (torch.eye(T, dtype=torch.bool) & ~valid[:, :, None]))[:, None]
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("kind", ["ep", "ac"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_every_registered_policy_decodes_as_one_masked_pass(name, kind, side):
+    """Decoding through the evicting cache (chunks of 1, 5 and all tokens) equals one forward pass with the
+    policy's ``visible`` rule as the mask: float64, EP and AC anchors, left and right padding."""
+    lm = make_lm(kind=kind)  # float64
+    tok = lm.tokenizer
+    tok.padding_side = side
+    texts = [insert_ac(t) for t in TABLE_TEXTS] if kind == "ac" else TABLE_TEXTS
+    enc = tok(texts, padding=True, return_tensors="pt")
+    ids, am = enc["input_ids"], enc["attention_mask"]
+    valid = am.bool()
+    assert (~valid).any()  # the batch is padded
+    for spec in SMALL.get(name, (name,)):
+        policy = lm.policy(spec)
+        assert type(policy) is POLICIES[name]
+        with torch.inference_mode():
+            mask = to_additive(_one_pass_mask(policy, lm, ids, valid), lm.model.dtype)
+            ref = lm.model(input_ids=ids, attention_mask=mask, position_ids=token_positions(valid)).logits
+            for chunk in (1, 5, ids.shape[1]):
+                cache = make_cache(lm, policy)
+                got = torch.cat(
+                    [forward_chunk(lm.model, cache, ids[:, s : s + chunk], am[:, s : s + chunk])
+                     for s in range(0, ids.shape[1], chunk)], 1)  # fmt: skip
+                diff = float(((got - ref).abs() * am[..., None]).max())
+                assert diff < 1e-9, f"{spec}, chunk {chunk}: max |logit diff| {diff}"
+                if name != "full" and chunk < ids.shape[1]:
+                    assert int(cache.n_evicted.sum()) > 0, f"{spec} evicted nothing: add small settings to SMALL"
 
 
 def test_split_modes_keeps_spec_parameters_together():

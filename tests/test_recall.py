@@ -165,8 +165,8 @@ def test_cli_recall_json_and_plot(tmp_path):
 
 
 def test_memory_training_records_use_training_templates_only(tmp_path):
-    from anllm.memory_data import build_memory_data
     from anllm.models import tiny_tokenizer
+    from anllm.train.memory_data import build_memory_data
 
     corpus = tmp_path / "train.jsonl"
     corpus.write_text("".join(json.dumps({"text": FILLER[i * 500 : (i + 1) * 500]}) + "\n" for i in range(20)))
@@ -184,7 +184,7 @@ def test_memory_training_records_use_training_templates_only(tmp_path):
 
 
 def test_memory_training_distance_range_is_checked(tmp_path):
-    from anllm.memory_data import build_memory_data
+    from anllm.train.memory_data import build_memory_data
     from anllm.models import tiny_tokenizer
 
     corpus = tmp_path / "train.jsonl"

@@ -102,7 +102,7 @@ def test_ep_anchor_ids_of_the_real_tokenizer(smol):
 
 
 def test_ac_mode_on_the_real_model(smol):
-    lm = load_model("smollm2-135m", anchor=AnchorConfig(mode="ac"))
+    lm = load_model("smollm2-135m", anchor=AnchorConfig(kind="ac"))
     (ac,) = lm.anchor_ids
     emb = lm.model.get_input_embeddings().weight
     dot = lm.tokenizer.encode(".", add_special_tokens=False)[-1]

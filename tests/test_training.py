@@ -1,24 +1,15 @@
 """Training on tiny models: loss goes down, labels and <AC> rows, exact resume, losses, eval, checkpoints."""
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from anllm.config import AC_TOKEN, AnchorConfig, AnLLMError
-from anllm.training import (
-    SampleOrder,
-    anchor_attention,
-    lr_lambda,
-    prepare_model,
-    process_slice,
-    token_kl,
-    token_nll,
-    train,
-)
-from anllm.training_config import TrainConfig
+from anllm.train.config import TrainConfig
+from anllm.train.loop import SampleOrder, lr_lambda, prepare_model, process_slice, train
+from anllm.train.losses import anchor_attention, token_kl, token_nll
 
 PROSE = [
     "The cat sat on the mat. It was warm! Was it happy? The dog ran to the park.",
@@ -58,7 +49,7 @@ def cfg_for(data, mode="pretrain", **kw) -> TrainConfig:
         seed=3,
     )
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 @pytest.mark.parametrize("mode", ["pretrain", "sft"])
@@ -73,7 +64,7 @@ def test_loss_decreases(data, mode, anchors):
 def test_ac_rows_from_dot_and_tokenizer_reloads(data):
     from transformers import AutoTokenizer
 
-    from anllm.training import prepare_model
+    from anllm.train.loop import prepare_model
 
     cfg = cfg_for(data, anchors="ac", max_steps=2, save_every=1)
     model, lm, _ = prepare_model(cfg)
@@ -149,7 +140,7 @@ def test_kl_is_zero_without_anchors_at_init(data, finetune):
 def test_lora_with_ac_trains_the_ac_row(data):
     from safetensors.torch import load_file
 
-    from anllm.training import prepare_model
+    from anllm.train.loop import prepare_model
 
     cfg = cfg_for(data, finetune="lora", anchors="ac", lora_r=4, max_steps=3)
     _, lm, _ = prepare_model(cfg)
@@ -175,7 +166,7 @@ def test_token_kl_matches_torch_kl_div():
 
 def test_eval_anchor_ppl_equals_anchor_cache_decoding(data):
     from anllm.generation import forward_chunk, make_cache
-    from anllm.training import evaluate_perplexity
+    from anllm.train.loop import evaluate_perplexity
     from tests.conftest import make_lm
 
     lm = make_lm(dtype=torch.float64)
@@ -209,7 +200,7 @@ def test_sample_order_and_process_slices():
 
 
 def test_lr_schedule_shapes():
-    cfg = TrainConfig(lr_scheduler="cosine", warmup_steps=4, min_lr_ratio=0.1)
+    cfg = TrainConfig.from_dict(dict(lr_scheduler="cosine", warmup_steps=4, min_lr_ratio=0.1))
     f = lr_lambda(cfg, 20)
     warm = [f(s) for s in range(4)]
     assert warm == sorted(warm) and warm[-1] < 1 and f(4) == pytest.approx(1.0)
@@ -217,7 +208,7 @@ def test_lr_schedule_shapes():
 
 
 def test_stale_temporary_checkpoint_is_ignored(data):
-    from anllm.checkpointing import latest_checkpoint
+    from anllm.train.checkpoint import latest_checkpoint
 
     res = train(cfg_for(data, max_steps=4, save_every=2, output_dir=str(data / "c")))
     root = res.output_dir / "checkpoints"
@@ -240,8 +231,9 @@ def test_cli_train_and_errors(data, capsys):
 
 @pytest.mark.gpu
 def test_flex_attention_matches_dense_on_gpu(data):
-    from anllm.data import build_examples, collate
-    from anllm.training import micro_batch_loss, prepare_model
+    from anllm.train.data import build_examples, collate
+    from anllm.train.loop import prepare_model
+    from anllm.train.losses import micro_batch_loss
 
     cfg = cfg_for(data, precision="fp32")
     model, lm, _ = prepare_model(cfg)
@@ -268,8 +260,8 @@ def test_shipped_configs_load():
     assert kinds == {"FSDP", "DEEPSPEED"}
     ds = json.loads((root / "deepspeed" / "zero3-offload.json").read_text())
     paper = TrainConfig.load(root / "paper-cpt-ep-7b.yaml")
-    assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_accumulation_steps"] == paper.grad_accum
-    assert ds["train_micro_batch_size_per_gpu"] == paper.batch_size
+    assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_accumulation_steps"] == paper.optim.grad_accum
+    assert ds["train_micro_batch_size_per_gpu"] == paper.optim.batch_size
 
 
 def test_final_lora_adapter_reloads_with_peft(data):
@@ -312,7 +304,7 @@ def test_export_adapter_in_bfloat16_merges_the_rounded_delta(data):
         res.final_dir / "adapter_model.safetensors"
     ).stat().st_size
     assert json.loads((ship / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/base"
-    assert json.loads((ship / "anchor.json").read_text()) == {"mode": "ep", "n_sink": 1, "window": 16}
+    assert json.loads((ship / "anchor.json").read_text()) == {"kind": "ep", "n_sink": 1, "window": 16}
     base = load_model("tiny-random").model
     merged, anchor = _apply_adapter(load_model("tiny-random").model, ship, notes=[])
     assert (anchor.n_sink, anchor.window) == (1, 16)
@@ -337,7 +329,7 @@ def test_lora_starts_from_a_saved_adapter(data):
     assert set(params) == set(saved) and all(p.requires_grad for p in params.values())
     assert all(torch.equal(params[k], v) for k, v in saved.items())  # the saved weights, at the saved r = 4
     assert all(p.shape[0] == 4 for k, p in params.items() if "lora_A" in k)
-    res = train(replace(cfg, max_steps=2, lr=1e-2))
+    res = train(cfg.replace(max_steps=2, lr=1e-2))
     moved = load_file(str(res.final_dir / "adapter_model.safetensors"))
     assert set(moved) == set(saved) and any(not torch.equal(moved[k], saved[k]) for k in saved)
 
@@ -347,7 +339,7 @@ def test_grow_lora_rank_keeps_the_model_and_trains_the_new_directions(data):
     first = train(cfg_for(data, finetune="lora", lora_r=4, max_steps=3, lr=1e-2))
     base = cfg_for(data, finetune="lora", init_adapter=first.final_dir, output_dir=str(data / "grown"))
     kept, _, _ = prepare_model(base)
-    grown, _, _ = prepare_model(replace(base, grow_lora_r=7))
+    grown, _, _ = prepare_model(base.replace(grow_lora_r=7))
     ids = torch.randint(0, 50, (2, 19))  # (B, T)
     with torch.no_grad():
         want, got = kept(input_ids=ids).logits, grown(input_ids=ids).logits  # (B, T, V)
@@ -362,7 +354,7 @@ def test_grow_lora_rank_keeps_the_model_and_trains_the_new_directions(data):
     grown(input_ids=ids, labels=ids).loss.backward()
     new_b = [m.lora_B["default"].weight.grad[:, 4:] for m in grown.modules() if hasattr(m, "lora_B")]
     assert new_b and all(g.abs().sum() > 0 for g in new_b)  # zero columns, yet trainable: their A rows are random
-    res = train(replace(base, grow_lora_r=7, max_steps=2, lr=1e-2))
+    res = train(base.replace(grow_lora_r=7, max_steps=2, lr=1e-2))
     assert json.loads((res.final_dir / "adapter_config.json").read_text())["r"] == 7
 
 
@@ -371,7 +363,7 @@ def test_bf16_autocast_on_cpu(data):
     master weights stay float32 and the first step's loss matches the float32 run's to bf16 accuracy."""
     fp32 = train(cfg_for(data, finetune="lora", lora_r=4, max_steps=6, precision="fp32", output_dir=str(data / "a")))
     bf16 = train(cfg_for(data, finetune="lora", lora_r=4, max_steps=6, precision="bf16", output_dir=str(data / "b")))
-    assert json.loads((bf16.output_dir / "config.json").read_text())["precision"] == "bf16"
+    assert json.loads((bf16.output_dir / "config.json").read_text())["run"]["precision"] == "bf16"
     assert bf16.losses[1] == pytest.approx(fp32.losses[1], rel=0.02) and bf16.losses[1] != fp32.losses[1]  # bf16 ran
     assert bf16.losses[6] < bf16.losses[1]  # it learns
     from safetensors.torch import load_file
@@ -405,7 +397,7 @@ def test_full_attention_kl_term(data):
     for x in lines:
         assert x["loss"] == pytest.approx(x["kl"] + 0.5 * x["kl_full"], rel=1e-6)
     with pytest.raises(AnLLMError, match="full_kl_weight"):
-        TrainConfig(full_kl_weight=-1)
+        TrainConfig.from_dict(dict(full_kl_weight=-1))
 
 
 def test_train_leaves_the_callers_config_alone(data):
@@ -413,8 +405,8 @@ def test_train_leaves_the_callers_config_alone(data):
     cfg = cfg_for(data, finetune="lora", lora_r=4, max_steps=1, precision="auto", output_dir=str(data / "auto"))
     before = cfg.to_dict()
     res = train(cfg)
-    assert cfg.precision == "auto" and cfg.to_dict() == before
-    assert json.loads((res.output_dir / "config.json").read_text())["precision"] in ("fp32", "bf16")
+    assert cfg.run.precision == "auto" and cfg.to_dict() == before
+    assert json.loads((res.output_dir / "config.json").read_text())["run"]["precision"] in ("fp32", "bf16")
 
 
 def test_weighted_losses_and_target_term():
@@ -431,7 +423,7 @@ def test_weighted_losses_and_target_term():
 
 
 def test_target_lm_term_is_added_on_marked_tokens(data):
-    from anllm.training import micro_batch_loss
+    from anllm.train.losses import micro_batch_loss
     from tests.conftest import make_lm
 
     lm = make_lm(dtype=torch.float64)
@@ -440,8 +432,8 @@ def test_target_lm_term_is_added_on_marked_tokens(data):
     targets[0, -4:] = True
     batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids), "targets": targets,
              "weights": torch.ones(ids.shape, dtype=torch.float64)}  # fmt: skip
-    plain = TrainConfig(loss="lm")
-    with_target = TrainConfig(loss="lm", target_lm_weight=2.0)
+    plain = TrainConfig.from_dict(dict(loss="lm"))
+    with_target = TrainConfig.from_dict(dict(loss="lm", target_lm_weight=2.0))
     base, _ = micro_batch_loss(lm.model, batch, lm.anchor_ids, plain)
     got, _ = micro_batch_loss(lm.model, batch, lm.anchor_ids, with_target)
     mask, pos = anchor_attention(ids, batch["attention_mask"], lm.anchor_ids, {}, path="dense")

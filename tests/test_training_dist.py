@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from anllm.training import train
-from anllm.training_config import TrainConfig
+from anllm.train import TrainConfig, train
 from tests.test_training import PROSE
 
 
@@ -39,7 +38,7 @@ def test_two_process_accelerate_launch_matches_one_process(tmp_path):
     assert state["world_size"] == 2 and state["global_batch"] == 4
     assert (tmp_path / "two" / "checkpoints" / "step-0000008" / "rng_1.pt").is_file()
 
-    one = train(TrainConfig(**common, batch_size=2, output_dir=str(tmp_path / "one")))
+    one = train(TrainConfig.from_dict(dict(**common, batch_size=2, output_dir=str(tmp_path / "one"))))
     two = _metrics(tmp_path / "two")
     assert sorted(two) == list(range(1, 9))
     for step, loss in one.losses.items():

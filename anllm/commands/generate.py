@@ -6,6 +6,7 @@ import sys
 
 from anllm.commands.common import add_model_args, emit_json, load_from_args, read_text
 from anllm.config import GenerationConfig
+from anllm.stats import RunStats
 
 
 def register(sub) -> None:
@@ -66,31 +67,31 @@ def run(args) -> int:
         else:
             sys.stdout.write(r.text)
             sys.stdout.flush()
+    s = last.stats if last else RunStats(0, 0)
     summary = {
         "summary": True,
         "model": args.model,
         "mode": args.mode,
         "text": "".join(text),
-        "generated_tokens": last.step if last else 0,
-        "prompt_tokens": last.prompt_tokens if last else 0,
+        "generated_tokens": s.new_tokens,
+        "prompt_tokens": s.prompt_tokens,
         "finish_reason": last.finish_reason if last else "length",
         "generated_anchors": n_anchor,
-        "kv_entries": last.kv_entries if last else 0,
-        "kv_full_entries": last.kv_full_entries if last else 0,
-        "kv_bytes": last.kv_bytes if last else 0,
-        "n_evicted": last.n_evicted if last else 0,
-        "prefill_s": last.prefill_s if last else 0.0,
-        "elapsed_s": last.elapsed_s if last else 0.0,
-        "tokens_per_s": last.tokens_per_s if last else 0.0,
+        "kv_entries": s.kv_entries,
+        "kv_full_entries": s.kv_full_entries,
+        "kv_bytes": s.kv_bytes,
+        "n_evicted": s.n_evicted,
+        "prefill_s": s.prefill_s,
+        "elapsed_s": s.elapsed_s,
+        "tokens_per_s": s.tokens_per_s if last else 0.0,
     }
     if args.json:
         emit_json(summary)
     else:
         sys.stdout.write("\n")
-        kept = summary["kv_entries"] / max(summary["kv_full_entries"], 1)
         print(
-            f"[{args.mode}] {summary['generated_tokens']} tokens, {summary['tokens_per_s']:.1f} tok/s, "
-            f"KV kept {summary['kv_entries']}/{summary['kv_full_entries']} ({kept:.1%})",
+            f"[{args.mode}] {s.new_tokens} tokens, {summary['tokens_per_s']:.1f} tok/s, "
+            f"KV kept {s.kv_entries}/{s.kv_full_entries} ({s.kv_kept_frac:.1%})",
             file=sys.stderr,
         )
     return 0

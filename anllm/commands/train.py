@@ -14,13 +14,16 @@ runs under the mask, so each sentence's information has to gather in its anchor 
 punctuation already in the text; AC: an <AC> token inserted after every sentence), and the model learns to use an
 anchor cache that keeps only the anchors and the open sentence.
 
-  mode: pretrain  continued pre-training on plain text (.txt, or JSONL {"text": ...}); loss on every token
+  mode: pretrain  (data.objective) continued pre-training on plain text (.txt, or JSONL {"text": ...}); loss on
+                  every token
   mode: sft       instruction tuning on Alpaca records (or translation pairs); loss on the response only
-  loss: lm        next-token cross-entropy (the paper's); kl / lm+kl distil the model's own full-attention
+  loss: lm        (loss.kind) next-token cross-entropy (the paper's); kl / lm+kl distil the model's own full-attention
                   predictions into the masked model (how the shipped SmolLM2 adapter was trained)
   finetune        full (all weights) or lora (a peft adapter; export it with anllm.models.export_adapter)
 
-Every option is a key of one YAML/JSON config; configs/ (in the source repository) holds working ones:
+Every option is a key of one YAML/JSON config, flat (lr: 2.0e-5) or in sections (model, anchor, data, loss, optim,
+run: optim: {lr: 2.0e-5}); --set takes either (--set max_steps=50, --set optim.lr=1e-4). configs/ (in the source
+repository) holds working ones:
 tiny-pretrain-ep.yaml (seconds on a CPU), sft-alpaca-ac.yaml, sft-translation-ep.yaml, smollm2-anchor-adapter.yaml
 (the default model's adapter) and the paper's 7B runs (paper-*.yaml, with configs/accelerate/ and configs/deepspeed/
 for several GPUs). Checkpoints, logs and the final model go to output_dir. docs/training.md explains the keys."""
@@ -53,13 +56,13 @@ def run(args) -> int:
     import json
     import os
 
-    from anllm.training_config import TrainConfig
+    from anllm.train.config import TrainConfig
 
     cfg = TrainConfig.load(args.config, args.overrides)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    from anllm.training import train
+    from anllm.train.loop import train
 
     result = train(cfg, resume=args.resume)
     last = result.losses.get(result.step)

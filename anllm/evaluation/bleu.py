@@ -69,8 +69,8 @@ def translate(
     for src in progress_bar(sources, desc=f"translate {mode}", unit="segment", enabled=progress):
         r = generate(lm, template.format(src=src), mode, gen)
         hyps.append(r.text.strip())
-        fracs.append(r.kv_entries / max(r.kv_full_entries, 1))
-        speeds.append(r.tokens_per_s)
+        fracs.append(r.stats.kv_kept_frac)
+        speeds.append(r.stats.tokens_per_s)
     return BleuResult(mode, 0.0, len(sources), sum(fracs) / len(fracs), sum(speeds) / len(speeds), hyps)
 
 

@@ -63,7 +63,7 @@ class HarnessBackend:
 
     def mark_demos(self, context: str) -> str:
         """AC mode: close every demonstration (text before a few-shot delimiter) with ``<AC>``."""
-        if self.lm.anchor.mode != "ac" or not self.delim or AC_TOKEN in context:
+        if self.lm.anchor.kind != "ac" or not self.delim or AC_TOKEN in context:
             return context
         parts = context.split(self.delim)
         return self.delim.join([p + f" {AC_TOKEN}" if p.strip() else p for p in parts[:-1]] + parts[-1:])
@@ -143,7 +143,7 @@ def register_with_lm_eval():
 
         def __init__(self, model: str = "default", mode: str = "anchor", dtype: str = "float32", device=None, **kw):
             super().__init__()
-            from anllm.commands.common import DTYPES, default_device
+            from anllm.devices import DTYPES, default_device
             from anllm.models import load_model
 
             lm = kw.pop("lm", None) or load_model(model, dtype=DTYPES[dtype], device=device or default_device())

@@ -51,7 +51,7 @@ def encode_text(lm: LoadedModel, text: str, max_tokens: int | None = None) -> li
     """Token ids of a text for scoring (``<AC>`` inserted in AC mode); checks length against the model."""
     if not isinstance(text, str) or not text.strip():
         raise AnLLMError("the text is empty: give a UTF-8 file with some prose")
-    if lm.anchor.mode == "ac":
+    if lm.anchor.kind == "ac":
         text = insert_ac(text)
     ids = list(lm.tokenizer(text)["input_ids"])
     if max_tokens is not None:

@@ -248,7 +248,7 @@ def evaluate_qa(
     bad = [s for s in scorers if s not in SCORERS]
     if bad or not scorers:
         raise AnLLMError(f"unknown scorer(s) {bad}; choose from {', '.join(SCORERS)}")
-    reqs = build_requests(items, shots, ac=lm.anchor.mode == "ac", ac_placement=ac_placement, seed=seed)
+    reqs = build_requests(items, shots, ac=lm.anchor.kind == "ac", ac_placement=ac_placement, seed=seed)
     logliks = {s: [] for s in scorers}
     seconds = dict.fromkeys(scorers, 0.0)
     ctx_tokens = kept_ctx = kept_end = seen_end = 0

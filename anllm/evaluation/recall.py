@@ -24,10 +24,11 @@ from anllm.generation import decode_step, eos_ids, forward_chunk, make_cache, pr
 from anllm.memory import FAMILIES, MemoryItem, make_items
 from anllm.models import LoadedModel
 from anllm.policies import BUDGETED, budget_spec
+from anllm.resources import KJV_GENESIS, resource_path
 from anllm.textio import read_jsonl
 
 DEFAULT_DISTANCES = (64, 256, 1024, 2048, 4096)
-DEFAULT_FILLER = Path(__file__).resolve().parent.parent / "data" / "kjv_genesis.txt"  # public domain, never trained on
+DEFAULT_FILLER = resource_path(KJV_GENESIS)  # public domain, never trained on
 _GREEDY = GenerationConfig(max_new_tokens=1, chat=False)
 _WORD = re.compile(r"[^\w\s]")
 
@@ -53,7 +54,7 @@ def render(lm: LoadedModel, item: MemoryItem, *, chat: bool = True) -> tuple[lis
     otherwise ``context``, a blank line, ``Question: ...`` and ``Answer:``.
     """
     tok = lm.tokenizer
-    if lm.anchor.mode == "ac":  # <AC> after every sentence, as encode_prompt does for users' prompts
+    if lm.anchor.kind == "ac":  # <AC> after every sentence, as encode_prompt does for users' prompts
         item = replace(
             item,
             context=insert_ac(item.context) if item.context.strip() else item.context,

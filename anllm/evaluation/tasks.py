@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anllm.config import AnLLMError
+from anllm.resources import TOY_MC, resource_path
 from anllm.textio import read_jsonl
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-LOCAL_TASKS = {"toy": DATA_DIR / "toy_mc.jsonl"}
+LOCAL_TASKS = {"toy": resource_path(TOY_MC)}
 
 
 @dataclass

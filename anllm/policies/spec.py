@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 
 from anllm.config import AnLLMError
+from anllm.policies.anchor import AnchorPolicy
 from anllm.policies.base import EvictionPolicy
+from anllm.policies.registry import POLICIES
 
 _ALIASES = {"sink": "n_sink"}
 
@@ -47,8 +49,6 @@ def policy_from_spec(spec: str, lm=None) -> EvictionPolicy:
     Raises:
         AnLLMError: unknown policy or key, or a budget/window of zero.
     """
-    from anllm.policies import POLICIES, AnchorPolicy
-
     name, params = parse_spec(spec)
     if name not in POLICIES:
         raise AnLLMError(f"unknown mode {name!r}; choose one of {', '.join(POLICIES)} (optionally name:key=value,...)")

@@ -1,14 +1,14 @@
 """Training with the AnSAN mask on every example (arXiv 2402.07616 §4.2; docs/training.md), on accelerate: one
 CPU, DDP, FSDP or DeepSpeed.
 
-The loop reads top to bottom in :func:`train`; the pieces it uses are small functions:
+:func:`train` is :func:`setup` (accelerator, precision, seed) -> :func:`build` (model, data, optimiser, resume state)
+-> :func:`fit` (the steps, read top to bottom); the pieces they use are small functions:
 
-* :func:`anchor_attention` builds the mask of a batch: a dense 4D mask (SDPA) or a FlexAttention ``BlockMask``;
-* :func:`micro_batch_loss` computes the LM loss and/or the KL distillation loss against the model's own
-  full-attention predictions (teacher = adapters disabled for LoRA, a frozen copy for full fine-tuning);
+* :func:`anllm.train.losses.micro_batch_loss` computes the LM loss and/or the KL distillation loss against the
+  model's own full-attention predictions (teacher = adapters disabled for LoRA, a frozen copy for full fine-tuning);
 * :func:`evaluate_perplexity` measures held-out perplexity under full and under anchor attention (one AnSAN-masked
   pass with true positions equals anchor-cache decoding exactly, see ``anllm.verify``);
-* :mod:`anllm.checkpointing` writes and reads checkpoints atomically.
+* :mod:`anllm.train.checkpoint` writes and reads checkpoints atomically.
 
 Losses are normalised by the number of predicted tokens in the whole global batch (all processes and micro-batches),
 so a run on N processes with batch B computes the same gradients as one process with batch N x B.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -25,16 +26,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from anllm.anchors import mark_anchors
 from anllm.config import AnLLMError
-from anllm.data import IGNORE_INDEX, collate
-from anllm.masks import ansan_block_mask, ansan_mask, to_additive, token_positions
-from anllm.training_config import TrainConfig
+from anllm.train.config import TrainConfig
+from anllm.train.data import IGNORE_INDEX, collate
+from anllm.train.losses import anchor_attention, micro_batch_loss, token_nll
 
 logger = logging.getLogger(__name__)
 
@@ -51,96 +50,7 @@ class TrainResult:
     final_dir: Path | None = None
 
 
-# -- masks and losses ------------------------------------------------------------------------------------------------
-def anchor_attention(
-    input_ids: Tensor, attention_mask: Tensor, anchor_ids, rule: dict, *, path: str, dtype=None, max_segment: int = 0
-):
-    """The AnSAN attention of a right-padded batch.
-
-    Args:
-        input_ids: long ``(B, T)``; attention_mask: ``(B, T)``, 1 = real token.
-        max_segment: forced anchors after this many tokens without one (0 = off), as the anchor cache does.
-        path: ``"dense"`` (4D mask, any backend honouring it) or ``"flex"`` (``BlockMask``, FlexAttention on GPU).
-        dtype: ``None`` for a bool mask (SDPA, any autocast dtype), else the dtype of an additive mask (eager).
-    Returns:
-        (mask, position_ids): bool/float ``(B, 1, T, T)`` or a ``BlockMask``; long ``(B, T)`` true positions.
-    """
-    valid = attention_mask.bool()
-    anchor, _ = mark_anchors(input_ids, anchor_ids, valid, max_segment=max_segment)
-    if path == "flex":
-        mask = ansan_block_mask(anchor, valid, **rule)
-    else:
-        mask = ansan_mask(anchor, valid, **rule)  # (B, 1, T, T) bool
-        mask = mask if dtype is None else to_additive(mask, dtype)
-    return mask, token_positions(valid)
-
-
-def token_nll(logits: Tensor, labels: Tensor, weights: Tensor | None = None) -> Tensor:
-    """Summed next-token negative log-likelihood: logits ``(B, T, V)``, labels ``(B, T)`` -> scalar.
-
-    ``weights`` ``(B, T)`` scales the loss of predicting each label (None = 1).
-    """
-    nll = F.cross_entropy(
-        _wide(logits[:, :-1].flatten(0, 1)), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-    )  # (B * (T-1),)
-    return nll.sum() if weights is None else (nll * weights[:, 1:].flatten().to(nll.dtype)).sum()
-
-
-def _wide(x: Tensor) -> Tensor:
-    """At least float32 (bf16 logits are upcast; float64 stays float64)."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
-def token_kl(
-    student: Tensor, teacher: Tensor, labels: Tensor, temperature: float = 1.0, weights: Tensor | None = None
-) -> Tensor:
-    """Summed KL(teacher || student) over the positions that predict a label, times ``temperature**2``.
-
-    Args:
-        student, teacher: logits ``(B, T, V)``; labels: long ``(B, T)``; weights: ``(B, T)`` per predicted label.
-    """
-    keep = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
-    s = F.log_softmax(_wide(student[:, :-1][keep]) / temperature, -1)  # (N, V)
-    t = F.log_softmax(_wide(teacher[:, :-1][keep]) / temperature, -1)
-    per_token = (t.exp() * (t - s)).sum(-1)  # (N,)
-    if weights is not None:
-        per_token = per_token * weights[:, 1:][keep].to(per_token.dtype)
-    return per_token.sum() * temperature**2
-
-
-def micro_batch_loss(model, batch: dict[str, Tensor], anchor_ids, cfg: TrainConfig, *, teacher=None, path="dense"):
-    """Summed losses of one micro-batch under the AnSAN mask.
-
-    Args:
-        batch: ``input_ids``, ``labels``, ``attention_mask``, each ``(B, T)``, on the model's device.
-        teacher: callable ``(input_ids, attention_mask, position_ids) -> logits`` with full attention (KL losses).
-    Returns:
-        (objective, parts): the scalar to minimise (a sum over predicted tokens, not a mean) and its detached
-        summed parts ``nll``, ``kl`` and ``kl_full`` (the student under full attention, when
-        ``cfg.full_kl_weight > 0``).
-    """
-    ids, attn = batch["input_ids"], batch["attention_mask"]
-    mask, pos = anchor_attention(ids, attn, anchor_ids, cfg.mask_rule(), path=path, max_segment=cfg.max_segment)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (B, T, V)
-    w = batch.get("weights")  # (B, T) or None
-    nll = token_nll(logits, batch["labels"], w)
-    zero = torch.zeros((), device=logits.device)
-    kl = kl_full = target_nll = zero
-    if cfg.loss != "lm" or cfg.full_kl_weight > 0:
-        with torch.no_grad():
-            t_logits = teacher(ids, attn, pos)
-        if cfg.loss != "lm":
-            kl = token_kl(logits, t_logits, batch["labels"], cfg.kl_temperature, w)
-        if cfg.full_kl_weight > 0:  # keep the model's own full-attention behaviour while it learns anchors
-            full = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
-            kl_full = token_kl(full, t_logits, batch["labels"], cfg.kl_temperature, w)
-    if cfg.target_lm_weight > 0 and "targets" in batch:  # ground truth on marked tokens (a memory item's answer)
-        target_nll = token_nll(logits, batch["labels"], batch["targets"].float())
-    objective = {"lm": nll, "kl": kl, "lm+kl": nll + cfg.kl_weight * kl}[cfg.loss]
-    objective = objective + cfg.full_kl_weight * kl_full + cfg.target_lm_weight * target_nll
-    return objective, {"nll": nll.detach(), "kl": kl.detach(), "kl_full": kl_full.detach()}
-
-
+# -- evaluation --------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_perplexity(
     model, blocks: list[list[int]], anchor_ids, rule: dict, device, path: str = "dense", max_segment: int = 0
@@ -168,18 +78,18 @@ def evaluate_perplexity(
 # -- schedule and data order -----------------------------------------------------------------------------------------
 def lr_lambda(cfg: TrainConfig, max_steps: int) -> Callable[[int], float]:
     """LR multiplier after ``step`` optimiser steps: linear warm-up, then constant, cosine or linear decay."""
-    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * max_steps)
+    warmup = cfg.optim.warmup_steps or math.ceil(cfg.optim.warmup_ratio * max_steps)
 
     def f(step: int) -> float:
-        if cfg.lr_scheduler == "constant":
+        if cfg.optim.lr_scheduler == "constant":
             return 1.0
         if step < warmup:
             return (step + 1) / (warmup + 1)
         progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-        if cfg.lr_scheduler == "cosine":
-            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        if cfg.lr_scheduler == "linear":
-            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * (1 - progress)
+        if cfg.optim.lr_scheduler == "cosine":
+            return cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.optim.lr_scheduler == "linear":
+            return cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * (1 - progress)
         return 1.0
 
     return f
@@ -213,14 +123,14 @@ def process_slice(indices: list[int], micro: int, rank: int, world: int, batch_s
 
 # -- model setup -----------------------------------------------------------------------------------------------------
 def resolve_precision(cfg: TrainConfig) -> str:
-    if cfg.precision != "auto":
-        return cfg.precision
+    if cfg.run.precision != "auto":
+        return cfg.run.precision
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def resolve_attention(cfg: TrainConfig) -> str:
-    if cfg.attention != "auto":
-        return cfg.attention
+    if cfg.run.attention != "auto":
+        return cfg.run.attention
     return "flex" if torch.cuda.is_available() else "dense"
 
 
@@ -234,38 +144,42 @@ def prepare_model(cfg: TrainConfig):
     from anllm.models import load_model
 
     attn_impl = "flex_attention" if resolve_attention(cfg) == "flex" else "sdpa"
-    lm = load_model(cfg.model, anchor=cfg.anchor_config(), attn_implementation=attn_impl)
+    lm = load_model(cfg.model.name, anchor=cfg.anchor, attn_implementation=attn_impl)
     model = lm.model
     frozen = None
-    if (cfg.loss != "lm" or cfg.full_kl_weight > 0) and cfg.finetune == "full":
+    if cfg.loss.needs_teacher and cfg.model.finetune == "full":
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    if cfg.finetune == "lora" and cfg.init_adapter is not None:
+    if cfg.model.finetune == "lora" and cfg.model.init_adapter is not None:
         from peft import PeftModel
 
         try:
-            model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+            model = PeftModel.from_pretrained(model, cfg.model.init_adapter, is_trainable=True)
         except Exception as e:  # noqa: BLE001 - unreadable adapter files: name the directory, not a peft internal
-            raise AnLLMError(f"TrainConfig.init_adapter {cfg.init_adapter}: not a usable peft adapter ({e})") from e
-        logger.info("LoRA starts from %s (its r, alpha and target modules)", cfg.init_adapter)
-        if cfg.grow_lora_r:
-            model = grow_lora_rank(model, cfg.grow_lora_r, dropout=cfg.lora_dropout)
-            logger.info("LoRA rank raised to %d (new directions start at zero: same model at step 0)", cfg.grow_lora_r)
-    elif cfg.finetune == "lora":
+            raise AnLLMError(
+                f"TrainConfig.init_adapter {cfg.model.init_adapter}: not a usable peft adapter ({e})"
+            ) from e
+        logger.info("LoRA starts from %s (its r, alpha and target modules)", cfg.model.init_adapter)
+        if cfg.model.grow_lora_r:
+            model = grow_lora_rank(model, cfg.model.grow_lora_r, dropout=cfg.model.lora_dropout)
+            logger.info(
+                "LoRA rank raised to %d (new directions start at zero: same model at step 0)", cfg.model.grow_lora_r
+            )
+    elif cfg.model.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
         extra = {}
-        if cfg.anchors == "ac":  # the new <AC> embedding row must learn too
+        if cfg.anchor.kind == "ac":  # the new <AC> embedding row must learn too
             extra["trainable_token_indices"] = {"embed_tokens": list(lm.anchor_ids)}
         lora = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.lora_targets),
+            r=cfg.model.lora_r,
+            lora_alpha=cfg.model.lora_alpha,
+            lora_dropout=cfg.model.lora_dropout,
+            target_modules=list(cfg.model.lora_targets),
             task_type="CAUSAL_LM",
             **extra,
         )
         model = get_peft_model(model, lora)
-    if cfg.gradient_checkpointing:
+    if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     model.train()
@@ -322,8 +236,8 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; weight decay only on matrices (not on norms/biases)."""
     decay = [p for p in trainable_parameters(model) if p.ndim >= 2]
     rest = [p for p in trainable_parameters(model) if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas))
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr, betas=tuple(cfg.optim.adam_betas))
 
 
 def _allow_new_precision(mixed: str) -> None:
@@ -339,95 +253,138 @@ def _allow_new_precision(mixed: str) -> None:
         AcceleratorState._reset_state()  # private in accelerate 1.15; only the precision-bearing state is cleared
 
 
-# -- the loop --------------------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int, dict], None] | None = None):
-    """Train ``cfg`` under whatever ``accelerate launch`` set up (or one local process).
+# -- the loop: setup -> build -> fit ---------------------------------------------------------------------------------
+@dataclass
+class TrainSetup:
+    """What :func:`setup` decides before anything is loaded: the resolved config and where the run happens."""
 
-    Args:
-        resume: continue from the newest complete checkpoint in ``cfg.output_dir`` (error if there is none).
-        on_step_end: called on every process after each optimiser step with ``(step, metrics)``.
-    Returns:
-        :class:`TrainResult`.
-    """
+    cfg: TrainConfig  # a copy with precision resolved (the caller's config keeps "auto")
+    accelerator: Any
+    path: str  # attention path: "dense" or "flex"
+    out: Path
+    resume: bool
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+
+@dataclass
+class TrainParts:
+    """What :func:`build` makes: the model and its teacher, the data, the optimiser and schedule, the resume point."""
+
+    model: torch.nn.Module  # prepared by accelerate (DDP / FSDP wrapped)
+    unwrapped: torch.nn.Module
+    lm: Any  # the anllm.models.LoadedModel (tokenizer, anchor ids)
+    teacher: Callable | None
+    examples: list
+    data_stats: Any
+    blocks: list[list[int]] | None  # held-out evaluation blocks
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    global_batch: int
+    max_steps: int
+    start_step: int = 0
+    tokens_seen: int = 0
+
+
+def setup(cfg: TrainConfig, *, resume: bool = False) -> TrainSetup:
+    """Threads, precision, attention path, the accelerator, the output directory's checks and the seed."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from anllm import checkpointing as ckpt
-    from anllm.data import build_examples, eval_blocks
+    from anllm.train import checkpoint as ckpt
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    if cfg.run.num_threads:
+        torch.set_num_threads(cfg.run.num_threads)
     precision = resolve_precision(cfg)
     path = resolve_attention(cfg)
     if path == "flex" and not torch.cuda.is_available():
         raise AnLLMError("attention: flex needs a CUDA GPU here; use attention: dense on CPU")
-    cfg = copy.copy(
-        cfg
-    )  # the caller's config keeps "auto" for its next run; this copy is saved with the resolved value
-    cfg.precision = precision
+    # the caller's config keeps "auto" for its next run; this copy is saved with the resolved value
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, precision=precision))
     mixed = "bf16" if precision == "bf16" else "no"
     _allow_new_precision(mixed)
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=mixed, gradient_accumulation_steps=cfg.grad_accum
+        cpu=not torch.cuda.is_available(), mixed_precision=mixed, gradient_accumulation_steps=cfg.optim.grad_accum
     )
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    out = Path(cfg.output_dir)
+    out = Path(cfg.run.output_dir)
     if resume and ckpt.latest_checkpoint(out) is None:
         raise AnLLMError(f"--resume: no complete checkpoint in {out / ckpt.CHECKPOINT_DIR}")
     if not resume and ckpt.latest_checkpoint(out) is not None:
         raise AnLLMError(f"{out} already holds checkpoints: pass --resume to continue, or choose another output_dir")
-    set_seed(cfg.seed)
+    set_seed(cfg.run.seed)
+    return TrainSetup(cfg, accelerator, path, out, resume)
 
+
+def build(s: TrainSetup) -> TrainParts:
+    """The model (and frozen teacher), the examples and evaluation blocks, optimiser and schedule; on resume, the
+    newest checkpoint's weights, optimiser, schedule and RNG state."""
+    from anllm.train import checkpoint as ckpt
+    from anllm.train.data import build_examples, eval_blocks
+
+    cfg, accelerator = s.cfg, s.accelerator
     model, lm, frozen = prepare_model(cfg)
-    tokenizer = lm.tokenizer
-    examples, stats = build_examples(cfg, tokenizer)
-    blocks = eval_blocks(cfg.eval_file, cfg, tokenizer) if cfg.eval_file else None
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / global_batch))
-    order = SampleOrder(len(examples), cfg.seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
+    examples, stats = build_examples(cfg, lm.tokenizer)
+    blocks = eval_blocks(cfg.data.eval_file, cfg, lm.tokenizer) if cfg.data.eval_file else None
+    global_batch = cfg.optim.batch_size * cfg.optim.grad_accum * s.world
+    max_steps = cfg.optim.max_steps or max(1, math.ceil(cfg.optim.epochs * len(examples) / global_batch))
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, max_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     if frozen is not None:
         frozen.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(model)
-    needs_teacher = cfg.loss != "lm" or cfg.full_kl_weight > 0
-    teacher = _bind_teacher(frozen if frozen is not None else unwrapped) if needs_teacher else None
-    n_pred = [sum(lab != IGNORE_INDEX for lab in e.labels[1:]) for e in examples]
-
-    start_step, tokens_seen = 0, 0
-    if resume:
-        state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out), accelerator, unwrapped, optimizer, scheduler)
+    teacher = _bind_teacher(frozen if frozen is not None else unwrapped) if cfg.loss.needs_teacher else None
+    parts = TrainParts(
+        model, unwrapped, lm, teacher, examples, stats, blocks, optimizer, scheduler, global_batch, max_steps
+    )
+    if s.resume:
+        state = ckpt.load_checkpoint(ckpt.latest_checkpoint(s.out), accelerator, unwrapped, optimizer, scheduler)
         if state["global_batch"] != global_batch:
             raise AnLLMError(
                 f"--resume: the checkpoint used a global batch of {state['global_batch']} examples, this run "
                 f"{global_batch}; keep batch_size * grad_accum * processes unchanged to continue the data order"
             )
-        start_step, tokens_seen = state["step"], state["tokens_seen"]
+        parts.start_step, parts.tokens_seen = state["step"], state["tokens_seen"]
+    return parts
+
+
+def fit(s: TrainSetup, p: TrainParts, on_step_end: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Optimiser steps from ``p.start_step`` to ``p.max_steps``: logs, evaluations, checkpoints, the final export."""
+    from tqdm.auto import tqdm
+
+    from anllm.train import checkpoint as ckpt
+
+    cfg, accelerator, out, model = s.cfg, s.accelerator, s.out, p.model
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    tokenizer, examples, global_batch, max_steps = p.lm.tokenizer, p.examples, p.global_batch, p.max_steps
+    order = SampleOrder(len(examples), cfg.run.seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    n_pred = [sum(lab != IGNORE_INDEX for lab in e.labels[1:]) for e in examples]
+    start_step, tokens_seen = p.start_step, p.tokens_seen
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         ckpt.trim_metrics(out / ckpt.METRICS_FILE, start_step)
-        logger.info("data: %s; %d steps of %d examples (global batch)", stats, max_steps, global_batch)
+        logger.info("data: %s; %d steps of %d examples (global batch)", p.data_stats, max_steps, global_batch)
     logger.info(
         "process %d/%d: %s precision, %s attention, %s anchors %s",
         rank,
         world,
-        precision,
-        path,
-        cfg.anchors,
-        lm.anchor_ids[:8],
+        cfg.run.precision,
+        s.path,
+        cfg.anchor.kind,
+        p.lm.anchor_ids[:8],
     )
-    log = ckpt.MetricsLog(out, enabled=main, tensorboard=cfg.tensorboard)
+    log = ckpt.MetricsLog(out, enabled=main, tensorboard=cfg.run.tensorboard)
     result = TrainResult(out, start_step, start_step)
 
     def run_eval(step: int) -> None:
-        if blocks is None:
+        if p.blocks is None:
             return
         ev = evaluate_perplexity(
-            model, blocks, lm.anchor_ids, cfg.mask_rule(), accelerator.device, path, cfg.max_segment
+            model, p.blocks, p.lm.anchor_ids, cfg.mask_rule(), accelerator.device, s.path, cfg.anchor.max_segment
         )
         record = {
             "step": step,
@@ -437,11 +394,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int,
         result.evals.append(record)
         log.write(record)
 
+    def save(step: int) -> None:
+        meta = {"global_batch": global_batch, "tokens_seen": tokens_seen, "config": cfg.to_dict()}
+        ckpt.save_checkpoint(
+            out,
+            step,
+            accelerator,
+            p.unwrapped,
+            p.optimizer,
+            p.scheduler,
+            tokenizer,
+            meta,
+            keep=cfg.run.keep_checkpoints,
+        )
+
     if start_step == 0:
         run_eval(0)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=max_steps, initial=start_step, disable=not (main and cfg.progress), desc="train", unit="step")
+    bar = tqdm(total=max_steps, initial=start_step, disable=not (main and cfg.run.progress), desc="train", unit="step")
     for step in range(start_step, max_steps):
         t0 = time.perf_counter()
         indices = order.global_batch(step, global_batch)
@@ -449,22 +418,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int,
         sums = torch.zeros(5, device=accelerator.device)  # objective, nll, kl, kl_full, tokens
         n_tokens = 0
         zero = sums[0] * 0
-        for micro in range(cfg.grad_accum):
-            rows = [examples[i] for i in process_slice(indices, micro, rank, world, cfg.batch_size)]
+        for micro in range(cfg.optim.grad_accum):
+            rows = [examples[i] for i in process_slice(indices, micro, rank, world, cfg.optim.batch_size)]
             batch = {k: v.to(accelerator.device) for k, v in collate(rows, pad_id).items()}
             n_tokens += int(batch["attention_mask"].sum())
             with accelerator.accumulate(model), accelerator.autocast():
-                objective, parts = micro_batch_loss(model, batch, lm.anchor_ids, cfg, teacher=teacher, path=path)
+                objective, parts = micro_batch_loss(model, batch, p.lm.anchor_ids, cfg, teacher=p.teacher, path=s.path)
                 # DDP averages over processes and accelerate divides by grad_accum: undo both, normalise globally
-                accelerator.backward(objective * (world * cfg.grad_accum / max(n_norm, 1)))
+                accelerator.backward(objective * (world * cfg.optim.grad_accum / max(n_norm, 1)))
                 sums += torch.stack([objective.detach(), parts["nll"], parts["kl"], parts["kl_full"], zero])
                 grad_norm = None
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                p.optimizer.step()
+                p.optimizer.zero_grad(set_to_none=True)
+        lr = p.scheduler.get_last_lr()[0]
+        p.scheduler.step()
         sums[4] = n_tokens
         sums = accelerator.reduce(sums, "sum").tolist()
         n_step = int(sums[4])
@@ -485,44 +454,38 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int,
         }
         result.losses[step + 1] = record["loss"]
         result.step = step + 1
-        if (step + 1) % cfg.log_every == 0 or step + 1 == max_steps:
+        if (step + 1) % cfg.run.log_every == 0 or step + 1 == max_steps:
             log.write(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < max_steps:
+        if cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0 and step + 1 < max_steps:
             run_eval(step + 1)
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < max_steps:
-            ckpt.save_checkpoint(
-                out,
-                step + 1,
-                accelerator,
-                unwrapped,
-                optimizer,
-                scheduler,
-                tokenizer,
-                {"global_batch": global_batch, "tokens_seen": tokens_seen, "config": cfg.to_dict()},
-                keep=cfg.keep_checkpoints,
-            )
+        if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0 and step + 1 < max_steps:
+            save(step + 1)
         if on_step_end is not None:
             on_step_end(step + 1, record)
     bar.close()
     if result.step > start_step or start_step == max_steps:
         run_eval(result.step)
-    ckpt.save_checkpoint(
-        out,
-        result.step,
-        accelerator,
-        unwrapped,
-        optimizer,
-        scheduler,
-        tokenizer,
-        {"global_batch": global_batch, "tokens_seen": tokens_seen, "config": cfg.to_dict()},
-        keep=cfg.keep_checkpoints,
-    )
+    save(result.step)
     result.final_dir = ckpt.export_final(out, accelerator, model, tokenizer)
     log.close()
     accelerator.wait_for_everyone()
     return result
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, on_step_end: Callable[[int, dict], None] | None = None):
+    """Train ``cfg`` under whatever ``accelerate launch`` set up (or one local process): :func:`setup`, then
+    :func:`build`, then :func:`fit`.
+
+    Args:
+        resume: continue from the newest complete checkpoint in ``cfg.run.output_dir`` (error if there is none).
+        on_step_end: called on every process after each optimiser step with ``(step, metrics)``.
+    Returns:
+        :class:`TrainResult`.
+    """
+    s = setup(cfg, resume=resume)
+    return fit(s, build(s), on_step_end)
 
 
 def _bind_teacher(model):

@@ -1,13 +1,13 @@
 """Memory training data: fact -> filler -> question -> answer items as weighted segment records (JSONL).
 
 Built from :data:`anllm.memory.TRAIN_TEMPLATES` (never the benchmark's templates) with filler sentences from a
-training corpus (``train.jsonl`` of ``anllm.corpus``; never the evaluation texts). Each line is
-``{"segments": [{"text", "weight", "target"}, ...]}`` (read by :func:`anllm.data.segments_example`): the prompt
+training corpus (``train.jsonl`` of ``anllm.train.corpus``; never the evaluation texts). Each line is
+``{"segments": [{"text", "weight", "target"}, ...]}`` (read by :func:`anllm.train.data.segments_example`): the prompt
 with weight 1, the answer with ``answer_weight`` and ``target`` set, so distillation and the LM loss both push the
 answer through the anchors. Half the items use the tokenizer's chat template (the instruct behaviour), half a plain
 ``Question: ... Answer:`` layout.
 
-    python -m anllm.memory_data --corpus runs/corpus-broad/train.jsonl --out runs/memory/train.jsonl --n 6000
+    python -m anllm.train.memory_data --corpus runs/corpus-broad/train.jsonl --out runs/memory/train.jsonl --n 6000
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def build_memory_data(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m anllm.memory_data", description=__doc__.split("\n")[0])
-    p.add_argument("--corpus", required=True, help="a corpus train.jsonl (python -m anllm.corpus)")
+    p = argparse.ArgumentParser(prog="python -m anllm.train.memory_data", description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", required=True, help="a corpus train.jsonl (python -m anllm.train.corpus)")
     p.add_argument("--out", required=True)
     p.add_argument("--model", default="smollm2-135m", help="whose tokenizer measures distances and renders chats")
     p.add_argument("--n", type=int, default=6000)

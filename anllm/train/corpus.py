@@ -6,9 +6,9 @@ a fallback.
 ``train.jsonl``, for perplexity). Sources that are not installed are skipped; if none is, a small templated
 corpus generated in code keeps everything working (tests never depend on apt or pip packages).
 
-    python -m anllm.corpus --out runs/corpus --sources fortunes,kjv,wordnet
+    python -m anllm.train.corpus --out runs/corpus --sources fortunes,kjv,wordnet
 
-The KJV leaves out Genesis by default: ``anllm/data/kjv_genesis.txt`` is one of anllm's evaluation texts.
+The KJV leaves out Genesis by default: ``anllm/resources/kjv_genesis.txt`` is one of anllm's evaluation texts.
 Licence texts, copyright/licence sections and Python's documentation are reserved for independent evaluation
 (docs/adapter-training.md): the prose sources skip such sections and drop any document that looks like one.
 """
@@ -39,7 +39,7 @@ FORTUNE_FILES = (
 )  # fmt: skip
 WORDNET_DIR = Path("/usr/share/wordnet")  # Debian wordnet-base
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
-KJV_EXCLUDE = ("Genesis",)  # anllm/data/kjv_genesis.txt is an evaluation text
+KJV_EXCLUDE = ("Genesis",)  # anllm/resources/kjv_genesis.txt is an evaluation text
 # Debian documentation packages with English prose: source name -> (directory, file pattern); English files only.
 HTML_SOURCES = {
     "debian-handbook": (Path("/usr/share/doc/debian-handbook/html/en-US"), "*.html"),
@@ -428,7 +428,7 @@ def build_corpus(out: str | Path, sources: tuple[str, ...] = ("fortunes",), held
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m anllm.corpus", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m anllm.train.corpus", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--sources", default="fortunes", help=f"comma-separated: {', '.join(SOURCES)}")
     p.add_argument("--heldout-fraction", type=float, default=0.05)

@@ -6,7 +6,7 @@ A checkpoint ``<output_dir>/checkpoints/step-0000100/`` holds:
   under FSDP / DeepSpeed the sharded model and optimizer go through ``accelerator.save_state`` into ``accelerate/``;
 * ``optimizer.pt``, ``scheduler.pt``, ``rng_<rank>.pt`` (torch, Python, NumPy and CUDA generators of every process);
 * ``state.json``: step, tokens seen, global batch (the data position is ``step * global_batch`` examples of a
-  deterministic order, see :class:`anllm.training.SampleOrder`), the config;
+  deterministic order, see :class:`anllm.train.loop.SampleOrder`), the config;
 * ``adapter/`` (LoRA, loadable with peft) and ``tokenizer/``.
 
 It is written into ``.step-0000100.tmp`` and renamed when complete, then ``latest`` is replaced atomically, so a

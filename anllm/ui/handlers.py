@@ -1,11 +1,11 @@
 """Handler logic of the Gradio app (``app/app.py``), kept in the package so it is reusable and tested.
 
-* :class:`ModelRegistry` loads models lazily by name, one at a time, and turns every failure into a message.
+* :class:`anllm.ui.registry.ModelRegistry` (models by name) gives the handlers their model.
 * :func:`compare_stream` runs the same prompt through several cache modes *sequentially* in a producer thread
   (so UI work never pauses the decode loop and timings stay honest) and yields throttled snapshots.
 * :class:`AppHandlers` turns those snapshots into values for Gradio components (HTML with anchors highlighted,
   plotly figures, a stats table, a status line); every user error becomes a status message, never a traceback.
-* :func:`kv_drop_schedule` and :func:`explore_masks` back the mask explorer.
+* the mask explorer's tab shows :func:`anllm.explorer.explore_masks` (tokens, masks, KV-drop schedule).
 """
 
 from __future__ import annotations
@@ -17,26 +17,22 @@ import logging
 import os
 import queue
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import numpy as np
 import torch
 
-from anllm.anchors import ep_anchor_ids, insert_ac
-from anllm.cache import PolicyCache
-from anllm.config import AC_TOKEN, PRESETS, AnLLMError, GenerationConfig
+from anllm.config import AnLLMError, GenerationConfig
+from anllm.explorer import MaskView, explore_masks, mask_summary
 from anllm.generation import GenerationResponse, stream_generate
-from anllm.masks import ansan_mask
-from anllm.models import BUILTIN_MODELS, LoadedModel, load_model
+from anllm.models import LoadedModel
 from anllm.plots import MB, kv_cache_spec, mask_figure, schedule_figure, speed_spec
-from anllm.policies import BUDGETED, POLICIES, AnchorPolicy, budget_spec
+from anllm.policies import BUDGETED, POLICIES, budget_spec
+from anllm.ui.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +44,6 @@ MEMORY_FACT = "The code for the blue door is 4821."
 MEMORY_QUESTION = "What is the code for the blue door? Answer with the number only."
 MEMORY_ANSWER = "4821"
 MAX_REQUEST_S = 60.0  # compute time of one generation request, all modes together (ANLLM_MAX_REQUEST_S)
-EXPLORER_MAX_TOKENS = 160
 STATS_HEADERS = [
     "mode",
     "TTFT (s)",
@@ -86,137 +81,12 @@ def maybe_gpu(fn: Callable, duration: int | Callable[..., int] = 120) -> Callabl
 
 
 # -- models -----------------------------------------------------------------------------------------------------
-def model_choices() -> list[str]:
-    """Model picker entries: the embedded default first, the base SmolLM2, released presets, the test model."""
-    return ["default", "smollm2-135m", *PRESETS, "tiny-random"]
-
-
 def peer_policies() -> list[str]:
     """Registered cache policies other than ``full`` and ``anchor`` (peers for the optional third column)."""
     return [name for name in POLICIES if name not in BASE_MODES]
 
 
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub endpoint accepts a TCP connection within ``timeout_s`` (DNS included)."""
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    ok = threading.Event()
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                ok.set()
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
-    t.start()
-    t.join(timeout_s)
-    return ok.is_set()
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-
-
-def _in_hub_cache(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:  # noqa: BLE001 - a malformed id is simply not cached
-        return False
-
-
-def allowed_models_from_env(default: str) -> tuple[str, ...] | None:
-    """The models visitors may load: ``$ANLLM_ALLOWED_MODELS`` (comma-separated; ``*`` = any), else only the
-    default on a Hugging Face Space (``$SPACE_ID`` set), else any (``None``)."""
-    raw = os.environ.get("ANLLM_ALLOWED_MODELS")
-    if raw is None:
-        return (default,) if os.environ.get("SPACE_ID") else None
-    names = tuple(n.strip() for n in raw.split(",") if n.strip())
-    return None if "*" in names else tuple(dict.fromkeys((default, *names)))
-
-
-class ModelRegistry:
-    """Loads models by name on first use; the default stays resident, plus the most recent ``max_loaded - 1`` others.
-
-    Args:
-        default: the model used when a request names none; never dropped once loaded, so a visitor who switches
-            models does not make the next visitor wait for the default to reload.
-        device, dtype: where and how to load (chosen by the caller, at the edge).
-        max_loaded: models kept in memory, the default included (at least 1).
-        allowed: the only names visitors may load (the default is always allowed); ``None`` = any.
-        loader: the load function (``anllm.models.load_model``; tests may pass another).
-    """
-
-    def __init__(
-        self,
-        default: str = "default",
-        *,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-        max_loaded: int = 2,
-        allowed: Sequence[str] | None = None,
-        loader: Callable[..., LoadedModel] = load_model,
-    ) -> None:
-        self.default = default
-        self.device, self.dtype, self.max_loaded, self.loader = device, dtype, max(1, max_loaded), loader
-        self.allowed = None if allowed is None else tuple(dict.fromkeys((default, *allowed)))
-        self.n_loads = 0  # models loaded so far (a resident default is loaded once)
-        self._models: dict[str, LoadedModel] = {}
-        self._lock = threading.Lock()
-
-    def loaded(self) -> list[str]:
-        """Names of the models in memory, oldest first."""
-        return list(self._models)
-
-    def get(self, name: str | None = None) -> LoadedModel:
-        """The model called ``name`` (the default when empty), loading it if needed.
-
-        Raises:
-            AnLLMError: with a message for the user (not allowed here, unknown name, Hub unreachable, load failure).
-        """
-        name = (name or "").strip() or self.default
-        if self.allowed is not None and name not in self.allowed:
-            raise AnLLMError(
-                f"this app serves only {', '.join(self.allowed)}; model {name!r} is not among them "
-                "(the host chooses with ANLLM_ALLOWED_MODELS)"
-            )
-        with self._lock:
-            if name in self._models:
-                self._models[name] = self._models.pop(name)  # most recent last
-                return self._models[name]
-            self._check_source(name)
-            try:
-                lm = self.loader(name, dtype=self.dtype, device=self.device)
-            except AnLLMError:
-                raise
-            except Exception as e:  # noqa: BLE001 - any load failure is reported, not raised as a traceback
-                logger.exception("loading %s failed", name)
-                raise AnLLMError(f"could not load model {name!r}: {type(e).__name__}: {e}".split("\n")[0]) from e
-            self.n_loads += 1
-            while len(self._models) >= self.max_loaded:
-                others = [n for n in self._models if n != self.default] or list(self._models)
-                self._models.pop(others[0])  # the oldest, the resident default last of all
-            self._models[name] = lm
-            return lm
-
-    @staticmethod
-    def _check_source(name: str) -> None:
-        """Fail fast, with a message, for a hub id that cannot be fetched (instead of waiting on the network)."""
-        if name in BUILTIN_MODELS or Path(name).exists() or _offline():
-            return  # offline, load_model itself fails at once with a clear message
-        preset = PRESETS.get(name.lower())
-        repo = preset.hub_id if preset is not None else name
-        if "/" in repo and not _in_hub_cache(repo) and not hub_reachable():
-            raise AnLLMError(
-                f"model {name!r} is not in the local Hugging Face cache and the Hub is unreachable from here; "
-                "use default, smollm2-135m or tiny-random offline"
-            )
-
-
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent) + os.sep
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2]) + os.sep  # the checkout (or site-packages)
 _MARKDOWN_SPECIAL = re.compile(r"[\\\[]")  # an escaped "[" starts no link or image
 
 
@@ -234,7 +104,7 @@ def model_markdown(lm: LoadedModel) -> str:
     device = next(lm.model.parameters()).device
     lines = [
         f"**{public_text(lm.name)}** · {getattr(cfg, 'model_type', '?')} · {n_params / 1e6:.2f} M parameters · "
-        f"{lm.model.dtype} on {device} · anchors: {lm.anchor.mode.upper()} ({len(lm.anchor_ids)} anchor token ids)"
+        f"{lm.model.dtype} on {device} · anchors: {lm.anchor.kind.upper()} ({len(lm.anchor_ids)} anchor token ids)"
         + (f" + {lm.anchor.n_sink} sink(s)" if lm.anchor.n_sink else "")
         + (f" + a {lm.anchor.window}-token window" if lm.anchor.window else "")
     ]
@@ -316,17 +186,17 @@ class ModeRun:
         r = self.last
         if r is None:
             return [self.mode, None, None, 0, None, None, None, None, None, self.error and "error"]
-        reduction = 1.0 - r.kv_entries / max(r.kv_full_entries, 1)
+        s = r.stats
         return [
             self.mode,
             round(self.responses[0].elapsed_s, 3),
-            round(r.tokens_per_s, 1) if r.step > 1 else None,
-            r.step,
-            r.kv_entries,
-            r.kv_full_entries,
-            round(r.kv_bytes / MB, 4),
-            f"{reduction:.1%}",
-            r.n_evicted,
+            round(s.tokens_per_s, 1) if s.new_tokens > 1 else None,
+            s.new_tokens,
+            s.kv_entries,
+            s.kv_full_entries,
+            round(s.kv_bytes / MB, 4),
+            f"{s.kv_reduction:.1%}",
+            s.n_evicted,
             r.finish_reason or ("stopped" if self.error else "running"),
         ]
 
@@ -573,109 +443,6 @@ def error_markdown(message: str) -> str:
 
 
 # -- mask explorer ----------------------------------------------------------------------------------------------
-@dataclass
-class MaskView:
-    """Tokens of a text with their anchors, the AnSAN and causal masks, and the KV-drop schedule."""
-
-    token_ids: list[int]
-    labels: list[str]
-    anchors: list[bool]
-    ansan: np.ndarray  # bool (T, T)
-    causal: np.ndarray  # bool (T, T)
-    schedule: np.ndarray  # float (T, T): 1 kept, 0 evicted, NaN not seen yet
-    truncated: bool = False
-
-
-def tokenize_for_masks(
-    lm: LoadedModel, text: str, kind: str = "ep", max_tokens: int = EXPLORER_MAX_TOKENS
-) -> tuple[list[int], list[str], tuple[int, ...], bool]:
-    """Token ids, token texts and anchor ids of ``text`` (no chat template) under EP or AC anchors.
-
-    In AC mode ``<AC>`` is inserted after each sentence; when the tokenizer has no ``<AC>`` token yet a
-    placeholder id outside the vocabulary stands for it (the explorer never runs the model, and the loaded
-    model is left unchanged). Returns ``(ids, labels, anchor_ids, truncated)``.
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise AnLLMError("the text is empty: type a few sentences to see their tokens and masks")
-    tok = lm.tokenizer
-    kind = (kind or "ep").lower()
-    if kind not in ("ep", "ac"):
-        raise AnLLMError(f"anchor kind must be EP or AC, got {kind!r}")
-    if kind == "ep":
-        anchor_ids = lm.anchor_ids if lm.anchor.mode == "ep" else ep_anchor_ids(tok, lm.anchor.anchor_chars)
-        ids = list(tok(text, add_special_tokens=False)["input_ids"])
-    else:
-        ac_id = tok.get_vocab().get(AC_TOKEN, max(len(tok), lm.model.config.vocab_size))
-        anchor_ids = (ac_id,)
-        ids = []
-        pieces = insert_ac(text).split(AC_TOKEN)
-        for j, piece in enumerate(pieces):
-            if piece:
-                ids += tok(piece, add_special_tokens=False)["input_ids"]
-            if j < len(pieces) - 1:
-                ids.append(ac_id)
-    truncated = len(ids) > max_tokens
-    ids = ids[:max_tokens]
-    labels = [AC_TOKEN if (kind == "ac" and i == anchor_ids[0]) else tok.decode([i]) for i in ids]
-    return ids, labels, tuple(anchor_ids), truncated
-
-
-def kv_drop_schedule(
-    config: Any, token_ids: Sequence[int], anchor_ids: Sequence[int], policy: AnchorPolicy
-) -> np.ndarray:
-    """Which tokens a policy cache holds after each token is fed, one token per step (no model is run).
-
-    Uses :class:`anllm.cache.PolicyCache` itself (``prepare`` + ``evict``), so the schedule is the cache's own.
-
-    Args:
-        config: the model config (gives the cache its layers; no K/V is stored).
-        token_ids: the sequence, fed one token at a time.
-        anchor_ids: ids that are anchors.
-        policy: e.g. ``AnchorPolicy(n_sink=4)``.
-    Returns:
-        float ``(T, T)``: row ``t`` after feeding token ``t``; 1 kept, 0 evicted, NaN not seen yet.
-    """
-    T = len(token_ids)
-    out = np.full((T, T), np.nan)
-    cache = PolicyCache(config, policy, tuple(anchor_ids))
-    for t, token in enumerate(token_ids):
-        cache.prepare(torch.tensor([[int(token)]]))
-        cache.evict()
-        out[t, : t + 1] = 0.0
-        kept = cache.meta.pos[0][cache.meta.valid[0]].tolist()
-        out[t, kept] = 1.0
-    return out
-
-
-def explore_masks(
-    lm: LoadedModel,
-    text: str,
-    kind: str = "ep",
-    *,
-    n_sink: int = 0,
-    window: int = 0,
-    anchors_see_anchors: bool = False,
-    max_tokens: int = EXPLORER_MAX_TOKENS,
-) -> MaskView:
-    """Tokenise ``text`` and compute its AnSAN mask, the causal mask and the anchor cache's KV-drop schedule."""
-    n_sink, window = _number(n_sink, "sink tokens", int), _number(window, "window", int)
-    policy = AnchorPolicy(anchors_see_anchors=bool(anchors_see_anchors), n_sink=n_sink, window=window)
-    ids, labels, anchor_ids, truncated = tokenize_for_masks(lm, text, kind, max_tokens)
-    t = torch.tensor([ids])
-    is_anc = torch.isin(t, torch.tensor(anchor_ids))
-    ansan = ansan_mask(is_anc, anchors_see_anchors=policy.anchors_see_anchors, n_sink=n_sink, window=window)
-    T = len(ids)
-    return MaskView(
-        token_ids=ids,
-        labels=labels,
-        anchors=is_anc[0].tolist(),
-        ansan=ansan[0, 0].numpy(),
-        causal=np.tril(np.ones((T, T), dtype=bool)),
-        schedule=kv_drop_schedule(lm.model.config, ids, anchor_ids, policy),
-        truncated=truncated,
-    )
-
-
 def mask_tokens_html(view: MaskView) -> str:
     """The tokens as chips, anchors highlighted."""
     chips = []
@@ -684,21 +451,6 @@ def mask_tokens_html(view: MaskView) -> str:
         shown = html.escape(label.replace("\n", "⏎"))
         chips.append(f'<span class="{cls}" title="token {i} (id {view.token_ids[i]})">{shown}</span>')
     return '<div class="anllm-tokens">' + "".join(chips) + "</div>"
-
-
-def mask_summary(view: MaskView) -> str:
-    """One line: tokens, anchors, visible pairs and what the cache keeps at the end."""
-    T = len(view.token_ids)
-    kept = int(np.nansum(view.schedule[-1])) if T else 0
-    peak = int(np.nanmax(np.nansum(view.schedule, axis=1))) if T else 0
-    line = (
-        f"{T} tokens, {sum(view.anchors)} anchors · AnSAN allows {int(view.ansan.sum())} of "
-        f"{int(view.causal.sum())} causal pairs · the anchor cache holds {kept} of {T} entries at the end "
-        f"(peak {peak})"
-    )
-    if view.truncated:
-        line += f" · showing the first {T} tokens only"
-    return line
 
 
 # -- Gradio-facing handlers -------------------------------------------------------------------------------------
@@ -761,7 +513,7 @@ class AppHandlers:
             a = self.registry.get(model_name).anchor
         except AnLLMError:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return a.mode.upper(), a.n_sink, a.window, a.anchors_see_anchors
+        return a.kind.upper(), a.n_sink, a.window, a.anchors_see_anchors
 
     # generate tab
     def generate(
@@ -857,6 +609,7 @@ class AppHandlers:
 
         try:
             lm = self.registry.get(model_name)
+            n_sink, window = _number(n_sink, "sink tokens", int), _number(window, "window", int)
             view = explore_masks(lm, text, kind, n_sink=n_sink, window=window, anchors_see_anchors=anchors_see_anchors)
         except AnLLMError as e:
             return "", gr.skip(), gr.skip(), error_markdown(str(e))

@@ -24,7 +24,7 @@ import torch
 from anllm.anchors import insert_ac
 from anllm.config import AnLLMError
 from anllm.textio import read_jsonl, read_text_file
-from anllm.training_config import TrainConfig
+from anllm.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -101,19 +101,19 @@ def _read_hub(spec: str) -> Iterator[dict]:
 def read_records(source: str, cfg: TrainConfig) -> Iterator[dict]:
     """Yield raw records from a file (``.txt``, ``.jsonl``, ``.json``) or a ``hub:`` dataset.
 
-    A plain text file gives ``{"text": ...}`` records: the whole file, or its parts between ``cfg.doc_separator``.
+    A plain text file gives ``{"text": ...}`` records: the whole file, or its parts between ``cfg.data.doc_separator``.
     """
     if source.startswith("hub:"):
         yield from _read_hub(source)
         return
     path = Path(source)  # missing, a directory, not UTF-8: textio's readers say so
-    fmt = cfg.data_format
+    fmt = cfg.data.data_format
     if fmt == "text" or (fmt == "auto" and path.suffix not in (".json", ".jsonl")):
         text = read_text_file(path, "data", max_bytes=None)
-        parts = text.split(cfg.doc_separator) if cfg.doc_separator else [text]
+        parts = text.split(cfg.data.doc_separator) if cfg.data.doc_separator else [text]
         for part in parts:
             if part.strip():
-                yield {cfg.text_field: part}
+                yield {cfg.data.text_field: part}
     elif path.suffix == ".json":
         yield from _read_json(path)
     else:
@@ -147,11 +147,11 @@ def alpaca_prompt(instruction: str, input_text: str = "", *, ac: bool = False) -
 
 def sft_pair(record: dict, cfg: TrainConfig, *, where: str = "") -> tuple[str, str]:
     """(prompt, response) text of an Alpaca or translation record, ``<AC>`` inserted in AC mode."""
-    if cfg.data_format == "translation":
-        record = translation_to_alpaca(record, cfg.source_lang, cfg.target_lang)
+    if cfg.data.data_format == "translation":
+        record = translation_to_alpaca(record, cfg.data.source_lang, cfg.data.target_lang)
     if "instruction" not in record or "output" not in record:
         raise AnLLMError(f"{where}SFT record needs 'instruction' and 'output' fields, got {sorted(record)}")
-    ac = cfg.anchors == "ac"
+    ac = cfg.anchor.kind == "ac"
     prompt = alpaca_prompt(str(record["instruction"]), str(record.get("input") or ""), ac=ac)
     output = str(record["output"])
     return prompt, insert_ac(output) if ac else output
@@ -159,12 +159,14 @@ def sft_pair(record: dict, cfg: TrainConfig, *, where: str = "") -> tuple[str, s
 
 def document_text(record: dict, cfg: TrainConfig, *, where: str = "") -> str:
     """Pretraining text of a record, ``<AC>`` inserted in AC mode."""
-    text = record.get(cfg.text_field)
-    if cfg.text_field not in record:
-        raise AnLLMError(f"{where}pretraining record has no field {cfg.text_field!r} (fields: {sorted(record)})")
+    text = record.get(cfg.data.text_field)
+    if cfg.data.text_field not in record:
+        raise AnLLMError(f"{where}pretraining record has no field {cfg.data.text_field!r} (fields: {sorted(record)})")
     if not isinstance(text, str):
-        raise AnLLMError(f"{where}field {cfg.text_field!r} must be a string, got {type(text).__name__} ({text!r:.40})")
-    return insert_ac(text) if cfg.anchors == "ac" else text
+        raise AnLLMError(
+            f"{where}field {cfg.data.text_field!r} must be a string, got {type(text).__name__} ({text!r:.40})"
+        )
+    return insert_ac(text) if cfg.anchor.kind == "ac" else text
 
 
 # -- tokenisation --------------------------------------------------------------------------------------------------
@@ -174,21 +176,21 @@ def _eos(tokenizer) -> list[int]:
 
 def _iter_sources(cfg: TrainConfig) -> Iterator[tuple[str, dict]]:
     n = 0
-    for source in cfg.train_files:
+    for source in cfg.data.train_files:
         for record in read_records(source, cfg):
             yield source, record
             n += 1
-            if cfg.max_examples and n >= cfg.max_examples:
+            if cfg.data.max_examples and n >= cfg.data.max_examples:
                 return
 
 
 def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], DataStats]:
-    """Read ``cfg.train_files`` and tokenise them into examples of at most ``cfg.block_size`` tokens.
+    """Read ``cfg.data.train_files`` and tokenise them into examples of at most ``cfg.data.block_size`` tokens.
 
     Raises:
         AnLLMError: no files, a malformed record (file and line named), or no usable example at all.
     """
-    if not cfg.train_files:
+    if not cfg.data.train_files:
         raise AnLLMError("no training data: set train_files to one or more files (or hub:org/name)")
     stats = DataStats()
     examples: list[Example] = []
@@ -203,7 +205,7 @@ def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], DataStat
             else:
                 examples.append(ex)
             continue
-        if cfg.mode == "sft":
+        if cfg.data.objective == "sft":
             prompt, response = sft_pair(record, cfg, where=where)
             p_ids = tokenizer(prompt)["input_ids"]
             r_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + _eos(tokenizer)
@@ -211,32 +213,32 @@ def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], DataStat
         else:
             ids = tokenizer(document_text(record, cfg, where=where))["input_ids"] + _eos(tokenizer)
             labels = list(ids)
-            if cfg.packing:
+            if cfg.data.packing:
                 stream.extend(ids)
                 continue
-        if len(ids) > cfg.block_size:
+        if len(ids) > cfg.data.block_size:
             stats.n_truncated += 1
-            ids, labels = ids[: cfg.block_size], labels[: cfg.block_size]
+            ids, labels = ids[: cfg.data.block_size], labels[: cfg.data.block_size]
         if sum(lab != IGNORE_INDEX for lab in labels[1:]) == 0:
             stats.n_dropped += 1  # nothing left to predict (e.g. the prompt alone fills the block)
             continue
         examples.append(Example(ids, labels))
-    if cfg.packing:
-        for s in range(0, len(stream), cfg.block_size):
-            chunk = stream[s : s + cfg.block_size]
+    if cfg.data.packing:
+        for s in range(0, len(stream), cfg.data.block_size):
+            chunk = stream[s : s + cfg.data.block_size]
             if len(chunk) >= 2:
                 examples.append(Example(chunk, list(chunk)))
     if not examples:
         raise AnLLMError(
-            f"the training data is empty: {stats.n_records} records in {', '.join(cfg.train_files)} gave no example "
-            f"with a token to predict ({stats.n_dropped} dropped)"
+            f"the training data is empty: {stats.n_records} records in {', '.join(cfg.data.train_files)} gave no "
+            f"example with a token to predict ({stats.n_dropped} dropped)"
         )
     if stats.n_truncated:
         logger.warning(
             "%d of %d examples were longer than block_size=%d and were truncated",
             stats.n_truncated,
             stats.n_records,
-            cfg.block_size,
+            cfg.data.block_size,
         )
     stats.n_examples = len(examples)
     stats.n_tokens = sum(len(e.input_ids) for e in examples)
@@ -246,7 +248,7 @@ def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], DataStat
 
 def segments_example(record: dict, cfg: TrainConfig, tokenizer, *, where: str = "") -> Example | None:
     """An example from ``{"segments": [{"text", "weight", "target"}, ...]}`` (a memory item: context, question,
-    answer), never packed; None when it is longer than ``cfg.block_size`` (cutting it would cut the answer).
+    answer), never packed; None when it is longer than ``cfg.data.block_size`` (cutting it would cut the answer).
 
     The first segment is tokenised with the tokenizer's special tokens (BOS), the others without; ``weight``
     (default 1) scales the loss of predicting the segment's tokens, ``target`` (default false) adds the LM loss.
@@ -260,12 +262,12 @@ def segments_example(record: dict, cfg: TrainConfig, tokenizer, *, where: str = 
         weight = seg.get("weight", 1.0) if isinstance(seg, dict) else None
         if not isinstance(text, str) or isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
             raise AnLLMError(f"{where}segment {k} needs a string 'text' and a number 'weight' >= 0, got {seg!r:.80}")
-        text = insert_ac(text) if cfg.anchors == "ac" and text.strip() else text
+        text = insert_ac(text) if cfg.anchor.kind == "ac" and text.strip() else text
         part = tokenizer(text, add_special_tokens=k == 0)["input_ids"]
         ids += part
         weights += [float(weight)] * len(part)
         targets += [bool(seg.get("target", False))] * len(part)
-    if len(ids) > cfg.block_size:
+    if len(ids) > cfg.data.block_size:
         return None
     return Example(ids, list(ids), weights, targets)
 
@@ -301,14 +303,14 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def eval_blocks(path: str, cfg: TrainConfig, tokenizer) -> list[list[int]]:
-    """Held-out text as blocks of ``cfg.eval_block_size`` tokens (at most ``cfg.eval_max_tokens`` in all).
+    """Held-out text as blocks of ``cfg.data.eval_block_size`` tokens (at most ``cfg.data.eval_max_tokens`` in all).
 
     Any supported format works; SFT records contribute prompt + response. Documents are joined with EOS.
     """
     stream: list[int] = []
-    limit = cfg.eval_max_tokens or None
+    limit = cfg.data.eval_max_tokens or None
     for record in read_records(path, cfg):
-        if cfg.mode == "sft" and cfg.text_field not in record:
+        if cfg.data.objective == "sft" and cfg.data.text_field not in record:
             text = "".join(sft_pair(record, cfg, where=f"{path}: "))
         else:
             text = document_text(record, cfg, where=f"{path}: ")
@@ -316,7 +318,7 @@ def eval_blocks(path: str, cfg: TrainConfig, tokenizer) -> list[list[int]]:
         if limit is not None and len(stream) >= limit:
             break
     stream = stream[:limit]
-    blocks = [stream[s : s + cfg.eval_block_size] for s in range(0, len(stream), cfg.eval_block_size)]
+    blocks = [stream[s : s + cfg.data.eval_block_size] for s in range(0, len(stream), cfg.data.eval_block_size)]
     blocks = [b for b in blocks if len(b) >= 2]
     if not blocks:
         raise AnLLMError(f"the evaluation file {path} has no text")

@@ -1,6 +1,6 @@
 """The Gradio layout of the anllm demo and its launcher, shared by ``app/app.py`` and ``anllm app``.
 
-:func:`build_demo` only places components and wires them to :class:`anllm.app_support.AppHandlers`; it loads
+:func:`build_demo` only places components and wires them to :class:`anllm.ui.handlers.AppHandlers`; it loads
 nothing and starts no server. :func:`serve` is the one place that picks host, port, device and preloads the model.
 """
 
@@ -13,23 +13,22 @@ import time
 
 import gradio as gr
 
-from anllm.app_support import (
-    EXPLORER_MAX_TOKENS,
+from anllm.config import AnLLMError
+from anllm.devices import check_device
+from anllm.explorer import EXPLORER_MAX_TOKENS
+from anllm.ui.handlers import (
     MAX_NEW_TOKENS,
     MAX_REQUEST_S,
     NO_PEER,
     STATS_HEADERS,
     TOKENS_CSS,
     AppHandlers,
-    ModelRegistry,
-    allowed_models_from_env,
     maybe_gpu,
     memory_test_prompt,
-    model_choices,
     peer_policies,
 )
-from anllm.commands.app import DEFAULT_QUEUE_SIZE, default_model_name
-from anllm.config import AnLLMError
+from anllm.ui.launch import DEFAULT_QUEUE_SIZE, default_model_name
+from anllm.ui.registry import ModelRegistry, allowed_models_from_env, model_choices
 from anllm.zerogpu import gpu_duration
 
 logger = logging.getLogger(__name__)
@@ -198,8 +197,6 @@ def build_demo(
 
 def serve(args: argparse.Namespace) -> int:
     """Load the model named in ``args`` and serve the app until interrupted."""
-    from anllm.commands.common import check_device
-
     t0 = time.perf_counter()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes
     registry = ModelRegistry(args.model, device=check_device(args.device), allowed=allowed_models_from_env(args.model))
