@@ -264,6 +264,7 @@ def build_demo(
                         latex_delimiters=[],
                         allow_tags=False,
                         feedback_options=None,
+                        buttons=["copy", "copy_all"],
                         elem_id="chatbot",
                     )
                     with gr.Row():
@@ -347,14 +348,9 @@ def build_demo(
         ev_send = chat_send.click(api_name="chat", **send)
         ev_send_submit = chat_msg.submit(api_name=False, **send)
         chat_stop.click(None, cancels=[ev_send, ev_send_submit])
-        chat_reset.click(
-            ch.reset,
-            None,
-            [chatbot, chat_plot, chat_stats, chat_status],
-            api_name="chat_reset",
-            queue=False,
-            cancels=[ev_send, ev_send_submit],
-        )
+        reset = dict(fn=ch.reset, inputs=None, outputs=[chatbot, chat_plot, chat_stats, chat_status], queue=False)
+        chat_reset.click(api_name="chat_reset", cancels=[ev_send, ev_send_submit], **reset)
+        chatbot.clear(api_name=False, cancels=[ev_send, ev_send_submit], **reset)  # its own bin icon resets too
         demo.unload(_forget(dh, ch))  # a closed tab's document files and conversation go at once
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
