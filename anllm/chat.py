@@ -143,13 +143,22 @@ class ChatSession:
         return self.lm.tokenizer(rendered[len(self.text) :], add_special_tokens=False)["input_ids"]
 
     # -- reading and asking -------------------------------------------------------------------------------------
-    def read(self, document: str, *, progress: bool = False, on_chunk: Callable[[int, int], None] | None = None) -> int:
+    def read(
+        self,
+        document: str,
+        *,
+        progress: bool = False,
+        on_chunk: Callable[[int, int], None] | None = None,
+        chunk_size: int | None = None,
+    ) -> int:
         """Feed ``document`` as the opening of the next user message (what ``anllm compress`` saves).
 
         Args:
             progress: a progress bar on stderr.
             on_chunk: called after each chunk with (tokens read so far, tokens in all); an exception it raises
                 stops the reading (the session is then left half-read: discard it).
+            chunk_size: tokens per forward pass (default: the model's ``anchor.chunk_size``); 0 = the whole
+                document in one pass, as ``stream_generate`` prefills a full cache.
         Returns:
             the number of tokens read.
         """
@@ -162,7 +171,8 @@ class ChatSession:
         text = rendered[: rendered.index(_MARK)]
         ids = self._suffix_ids(text)
         self._check_fits(len(ids), "the document is")
-        model, step = self.lm.model, self.lm.anchor.chunk_size
+        model = self.lm.model
+        step = (self.lm.anchor.chunk_size if chunk_size is None else chunk_size) or max(len(ids), 1)
         device = next(model.parameters()).device
         bar = progress_bar(desc="compress", total=len(ids), unit="tok", enabled=progress)
         with torch.inference_mode():
@@ -278,9 +288,10 @@ def compress(
     chat: bool = True,
     progress: bool = False,
     on_chunk: Callable[[int, int], None] | None = None,
+    chunk_size: int | None = None,
 ):
-    """A session that has read ``text`` as a document (save it with :meth:`ChatSession.save`); ``on_chunk`` as in
-    :meth:`ChatSession.read`."""
+    """A session that has read ``text`` as a document (save it with :meth:`ChatSession.save`); ``on_chunk`` and
+    ``chunk_size`` as in :meth:`ChatSession.read`."""
     session = ChatSession(lm, mode, chat=chat)
-    session.read(text, progress=progress, on_chunk=on_chunk)
+    session.read(text, progress=progress, on_chunk=on_chunk, chunk_size=chunk_size)
     return session

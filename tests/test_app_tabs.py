@@ -82,7 +82,7 @@ def test_compress_reports_progress_then_sizes_measured_independently(docs, regis
     outs = list(docs.compress("tiny-random", DOC, session("a")))
     progress = [o[0] for o in outs[:-1]]
     assert any("reading it with the anchor cache" in p for p in progress)
-    assert any("reading it again with a full cache" in p for p in progress)
+    assert any("prefilling it again with a full cache, in one pass" in p for p in progress)
     status, sizes, path, history, full_html, anchor_html, rows, plot = outs[-1]
     assert status.startswith("✅") and history == [] and rows == [] and plot is None
     path = Path(path)

@@ -3,11 +3,11 @@
 **Compress** reads the document with the anchor cache (:func:`anllm.chat.compress`, as ``anllm compress`` does) in
 a worker thread that reports every chunk, so the tab shows a progress line (and gradio's progress bar), and saves
 it with :meth:`anllm.chat.ChatSession.save` into a per-session folder; that file is offered for download. For the
-comparison the document is read once more with a full cache, which is saved only to measure its file size, then
-deleted. **Ask** answers a question twice, one run after the other in the app's one model slot: from a fresh load
-of the saved anchor file (its time to first token includes loading the file; the answer is exactly what
-``anllm generate --cache FILE --prompt QUESTION`` prints) and by re-prefilling document + question (the same
-tokens) with a full cache.
+comparison the document is prefilled once more with a full cache, in one pass as a question's full re-prefill is;
+that cache is saved only to measure its file size, then deleted. **Ask** answers a question twice, one run after
+the other in the app's one model slot: from a fresh load of the saved anchor file (its time to first token includes
+loading the file; the answer is exactly what ``anllm generate --cache FILE --prompt QUESTION`` prints) and by
+re-prefilling document + question (the same tokens) with a full cache.
 
 Per browser session the tab keeps only a :class:`DocumentEntry` (the file's folder and the measured numbers, a few
 hundred bytes): the anchor cache itself stays on disk, in a :class:`~anllm.ui.sessions.SessionStore` of at most
@@ -288,7 +288,7 @@ class DocumentHandlers:
             return
         folder = self._new_folder()
         work = self._compress_work(lm, name, text, folder)
-        labels = {"anchor": "reading it with the anchor cache", "full": "reading it again with a full cache"}
+        labels = {"anchor": "reading it with the anchor cache", "full": "prefilling it again with a full cache"}
         result: tuple[str, Any] = ("stopped", None)
         yield ("⏳ tokenizing the document…", *keep)
         events = read_in_background(lm, work, self.max_request_s)
@@ -298,9 +298,12 @@ class DocumentHandlers:
                     result = (kind, value)
                     break
                 mode, done, total = value
-                step = 0 if mode == "anchor" else total
-                progress((step + done, 2 * total), desc=labels[mode], unit="tokens")
-                yield (f"⏳ {labels[mode]}: {done:,} / {total:,} tokens {_bar(done, total)}", *keep)
+                if mode == "anchor":
+                    progress((done, total), desc=labels[mode], unit="tokens")
+                    yield (f"⏳ {labels[mode]}: {done:,} / {total:,} tokens {_bar(done, total)}", *keep)
+                elif done < total:  # one forward pass: nothing to count until it ends
+                    progress(None)
+                    yield (f"⏳ {labels[mode]}, in one pass ({total:,} tokens), to compare…", *keep)
         finally:
             events.close()  # waits for the worker, so nothing writes into the folder after this
             if result[0] != "done":
@@ -320,9 +323,17 @@ class DocumentHandlers:
         def work(report: Callable[[Any], None]) -> DocumentEntry:
             numbers = {}
             for mode in ("anchor", "full"):
+                if mode == "full":
+                    report(("full", 0, numbers["anchor"].tokens))  # the same tokens, in one pass
                 t0 = time.perf_counter()
                 try:
-                    session = compress(lm, text, mode, on_chunk=lambda d, n, m=mode: report((m, d, n)))
+                    session = compress(
+                        lm,
+                        text,
+                        mode,
+                        on_chunk=lambda d, n, m=mode: report((m, d, n)),
+                        chunk_size=0 if mode == "full" else None,  # a full cache is prefilled in one pass
+                    )
                 except _TimeUp:
                     if mode == "anchor":
                         raise
