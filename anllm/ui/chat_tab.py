@@ -161,7 +161,7 @@ class ChatHandlers:
             else:
                 session.restore(before)  # a failed turn leaves the conversation as it was
         if not kept:
-            reason = error or "no answer was produced"
+            reason = (error or "no answer was produced").replace("(/reset)", "(press Reset)")
             yield chat_messages(entry.shown), message, skip, skip, error_markdown(f"{reason} (the turn was not kept)")
             return
         t = session.turns[-1]
