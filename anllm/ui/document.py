@@ -16,7 +16,6 @@ hundred bytes): the anchor cache itself stays on disk, in a :class:`~anllm.ui.se
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -132,11 +131,12 @@ def read_in_background(
     of those waiting), then ``("done", result)``, ``("error", AnLLMError)`` or ``("stopped", None)``.
 
     Every decoder layer checks ``time_limit_s`` (a :class:`~anllm.ui.handlers._TimeUp` that ``work`` does not
-    catch becomes an error); closing this generator makes the next ``report`` raise, so the worker stops after its
-    current chunk, and waits for it (the model is free when the request ends).
+    catch becomes an error); closing this generator (Stop, a closed tab) stops the worker within one decoder layer,
+    or at its next ``report``, and waits for it, so the model is free when the request ends.
     """
     out: queue.Queue = queue.Queue()
     stop = threading.Event()
+    deadline = [time.perf_counter() + time_limit_s if time_limit_s else math.inf]
 
     def report(event: Any) -> None:
         if stop.is_set():
@@ -144,14 +144,15 @@ def read_in_background(
         out.put(("progress", event))
 
     def target() -> None:
-        deadline = [time.perf_counter() + time_limit_s if time_limit_s else math.inf]
-        hooks = _deadline_hooks(lm.model, deadline) if time_limit_s else contextlib.nullcontext()
         try:
-            with hooks:
+            with _deadline_hooks(lm.model, deadline):
                 out.put(("done", work(report)))
         except _Stopped:
             out.put(("stopped", None))
         except _TimeUp:
+            if stop.is_set():
+                out.put(("stopped", None))
+                return
             msg = f"reading the document ran past this server's time limit ({time_limit_s:g} s a request)"
             out.put(("error", AnLLMError(msg + "; use a shorter text, or `anllm compress` on your own machine")))
         except AnLLMError as e:
@@ -177,6 +178,7 @@ def read_in_background(
             yield items[-1]
     finally:
         stop.set()
+        deadline[0] = -math.inf  # the next decoder layer raises: a long one-pass prefill stops too
         worker.join(timeout=60)
 
 
