@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +98,18 @@ class ChatSession:
             "ids": self.ids,
         }
 
+    def checkpoint(self) -> tuple:
+        """A copy of the cache and the conversation; :meth:`restore` returns to it (e.g. after a failed turn)."""
+        conversation = ([dict(m) for m in self.messages], self.pending, self.text, list(self.ids))
+        return copy_cache(self.cache), conversation, list(self.answer_spans), list(self.turns)
+
+    def restore(self, checkpoint: tuple) -> None:
+        """Back to a :meth:`checkpoint` (which stays usable: everything is copied again)."""
+        cache, (messages, pending, text, ids), spans, turns = checkpoint
+        self.cache = copy_cache(cache)
+        self.messages, self.pending, self.text, self.ids = [dict(m) for m in messages], pending, text, list(ids)
+        self.answer_spans, self.turns = list(spans), list(turns)
+
     def stats(self) -> dict:
         """Tokens seen, KV entries and bytes held (valid and allocated), entries evicted, kept fraction, turns."""
         c = self.cache
@@ -133,9 +145,22 @@ class ChatSession:
         return self.lm.tokenizer(rendered[len(self.text) :], add_special_tokens=False)["input_ids"]
 
     # -- reading and asking -------------------------------------------------------------------------------------
-    def read(self, document: str, *, progress: bool = False) -> int:
+    def read(
+        self,
+        document: str,
+        *,
+        progress: bool = False,
+        on_chunk: Callable[[int, int], None] | None = None,
+        chunk_size: int | None = None,
+    ) -> int:
         """Feed ``document`` as the opening of the next user message (what ``anllm compress`` saves).
 
+        Args:
+            progress: a progress bar on stderr.
+            on_chunk: called after each chunk with (tokens read so far, tokens in all); an exception it raises
+                stops the reading (the session is then left half-read: discard it).
+            chunk_size: tokens per forward pass (default: the model's ``anchor.chunk_size``); 0 = the whole
+                document in one pass, as ``stream_generate`` prefills a full cache.
         Returns:
             the number of tokens read.
         """
@@ -147,8 +172,9 @@ class ChatSession:
             raise AnLLMError("the chat template does not keep the user message as is; use chat=False (--raw)")
         text = rendered[: rendered.index(_MARK)]
         ids = self._suffix_ids(text)
-        self._check_fits(len(ids))
-        model, step = self.lm.model, self.lm.anchor.chunk_size
+        self._check_fits(len(ids), "the document is")
+        model = self.lm.model
+        step = (self.lm.anchor.chunk_size if chunk_size is None else chunk_size) or max(len(ids), 1)
         device = next(model.parameters()).device
         bar = progress_bar(desc="compress", total=len(ids), unit="tok", enabled=progress)
         with torch.inference_mode():
@@ -156,10 +182,22 @@ class ChatSession:
                 chunk = torch.tensor([ids[s : s + step]], device=device)  # (1, Q)
                 forward_chunk(model, self.cache, chunk, logits_to_keep=1)
                 bar.update(chunk.shape[1])
+                if on_chunk is not None:
+                    on_chunk(s + chunk.shape[1], len(ids))
         bar.close()
         self.ids += ids
         self.text, self.pending = text, content
         return len(ids)
+
+    def _turn(self, question: str) -> tuple[dict, str, list[int]]:
+        """The user message for ``question``, the conversation rendered with it, and the token ids it adds."""
+        user = {"role": "user", "content": self.pending + self._content(question)}
+        rendered = self._render([*self.messages, user])
+        return user, rendered, self._suffix_ids(rendered)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """The token ids :meth:`ask` would feed for ``question`` now (the new turn only; ``ids`` holds the rest)."""
+        return self._turn(question)[2]
 
     def ask(self, question: str) -> Iterator[GenerationResponse]:
         """Append a user turn and stream the answer; the cache then holds the question and the whole answer.
@@ -169,9 +207,7 @@ class ChatSession:
         if not isinstance(question, str) or not question.strip():
             raise AnLLMError("the message is empty")
         t0 = time.perf_counter()
-        user = {"role": "user", "content": self.pending + self._content(question)}
-        rendered = self._render([*self.messages, user])
-        ids = self._suffix_ids(rendered)
+        user, rendered, ids = self._turn(question)
         self._check_fits(len(ids) + 1)
         start, last, parts, tokens, first = len(self.ids), None, [], [], None
         stop = eos_ids(self.lm) if self.gen.stop_on_eos else set()
@@ -211,9 +247,14 @@ class ChatSession:
         """:meth:`ask`, returning the whole answer."""
         return "".join(r.text for r in self.ask(question))
 
-    def _check_fits(self, n_new: int) -> None:
+    def _check_fits(self, n_new: int, what: str | None = None) -> None:
         limit = getattr(self.lm.model.config, "max_position_embeddings", None)
         seen = int(self.cache.n_seen[0]) if self.cache.n_seen is not None else 0
+        if limit is not None and seen + n_new > limit and what is not None and not seen:
+            raise AnLLMError(
+                f"{what} {n_new:,} tokens long but the model supports {limit:,} positions (questions need some "
+                "too); use a shorter text"
+            )
         if limit is not None and seen + n_new > limit:
             raise AnLLMError(
                 f"the conversation would reach {seen + n_new} tokens but the model supports {limit} positions; "
@@ -241,8 +282,18 @@ class ChatSession:
         return cls(lm, gen=gen, cache=saved.cache, state=saved.extra.get("chat", {}))
 
 
-def compress(lm, text: str, mode: str | EvictionPolicy = "anchor", *, chat: bool = True, progress: bool = False):
-    """A session that has read ``text`` as a document (save it with :meth:`ChatSession.save`)."""
+def compress(
+    lm,
+    text: str,
+    mode: str | EvictionPolicy = "anchor",
+    *,
+    chat: bool = True,
+    progress: bool = False,
+    on_chunk: Callable[[int, int], None] | None = None,
+    chunk_size: int | None = None,
+):
+    """A session that has read ``text`` as a document (save it with :meth:`ChatSession.save`); ``on_chunk`` and
+    ``chunk_size`` as in :meth:`ChatSession.read`."""
     session = ChatSession(lm, mode, chat=chat)
-    session.read(text, progress=progress)
+    session.read(text, progress=progress, on_chunk=on_chunk, chunk_size=chunk_size)
     return session

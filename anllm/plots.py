@@ -410,6 +410,73 @@ def budget_figure(
     return fig
 
 
+def chat_memory_figure(
+    turns: Sequence[Any], *, title: str = "KV cache after each chat turn", height: int = 320
+) -> go.Figure:
+    """KV entries per layer after each turn of a chat: the anchor cache next to what a full cache would hold.
+
+    Args:
+        turns: records with ``turn``, ``kv_entries`` and ``tokens_seen`` (e.g. :class:`anllm.chat.TurnStats`); a
+            full cache holds one entry per token seen, so its line needs no second run.
+    """
+    x = [int(t.turn) for t in turns]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=[int(t.tokens_seen) for t in turns],
+            name="full cache (every token seen)",
+            mode="lines+markers",
+            line={"color": mode_color("full"), "width": 2.5, "dash": "dash"},
+            hovertemplate="turn %{x}<br>%{y} entries<extra>full</extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=[int(t.kv_entries) for t in turns],
+            name="anchor cache (kept)",
+            mode="lines+markers",
+            line={"color": mode_color("anchor"), "width": 2.5},
+            hovertemplate="turn %{x}<br>%{y} entries<extra>anchor</extra>",
+        )
+    )
+    _layout(fig, title, height, "chat")
+    fig.update_xaxes(title_text="turn", rangemode="tozero", dtick=1 if len(x) <= 20 else None)
+    fig.update_yaxes(title_text="KV entries per layer", rangemode="tozero")
+    return fig
+
+
+def first_token_figure(
+    anchor_s: Sequence[float | None],
+    full_s: Sequence[float | None],
+    *,
+    title: str = "Time to first token per question",
+    height: int = 320,
+) -> go.Figure:
+    """Seconds to the first answer token for each question asked of one document: loading the saved anchor cache
+    and continuing it vs re-prefilling document + question with a full cache (a missing value is left out)."""
+    fig = go.Figure()
+    for mode, ys, name in (
+        ("full", full_s, "full cache: re-prefill document + question"),
+        ("anchor", anchor_s, "anchor cache: load the file + question"),
+    ):
+        fig.add_trace(
+            go.Bar(
+                x=list(range(1, len(ys) + 1)),
+                y=list(ys),
+                name=name,
+                marker_color=mode_color(mode),
+                hovertemplate="question %{x}<br>%{y:.3f} s<extra>" + mode + "</extra>",
+            )
+        )
+    _layout(fig, title, height, "first-token")
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="question", dtick=1)
+    fig.update_yaxes(title_text="time to first token (s)", rangemode="tozero")
+    return fig
+
+
 def bench_figure(results: Mapping[str, Mapping[str, Any]]) -> go.Figure:
     """``anllm bench --plot``: prefill time, decode speed, KV bytes and peak memory against context length.
 

@@ -90,6 +90,22 @@ def test_a_document_then_questions_save_load_and_reset(tmp_path):
         assert session.messages[0]["content"].startswith("The box is red.") and "Where is the key?" in session.text
 
 
+@pytest.mark.parametrize("mode", ["anchor", "full"])
+def test_reading_in_one_pass_or_in_chunks_gives_the_same_cache(mode):
+    lm = chat_lm(chunk_size=16)
+    text = "The box is red. The key is under the mat! Is it? " * 6
+    seen = []
+    with torch.no_grad():
+        chunked = compress(lm, text, mode, on_chunk=lambda done, total: seen.append((done, total)))
+        one = compress(lm, text, mode, chunk_size=0, on_chunk=lambda done, total: seen.append((done, total)))
+    n = len(chunked.ids)
+    assert seen == [(min(d, n), n) for d in range(16, n + 16, 16)] + [(n, n)]  # per chunk, then once
+    assert one.ids == chunked.ids and torch.equal(one.cache.meta.token, chunked.cache.meta.token)
+    for a, b in zip(one.cache.layers, chunked.cache.layers):
+        assert (a.keys - b.keys).abs().max() <= 1e-9 and (a.values - b.values).abs().max() <= 1e-9
+    assert one.reply("Where?") == chunked.reply("Where?")
+
+
 def test_stopping_early_keeps_the_partial_answer_consistent():
     lm = chat_lm()
     session = ChatSession(lm, "anchor", gen=GEN)

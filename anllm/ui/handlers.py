@@ -298,7 +298,9 @@ def _produce_modes(lm, prompt, modes, gen, out, stop, t0, time_limit_s, deadline
             break
         if time_limit_s is not None:
             deadline[0] = t0 + time_limit_s * (i + 1) / len(modes)
-        stream = stream_generate(lm, prompt, mode, gen)
+        name, stream = (
+            (mode[0], mode[1]()) if isinstance(mode, tuple) else (mode, stream_generate(lm, prompt, mode, gen))
+        )
         try:
             for r in stream:
                 out.put((i, r))
@@ -312,8 +314,8 @@ def _produce_modes(lm, prompt, modes, gen, out, stop, t0, time_limit_s, deadline
             out.put((i, _DONE))
             break  # a bad prompt or setting fails the same way in every mode: report it once
         except Exception as e:  # noqa: BLE001 - reported to the UI; the traceback goes to the log only
-            logger.exception("generation failed in mode %s", mode)
-            out.put((i, AnLLMError(f"generation failed in mode {mode!r}: {type(e).__name__}: {e}")))
+            logger.exception("generation failed in mode %s", name)
+            out.put((i, AnLLMError(f"generation failed in mode {name!r}: {type(e).__name__}: {e}")))
         finally:
             stream.close()
         out.put((i, _DONE))
@@ -331,13 +333,17 @@ def compare_stream(
 ) -> Iterator[CompareState]:
     """Generate ``prompt`` under each mode in turn and yield snapshots at most every ``interval_s`` seconds.
 
+    A mode is a cache mode (``stream_generate(lm, prompt, mode, gen)``) or a ``(name, start)`` pair whose
+    ``start()`` returns the response iterator to run instead (a saved document, a chat turn); make ``start`` a
+    generator function so that its errors are reported like the decode loop's.
+
     The decode loop runs in its own thread, so the consumer's work (rendering, sending) never pauses it and the
     timings it reports are those of the loop alone. Closing this generator stops the producer after its current
     token and waits for it, so a cancelled request frees the model before the next one starts.
     ``plots_due`` is set at most every ``plot_interval_s`` seconds and whenever a mode finishes. With
     ``time_limit_s`` the modes share that much time (see :func:`_produce`); a mode cut off gets an error message.
     """
-    state = CompareState([ModeRun(m) for m in modes])
+    state = CompareState([ModeRun(m if isinstance(m, str) else m[0]) for m in modes])
     out: queue.Queue = queue.Queue()
     stop = threading.Event()
     producer = threading.Thread(
