@@ -184,8 +184,8 @@ def test_memory_training_records_use_training_templates_only(tmp_path):
 
 
 def test_memory_training_distance_range_is_checked(tmp_path):
-    from anllm.train.memory_data import build_memory_data
     from anllm.models import tiny_tokenizer
+    from anllm.train.memory_data import build_memory_data
 
     corpus = tmp_path / "train.jsonl"
     corpus.write_text(json.dumps({"text": FILLER[:2000]}) + "\n")
