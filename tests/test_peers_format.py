@@ -14,6 +14,7 @@ from anllm.config import AnchorConfig, AnLLMError
 from anllm.evaluation.peers import (
     RESULTS_SCHEMA,
     anchor_chunk_budgets,
+    combine_peer_results,
     file_sha256,
     markdown_table,
     merge,
@@ -232,6 +233,8 @@ def test_bad_peer_results_are_named(exported, tmp_path, change, match):
 
 
 def test_results_from_other_inputs_or_items_are_refused(exported, tmp_path):
+    with pytest.raises(AnLLMError, match="one tool on one inputs file"):
+        combine_peer_results([_peer(exported), _peer(exported, inputs_sha256="0" * 64)])
     anllm_res = read_anllm_results(exported.dir / "anllm.json")
     with pytest.raises(AnLLMError, match="other inputs"):
         merge(anllm_res, _peer(exported, inputs_sha256="0" * 64))
@@ -249,10 +252,17 @@ def test_report_cli_prints_the_table_or_one_error_line(exported, tmp_path):
     good = _write(tmp_path, _peer(exported))
     cmd = [sys.executable, str(ROOT / "bench" / "peers" / "report.py"), "--anllm", str(exported.dir / "anllm.json")]
     out = tmp_path / "merged.json"
-    proc = subprocess.run([*cmd, "--peers", str(good), "--json", str(out)], capture_output=True, text=True)
+    ppl_only = _write(
+        tmp_path,
+        _peer(exported, recall=[], errors=[], ppl=[{**_peer(exported)["ppl"][0], "press": "KnormPress"}]),
+        "p2.json",
+    )
+    proc = subprocess.run(
+        [*cmd, "--peers", str(good), str(ppl_only), "--json", str(out)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("| tool | method |") and "SnapKVPress" in proc.stdout
-    assert [r["method"] for r in json.loads(out.read_text())["rows"]][-1] == "TOVAPress"
+    assert [r["method"] for r in json.loads(out.read_text())["rows"]][-3:] == ["SnapKVPress", "KnormPress", "TOVAPress"]
     bad = _write(tmp_path, _peer(exported, inputs_sha256="f" * 64), "bad.json")
     proc = subprocess.run([*cmd, "--peers", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""

@@ -157,6 +157,21 @@ def read_peer_results(path: str | Path) -> dict:
     return obj
 
 
+def combine_peer_results(parts: list[dict]) -> dict:
+    """One result from runs of the same peer on the same inputs split by press (e.g. two processes)."""
+    if not parts:
+        raise AnLLMError("no peer results given")
+    first = parts[0]
+    for p in parts[1:]:
+        if (p["tool"], p["inputs_sha256"]) != (first["tool"], first["inputs_sha256"]):
+            raise AnLLMError("peer results to combine must come from one tool on one inputs file")
+    out = {**first, "recall": [], "ppl": [], "errors": []}
+    for p in parts:
+        for key in ("recall", "ppl", "errors"):
+            out[key] += p.get(key, [])
+    return out
+
+
 def read_anllm_results(path: str | Path) -> dict:
     """anllm's side of the comparison (written by ``bench/peers/export_inputs.py``)."""
     obj = _load_json(path, "anllm results")

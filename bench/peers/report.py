@@ -13,17 +13,26 @@ import sys
 from pathlib import Path
 
 from anllm.config import AnLLMError
-from anllm.evaluation.peers import markdown_table, merge, read_anllm_results, read_peer_results
+from anllm.evaluation.peers import (
+    combine_peer_results,
+    markdown_table,
+    merge,
+    read_anllm_results,
+    read_peer_results,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--anllm", required=True, help="anllm.json written by export_inputs.py")
-    p.add_argument("--peers", required=True, help="the peer's results JSON (run_kvpress.py --out)")
+    p.add_argument(
+        "--peers", required=True, nargs="+", help="the peer's results JSON (run_kvpress.py --out); several are combined"
+    )
     p.add_argument("--json", default=None, help="also write the merged rows and both inputs to this JSON file")
     args = p.parse_args(argv)
     try:
-        anllm_res, peer = read_anllm_results(args.anllm), read_peer_results(args.peers)
+        anllm_res = read_anllm_results(args.anllm)
+        peer = combine_peer_results([read_peer_results(p) for p in args.peers])
         rows = merge(anllm_res, peer)
     except AnLLMError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -46,6 +46,8 @@ PRESSES = {
     "none": None,
     "StreamingLLMPress": ("StreamingLLMPress", {}),
     "SnapKVPress": ("SnapKVPress", {}),
+    # SnapKV always keeps its 64-token observation window; below that budget it picks among the window's ties
+    "SnapKVPress(window_size=8)": ("SnapKVPress", {"window_size": 8}),
     "KnormPress": ("KnormPress", {}),
     "TOVAPress": ("TOVAPress", {}),
     "ExpectedAttentionPress": ("ExpectedAttentionPress", {}),
