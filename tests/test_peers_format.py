@@ -285,3 +285,24 @@ def test_question_start_on_the_default_chat_template():
         k = question_start(lm, it, prompt)
         assert tok.decode(prompt[k:]).startswith(it.question)
         assert tok.decode(prompt[:k]).endswith("\n\n" if it.family == "single" else "<|im_start|>user\n")
+
+
+def test_committed_table_is_the_committed_data():
+    """docs/benchmarks.md's kvpress table is what the merge makes of the committed JSON."""
+    data = json.loads((ROOT / "docs" / "benchmarks-data" / "kvpress-side-by-side-2026-12-01.json").read_text())
+    table = markdown_table(merge(data["anllm"], data["peer"]))
+    doc = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert table in doc
+    assert "| kvpress | none | base (smollm2-135m-instruct) | 50% (12) | -7.30 | 444.5 | 67% (12) |" in table
+
+
+def test_peer_requirements_pin_a_cpu_torch_and_a_transformers_kvpress_accepts():
+    pins = {}
+    for line in (ROOT / "bench" / "peers" / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep, f"not an exact pin: {line}"
+            pins[name] = tuple(int(x) for x in version.split("."))
+    assert pins["torch"] == (2, 13, 0) and pins["kvpress"] == (0, 5, 5)
+    assert (4, 56) <= pins["transformers"] < (5, 3)  # kvpress 0.5.5 requires transformers>=4.56,<5.3
