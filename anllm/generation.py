@@ -54,10 +54,23 @@ def forward_chunk(
     return out.logits
 
 
+def prefill_chunk_size(lm: LoadedModel, policy: EvictionPolicy) -> int | None:
+    """The prefill chunk the library uses for ``policy`` (measured per policy: docs/benchmarks.md, "Prefill").
+
+    None (one pass) for a cache that never evicts and needs no mask of its own (the full cache): chunking would only
+    add masked attention over a growing cache, and nothing could leave it between chunks. Every other policy
+    prefills in ``lm.anchor.chunk_size`` tokens (``--chunk-size``), evicting after each chunk, so neither a full KV
+    cache nor a ``T x T`` mask is ever built.
+    """
+    return None if policy.uses_model_causal_mask else lm.anchor.chunk_size
+
+
 def prefill(
     model, cache: PolicyCache, input_ids: Tensor, attention_mask: Tensor | None = None, chunk_size: int | None = None
 ) -> Tensor:
     """Feed a (padded) prompt, in chunks of ``chunk_size`` tokens (None = one pass).
+
+    Only the logits prefill returns are computed: a chunk in which no row ends skips the LM head entirely.
 
     Returns:
         float ``(B, V)``: the logits at each row's last real token (left or right padding both work).
@@ -68,6 +81,7 @@ def prefill(
         raise AnLLMError("a prompt in the batch has no tokens; give every row at least one token")
     last = (valid.long() * torch.arange(T, device=input_ids.device)).argmax(-1)  # (B,) index of last real token
     step = chunk_size or T
+    no_logits = torch.empty(0, dtype=torch.long, device=input_ids.device)  # keep no position: skip the LM head
     out = None
     for s in range(0, T, step):
         e = min(s + step, T)
@@ -80,7 +94,7 @@ def prefill(
             where = torch.searchsorted(keep, (last - s).clamp(0, e - s - 1))  # (B,)
             out[rows] = logits[rows, where[rows]]
         else:
-            forward_chunk(model, cache, input_ids[:, s:e], valid[:, s:e].long(), logits_to_keep=1)
+            forward_chunk(model, cache, input_ids[:, s:e], valid[:, s:e].long(), logits_to_keep=no_logits)
     return out
 
 
@@ -298,7 +312,7 @@ def stream_generate(
     tracker = _TextTracker(lm.tokenizer, {ac_id} if ac_id is not None else set(), gen.stop_strings)
     anchor_set = set(lm.anchor_ids)
     cache = make_cache(lm, mode) if cache is None else cache
-    chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
+    chunk = prefill_chunk_size(lm, cache.policy)
     t0 = time.perf_counter()
     with torch.inference_mode():
         steps = generate_step(model, cache, input_ids, gen, chunk_size=chunk, generator=generator)
@@ -423,7 +437,7 @@ def generate_ids(
     check_max_new_tokens(lm, n_real, gen.max_new_tokens)  # refused, never clamped
     max_new = gen.max_new_tokens
     cache = make_cache(lm, mode)
-    chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
+    chunk = prefill_chunk_size(lm, cache.policy)
     stop_ids = eos_ids(lm) if gen.stop_on_eos else set()
     generator = torch.Generator(input_ids.device).manual_seed(gen.seed) if gen.seed is not None else None
     ac_id = lm.tokenizer.get_vocab().get(AC_TOKEN)
