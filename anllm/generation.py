@@ -55,12 +55,12 @@ def forward_chunk(
 
 
 def prefill_chunk_size(lm: LoadedModel, policy: EvictionPolicy) -> int | None:
-    """The prefill chunk the library uses for ``policy`` (measured per policy: docs/benchmarks.md, "Prefill").
+    """The prefill chunk the library uses for ``policy`` (docs/benchmarks.md, "Prefill against the backbone").
 
-    None (one pass) for a cache that never evicts and needs no mask of its own (the full cache): chunking would only
-    add masked attention over a growing cache, and nothing could leave it between chunks. Every other policy
-    prefills in ``lm.anchor.chunk_size`` tokens (``--chunk-size``), evicting after each chunk, so neither a full KV
-    cache nor a ``T x T`` mask is ever built.
+    Measured per policy: the full cache prefills in one pass (None): it never evicts, so chunks would only add masked
+    attention over a growing cache. Every evicting policy (anchor, streaming, sepllm) runs fastest at the same chunk,
+    the model's ``lm.anchor.chunk_size`` (256 unless ``--chunk-size`` says otherwise), and drops entries after each
+    chunk, so neither a full KV cache nor a ``T x T`` mask is ever built.
     """
     return None if policy.uses_model_causal_mask else lm.anchor.chunk_size
 

@@ -69,8 +69,8 @@ def test_bench_rows_hold_the_expected_caches():
 
 
 def test_prefill_is_set_against_the_backbone_limit_and_one_pass():
-    """Each mode prefills as the library does (full: one pass; the others: the model's chunk), and every ratio in a
-    row is computed from the references measured in the same run."""
+    """Each mode prefills as the library does (full: one pass; the evicting ones: the model's chunk), and every ratio
+    in a row is computed from the references measured in the same run."""
     lm = make_lm(chunk_size=16)
     cfg = BenchConfig(contexts=(40, 12), modes=("full", "anchor", "sepllm", "limit"), new_tokens=3, repeats=3)
     text = "It rained. We stayed in, and read! Did you? No, I went out. " * 8
@@ -84,7 +84,7 @@ def test_prefill_is_set_against_the_backbone_limit_and_one_pass():
         "full": None, "anchor": 16, "sepllm": 16, "limit": None, "hf_generate": None, "onepass": None,
         "backbone@16": 16, "backbone@one-pass": None,
     }  # fmt: skip
-    limit_of = {"anchor": "backbone@16", "sepllm": "backbone@16", "backbone@16": "backbone@16"}
+    limit_of = {"anchor": "backbone@16", "sepllm": "backbone@16", "backbone@16": "backbone@16"}  # others: one pass
     for mode, r in row.items():
         assert r.prefill_s == pytest.approx(sorted(x["prefill_s"] for x in r.runs)[1])  # median of 3
         assert r.prefill_tok_s == pytest.approx((40 if mode != "limit" else r.kv_entries_prefill) / r.prefill_s)

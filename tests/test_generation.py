@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from anllm.compat import check_supported
-from anllm.config import AnLLMError, GenerationConfig
+from anllm.config import DEFAULT_CHUNK_SIZE, AnLLMError, GenerationConfig
 from anllm.generation import (
     encode_prompt,
     generate,
@@ -154,11 +154,13 @@ def test_chunked_prefill_computes_only_the_logits_it_returns(arch):
 
 
 def test_prefill_chunk_size_per_policy():
-    """The full cache prefills in one pass (nothing to evict, the model's causal kernel); evicting policies chunk."""
+    """The full cache prefills in one pass (nothing to evict, the model's causal kernel); every evicting policy in the
+    model's chunk (``--chunk-size``), 256 by default."""
     lm = make_lm(chunk_size=48)
     assert prefill_chunk_size(lm, lm.policy("full")) is None
-    for mode in ("anchor", "streaming", "sepllm"):
+    for mode in ("anchor", "anchor:sink=2", "streaming", "sepllm"):
         assert prefill_chunk_size(lm, lm.policy(mode)) == 48
+        assert prefill_chunk_size(make_lm(), lm.policy(mode)) == DEFAULT_CHUNK_SIZE == 256
 
 
 def test_bad_input_is_a_clear_error():

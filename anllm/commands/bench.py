@@ -22,7 +22,7 @@ def _chunk(chunk_size: int | None) -> str:
 
 
 def _of_limit(r) -> str:
-    """`` 0.97 of limit  x2.31 one-pass`` for rows set against the prefill references, blanks otherwise."""
+    """``0.97 of limit  x 2.31 one-pass`` for rows set against the prefill references, blanks otherwise."""
     of = f"{r.prefill_of_limit:5.2f} of limit" if r.prefill_of_limit is not None else " " * 14
     vs = f"x{r.prefill_vs_onepass:5.2f} one-pass" if r.prefill_vs_onepass is not None else " " * 15
     return f"  {of}  {vs}"
