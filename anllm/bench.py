@@ -8,6 +8,21 @@ as in greedy decoding), so all modes do identical work apart from their cache. T
   after prefill (the last ``K`` context tokens): anchor decoding cannot beat it.
 * ``hf_generate``: ``model.generate`` (greedy, stock ``DynamicCache``) on the same context, for scale.
 
+Prefill is set against two references measured in the same run (prefill only, no decoding):
+
+* ``onepass``: the one-pass full prefill, ``model(context, logits_to_keep=1)`` through a stock ``DynamicCache``;
+  every row's ``prefill_vs_onepass`` is its speed-up over it.
+* ``backbone@C`` (``C`` tokens, or ``one-pass``): the prefill limit on ``C``-token chunks (docs/benchmarks.md,
+  "Prefill against the backbone"): each chunk of the context through the decoder alone (embeddings, decoder
+  layers, final norm) at its true positions, with no cache and no mask (the model's own causal kernel over the
+  chunk), and the LM head for the context's last token only. That is the work every chunked prefill does at
+  least; what a cache adds is attention to its stored entries, its mask and its bookkeeping. One row per chunk
+  size the modes use, and one for a one-pass prefill; every row's ``prefill_of_limit`` is the limit's time on its
+  own chunks over its own time.
+
+Each mode prefills as the library does (:func:`anllm.generation.prefill_chunk_size`: the full cache in one pass,
+the evicting caches in the model's chunk size) unless ``BenchConfig.chunk_size`` forces one chunk for all.
+
 Peak memory is the process RSS sampled every few ms on CPU (freed memory is trimmed back to the OS before each
 run), CUDA max-allocated on GPU. The roofline helpers give the ideal anchor/full speed-up from bytes and FLOPs.
 """
@@ -28,7 +43,7 @@ from torch import Tensor
 from anllm.anchors import insert_ac
 from anllm.config import AnLLMError
 from anllm.evaluation.metrics import median
-from anllm.generation import check_fits, decode_step, make_cache, prefill
+from anllm.generation import check_fits, decode_step, make_cache, prefill, prefill_chunk_size
 from anllm.models import LoadedModel
 from anllm.policies import FullCachePolicy
 from anllm.progress import progress_bar
@@ -39,6 +54,9 @@ logger = logging.getLogger(__name__)
 PASSAGE_FILE = resource_path(KJV_GENESIS)
 DEFAULT_MODES = ("full", "anchor", "streaming", "sepllm", "limit")
 EXTRA_ROWS = ("limit", "hf_generate")
+ONEPASS = "onepass"  # the one-pass full prefill baseline row
+BACKBONE = "backbone@"  # prefix of the prefill-limit rows: backbone@<chunk tokens>
+STATS = ("median", "best")
 
 
 @dataclass(frozen=True)
@@ -48,9 +66,11 @@ class BenchConfig:
     contexts: tuple[int, ...] = (256, 1024)  # context lengths in tokens
     modes: tuple[str, ...] = DEFAULT_MODES  # cache modes / specs; "limit" needs "anchor" before it
     new_tokens: int = 32  # decoded tokens per run
-    repeats: int = 3  # runs per (context, mode); medians are reported
-    chunk_size: int | None = None  # prefill chunk for every mode (None: the model's anchor chunk size)
+    repeats: int = 3  # runs per (context, mode); `stat` of them is reported
+    chunk_size: int | None = None  # prefill chunk for every mode, full included (None: each mode's library default)
     compare_hf: bool = True  # add an `hf_generate` row (model.generate on the same context)
+    prefill_limit: bool = True  # add the `onepass` baseline and the `backbone@C` prefill-limit rows
+    stat: str = "median"  # "median" of the repetitions, or "best" (fastest prefill, fastest decode)
     warmup: bool = True  # one untimed short run first (first calls are slower)
 
     def __post_init__(self) -> None:
@@ -68,20 +88,26 @@ class BenchConfig:
             raise AnLLMError(f"BenchConfig.repeats must be >= 1, got {self.repeats}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise AnLLMError(f"BenchConfig.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.stat not in STATS:
+            raise AnLLMError(f"BenchConfig.stat must be one of {', '.join(STATS)}, got {self.stat!r}")
 
 
 @dataclass
 class ModeResult:
-    """Medians over repetitions for one (context, mode)."""
+    """Medians (or the best) over repetitions for one (context, mode)."""
 
     prefill_s: float
-    decode_tok_s: float
+    decode_tok_s: float | None  # None for the prefill-only rows (onepass, backbone@C)
     kv_entries: int  # entries stored at the end (after decoding)
     kv_bytes: int
     peak_mem_bytes: int | None  # process RSS peak on CPU, CUDA max-allocated on GPU
     kv_entries_prefill: int = 0  # entries stored right after prefill
     kv_full_entries: int = 0  # entries a full cache holds at the end (tokens seen)
     prefill_tok_s: float = 0.0
+    chunk_size: int | None = None  # prefill chunk in tokens; None = one pass
+    prefill_limit_s: float | None = None  # backbone@C's prefill_s on this row's chunks (C = chunk or context)
+    prefill_of_limit: float | None = None  # prefill_limit_s / prefill_s: the fraction of the limit reached
+    prefill_vs_onepass: float | None = None  # onepass prefill_s / prefill_s: speed-up over one-pass full prefill
     runs: list[dict] = field(default_factory=list)  # every repetition, for the record
 
     def speedups_over(self, base: ModeResult) -> dict[str, float]:
@@ -281,11 +307,82 @@ def run_hf_generate(lm: LoadedModel, ctx: Tensor, new_tokens: int) -> dict:
     }
 
 
-def _summarise(runs: list[dict], n_ctx: int) -> ModeResult:
-    prefill_s = median([r["prefill_s"] for r in runs])
+def run_onepass(lm: LoadedModel, ctx: Tensor) -> dict:
+    """The one-pass full prefill baseline: ``model(ctx, logits_to_keep=1)`` through a stock ``DynamicCache``."""
+    from transformers import DynamicCache
+
+    from anllm.compat import cache_kwarg
+
+    model, device = lm.model, ctx.device
+    release_memory()
+    with torch.inference_mode(), PeakMemory(device) as mem:
+        cache = DynamicCache(config=model.config)
+        _sync(device)
+        t0 = time.perf_counter()
+        model(input_ids=ctx, use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})  # logits (1, 1, V)
+        _sync(device)
+        t1 = time.perf_counter()
+    n = ctx.shape[1]
+    return _prefill_only(t1 - t0, n, n * kv_bytes_per_entry(model.config, model.dtype), mem.peak)
+
+
+def backbone_forward(lm: LoadedModel, ctx: Tensor, chunk_size: int | None) -> Tensor:
+    """The prefill limit's work on ``chunk_size``-token chunks (None = one pass); returns the last logits ``(1, V)``.
+
+    Each chunk of ``ctx`` ``(1, N)`` goes through the model's decoder (embeddings, decoder layers, final norm) at
+    its true positions with no cache and no mask, so attention spans the chunk only, through the model's own causal
+    kernel; the LM head runs once, for the context's last token. No K/V is kept, no mask or metadata is built.
+    """
+    model = lm.model
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    n = ctx.shape[1]
+    step = min(chunk_size or n, n)
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        pos = torch.arange(s, e, device=ctx.device)[None]  # (1, C)
+        hidden = decoder(input_ids=ctx[:, s:e], position_ids=pos, use_cache=False).last_hidden_state  # (1, C, H)
+    return head(hidden[:, -1])  # (1, V): the logits a prefill returns
+
+
+def run_backbone(lm: LoadedModel, ctx: Tensor, chunk_size: int | None) -> dict:
+    """Time :func:`backbone_forward` (the prefill limit on ``chunk_size``-token chunks) like a prefill."""
+    device = ctx.device
+    release_memory()
+    with torch.inference_mode(), PeakMemory(device) as mem:
+        _sync(device)
+        t0 = time.perf_counter()
+        backbone_forward(lm, ctx, chunk_size)
+        _sync(device)
+        t1 = time.perf_counter()
+    return _prefill_only(t1 - t0, 0, 0, mem.peak)
+
+
+def _prefill_only(prefill_s: float, kv_entries: int, kv_bytes: int, peak: int) -> dict:
+    return {
+        "prefill_s": prefill_s,
+        "decode_s": None,
+        "decode_tok_s": None,
+        "kv_entries_prefill": kv_entries,
+        "kv_entries": kv_entries,
+        "kv_full_entries": kv_entries,
+        "kv_bytes": kv_bytes,
+        "peak_mem_bytes": peak,
+    }
+
+
+def backbone_row(chunk_size: int | None, n_ctx: int) -> str:
+    """The prefill-limit row for ``chunk_size``-token chunks of an ``n_ctx`` context: ``backbone@256``, or
+    ``backbone@one-pass`` when the chunk holds the whole context (``chunk_size`` None or >= ``n_ctx``)."""
+    return f"{BACKBONE}{chunk_size}" if chunk_size and chunk_size < n_ctx else f"{BACKBONE}one-pass"
+
+
+def _summarise(runs: list[dict], n_ctx: int, stat: str = "median") -> ModeResult:
+    pick_low, pick_high = (median, median) if stat == "median" else (min, max)
+    prefill_s = pick_low([r["prefill_s"] for r in runs])
+    decode = [r["decode_tok_s"] for r in runs if r["decode_tok_s"] is not None]
     return ModeResult(
         prefill_s=prefill_s,
-        decode_tok_s=median([r["decode_tok_s"] for r in runs]),
+        decode_tok_s=pick_high(decode) if decode else None,
         kv_entries=runs[0]["kv_entries"],
         kv_bytes=runs[0]["kv_bytes"],
         peak_mem_bytes=int(median([r["peak_mem_bytes"] for r in runs])),
@@ -294,6 +391,24 @@ def _summarise(runs: list[dict], n_ctx: int) -> ModeResult:
         prefill_tok_s=n_ctx / max(prefill_s, 1e-9),
         runs=runs,
     )
+
+
+def relate_prefill(row: dict[str, ModeResult], n_ctx: int) -> None:
+    """Fill each row's ``prefill_limit_s``, ``prefill_of_limit`` and ``prefill_vs_onepass`` from the same run.
+
+    Rows that prefill the whole context are set against ``backbone@C`` for their own chunk size and against
+    ``onepass``; the ``limit`` row (which prefills only part of it) is left out.
+    """
+    onepass = row.get(ONEPASS)
+    for mode, r in row.items():
+        if mode == "limit":
+            continue
+        limit = row.get(backbone_row(r.chunk_size, n_ctx))
+        if limit is not None:
+            r.prefill_limit_s = limit.prefill_s
+            r.prefill_of_limit = limit.prefill_s / max(r.prefill_s, 1e-12)
+        if onepass is not None:
+            r.prefill_vs_onepass = onepass.prefill_s / max(r.prefill_s, 1e-12)
 
 
 # -- the benchmark -----------------------------------------------------------------------------------------------
@@ -306,36 +421,66 @@ def run_bench(
     """
     text = builtin_passage() if text is None else text
     device = next(lm.model.parameters()).device
-    chunk = cfg.chunk_size or lm.anchor.chunk_size
     policies = {m: lm.policy(m) for m in cfg.modes if m not in EXTRA_ROWS}  # validate specs before timing
+    full = FullCachePolicy()
+
+    def chunk_of(policy) -> int | None:  # each mode's prefill chunk: what the library uses, unless forced
+        return cfg.chunk_size or prefill_chunk_size(lm, policy)
+
+    chunks = {m: chunk_of(policies.get(m, full)) for m in cfg.modes}
+
+    def limit_rows(n_ctx: int) -> dict[str, int | None]:  # backbone row -> chunk: the modes' chunks, then one pass
+        if not cfg.prefill_limit:
+            return {}
+        rows: dict[str, int | None] = {}
+        for c in [*sorted({c for c in chunks.values() if c}), None]:
+            rows.setdefault(backbone_row(c, n_ctx), c if c and c < n_ctx else None)
+        return rows
+
     if cfg.warmup:
         ids = torch.tensor([bench_tokens(lm, text, 40)], device=device)
-        for policy in list(policies.values())[:2] or [FullCachePolicy()]:
-            run_once(lm, ids[:, :32], ids[0, 32:], policy, chunk)
+        for policy in list(policies.values())[:2] or [full]:
+            run_once(lm, ids[:, :32], ids[0, 32:], policy, chunk_of(policy))
+        if cfg.prefill_limit:
+            run_backbone(lm, ids[:, :32], 16)
     results: dict[str, dict[str, ModeResult]] = {}
-    per_ctx = cfg.repeats * (len(cfg.modes) + int(cfg.compare_hf))
-    bar = progress_bar(desc="bench", total=len(cfg.contexts) * per_ctx, unit="run", enabled=progress)
+    per_repeat = len(cfg.modes) + int(cfg.compare_hf) + int(cfg.prefill_limit)
+    total = sum(cfg.repeats * (per_repeat + len(limit_rows(n))) for n in cfg.contexts)
+    bar = progress_bar(desc="bench", total=total, unit="run", enabled=progress)
     for n_ctx in cfg.contexts:
         ids = torch.tensor([bench_tokens(lm, text, n_ctx + cfg.new_tokens)], device=device)  # (1, N + G)
         ctx, cont = ids[:, :n_ctx], ids[0, n_ctx:]
         runs: dict[str, list[dict]] = {m: [] for m in cfg.modes}
         if cfg.compare_hf:
             runs["hf_generate"] = []
+        limit_chunks = limit_rows(n_ctx)
+        if cfg.prefill_limit:
+            runs[ONEPASS] = []
+        runs.update({name: [] for name in limit_chunks})
         for _ in range(cfg.repeats):  # modes interleaved, so drift on a shared machine hits every mode alike
             for mode in cfg.modes:
                 if mode == "limit":
                     k = runs["anchor"][0]["kv_entries_prefill"]  # a full cache of the anchor cache's size
-                    runs[mode].append(run_once(lm, ctx[:, n_ctx - k :], cont, FullCachePolicy(), chunk))
+                    runs[mode].append(run_once(lm, ctx[:, n_ctx - k :], cont, full, chunks[mode]))
                 else:
-                    runs[mode].append(run_once(lm, ctx, cont, policies[mode], chunk))
+                    runs[mode].append(run_once(lm, ctx, cont, policies[mode], chunks[mode]))
                 bar.update()
             if cfg.compare_hf:
                 runs["hf_generate"].append(run_hf_generate(lm, ctx, cfg.new_tokens))
                 bar.update()
+            if cfg.prefill_limit:
+                runs[ONEPASS].append(run_onepass(lm, ctx))
+                bar.update()
+            for name, c in limit_chunks.items():
+                runs[name].append(run_backbone(lm, ctx, c))
+                bar.update()
         row: dict[str, ModeResult] = {}
         for mode, rs in runs.items():
-            row[mode] = _summarise(rs, rs[0]["kv_entries_prefill"] if mode == "limit" else n_ctx)
-            logger.info("context %d %s: %s", n_ctx, mode, {k: v for k, v in row[mode].to_dict().items() if k != "runs"})
+            row[mode] = _summarise(rs, rs[0]["kv_entries_prefill"] if mode == "limit" else n_ctx, cfg.stat)
+            row[mode].chunk_size = chunks.get(mode, limit_chunks.get(mode))
+        relate_prefill(row, n_ctx)
+        for mode, r in row.items():
+            logger.info("context %d %s: %s", n_ctx, mode, {k: v for k, v in r.to_dict().items() if k != "runs"})
         results[str(n_ctx)] = row
     bar.close()
     return results

@@ -176,11 +176,12 @@ class ChatSession:
         model = self.lm.model
         step = (self.lm.anchor.chunk_size if chunk_size is None else chunk_size) or max(len(ids), 1)
         device = next(model.parameters()).device
+        no_logits = torch.empty(0, dtype=torch.long, device=device)  # keep no position: skip the LM head
         bar = progress_bar(desc="compress", total=len(ids), unit="tok", enabled=progress)
         with torch.inference_mode():
             for s in range(0, len(ids), step):
                 chunk = torch.tensor([ids[s : s + step]], device=device)  # (1, Q)
-                forward_chunk(model, self.cache, chunk, logits_to_keep=1)
+                forward_chunk(model, self.cache, chunk, logits_to_keep=no_logits)  # nobody reads them
                 bar.update(chunk.shape[1])
                 if on_chunk is not None:
                     on_chunk(s + chunk.shape[1], len(ids))

@@ -55,10 +55,23 @@ def forward_chunk(
     return out.logits
 
 
+def prefill_chunk_size(lm: LoadedModel, policy: EvictionPolicy) -> int | None:
+    """The prefill chunk the library uses for ``policy`` (docs/benchmarks.md, "Prefill against the backbone").
+
+    Measured per policy: the full cache prefills in one pass (None): it never evicts, so chunks would only add masked
+    attention over a growing cache. Every evicting policy (anchor, streaming, sepllm) runs fastest at the same chunk,
+    the model's ``lm.anchor.chunk_size`` (256 unless ``--chunk-size`` says otherwise), and drops entries after each
+    chunk, so neither a full KV cache nor a ``T x T`` mask is ever built.
+    """
+    return None if policy.uses_model_causal_mask else lm.anchor.chunk_size
+
+
 def prefill(
     model, cache: PolicyCache, input_ids: Tensor, attention_mask: Tensor | None = None, chunk_size: int | None = None
 ) -> Tensor:
     """Feed a (padded) prompt, in chunks of ``chunk_size`` tokens (None = one pass).
+
+    Only the logits prefill returns are computed: a chunk in which no row ends skips the LM head entirely.
 
     Returns:
         float ``(B, V)``: the logits at each row's last real token (left or right padding both work).
@@ -69,6 +82,7 @@ def prefill(
         raise AnLLMError("a prompt in the batch has no tokens; give every row at least one token")
     last = (valid.long() * torch.arange(T, device=input_ids.device)).argmax(-1)  # (B,) index of last real token
     step = chunk_size or T
+    no_logits = torch.empty(0, dtype=torch.long, device=input_ids.device)  # keep no position: skip the LM head
     out = None
     for s in range(0, T, step):
         e = min(s + step, T)
@@ -81,7 +95,7 @@ def prefill(
             where = torch.searchsorted(keep, (last - s).clamp(0, e - s - 1))  # (B,)
             out[rows] = logits[rows, where[rows]]
         else:
-            forward_chunk(model, cache, input_ids[:, s:e], valid[:, s:e].long(), logits_to_keep=1)
+            forward_chunk(model, cache, input_ids[:, s:e], valid[:, s:e].long(), logits_to_keep=no_logits)
     return out
 
 
@@ -313,7 +327,7 @@ def stream_generate(
     tracker = _TextTracker(lm.tokenizer, {ac_id} if ac_id is not None else set(), gen.stop_strings)
     anchor_set = set(lm.anchor_ids)
     cache = make_cache(lm, mode) if cache is None else cache
-    chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
+    chunk = prefill_chunk_size(lm, cache.policy)
     t0 = time.perf_counter()
     with torch.inference_mode():
         steps = generate_step(model, cache, input_ids, gen, chunk_size=chunk, generator=generator)
@@ -452,7 +466,7 @@ def generate_ids(
     check_max_new_tokens(lm, n_real, gen.max_new_tokens)  # refused, never clamped
     max_new = gen.max_new_tokens
     cache = make_cache(lm, mode)
-    chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
+    chunk = prefill_chunk_size(lm, cache.policy)
     stop_ids = eos_ids(lm) if gen.stop_on_eos else set()
     generator = torch.Generator(input_ids.device).manual_seed(gen.seed) if gen.seed is not None else None
     ac_id = lm.tokenizer.get_vocab().get(AC_TOKEN)

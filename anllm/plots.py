@@ -478,7 +478,10 @@ def first_token_figure(
 
 
 def bench_figure(results: Mapping[str, Mapping[str, Any]]) -> go.Figure:
-    """``anllm bench --plot``: prefill time, decode speed, KV bytes and peak memory against context length.
+    """``anllm bench --plot``: six panels against context length.
+
+    Prefill time, decode tokens/s, KV bytes, peak memory, and prefill against the references of the same run: the
+    fraction of the backbone limit on each row's own chunks, and the speed-up over the one-pass full prefill.
 
     Args:
         results: context (as a string) -> mode -> :class:`anllm.bench.ModeResult`, as :func:`anllm.bench.run_bench`
@@ -489,20 +492,24 @@ def bench_figure(results: Mapping[str, Mapping[str, Any]]) -> go.Figure:
         ("decode_tok_s", "decode tokens/s"),
         ("kv_bytes", "KV bytes at the end"),
         ("peak_mem_bytes", "peak memory (bytes)"),
+        ("prefill_of_limit", "prefill: fraction of the backbone limit (same chunks)"),
+        ("prefill_vs_onepass", "prefill: speed-up over one-pass full prefill"),
     ]
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in panels])
+    fig = make_subplots(rows=3, cols=2, subplot_titles=[t for _, t in panels])
     contexts = [int(c) for c in results]
     modes = list(dict.fromkeys(m for row in results.values() for m in row))
     for mode in modes:
         for j, (key, _) in enumerate(panels):
             ys = [getattr(results[str(c)][mode], key) if mode in results[str(c)] else None for c in contexts]
+            if all(y is None for y in ys):
+                continue  # e.g. no decode for the prefill-only rows
             fig.add_trace(
                 go.Scatter(x=contexts, y=ys, mode="lines+markers", name=mode, legendgroup=mode, showlegend=j == 0),
                 row=j // 2 + 1,
                 col=j % 2 + 1,
             )
     fig.update_xaxes(title_text="context (tokens)", type="log")
-    fig.update_layout(title="anllm bench", height=800)
+    fig.update_layout(title="anllm bench", height=1150)
     return fig
 
 

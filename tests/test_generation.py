@@ -2,10 +2,19 @@ import pytest
 import torch
 
 from anllm.compat import check_supported
-from anllm.config import AnLLMError, GenerationConfig
-from anllm.generation import encode_prompt, generate, generate_batch, make_cache, prefill, sample_next, stream_generate
+from anllm.config import DEFAULT_CHUNK_SIZE, AnLLMError, GenerationConfig
+from anllm.generation import (
+    encode_prompt,
+    generate,
+    generate_batch,
+    make_cache,
+    prefill,
+    prefill_chunk_size,
+    sample_next,
+    stream_generate,
+)
 from anllm.verify import masked_forward
-from tests.conftest import make_lm
+from tests.conftest import ARCHS, make_lm
 from tests.reference import expected_kept
 
 pytestmark = pytest.mark.core
@@ -108,6 +117,50 @@ def test_chunked_prefill_never_builds_a_full_mask():
         ref = masked_forward(lm.model, ids, anchor)[:, -1]
     assert T > 600 and max(s[2] for s in shapes) == 32 and max(s[3] for s in shapes) < 100
     assert (last - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_chunked_prefill_computes_only_the_logits_it_returns(arch):
+    """Chunks where no row ends skip the LM head (zero positions); the result still equals one masked pass."""
+    lm = make_lm(arch)
+    text = " ".join(f"Line {i} ends here." for i in range(8))
+    ids = torch.tensor([lm.tokenizer(text)["input_ids"]])  # (1, T)
+    T = ids.shape[1]
+    rows = []
+    hook = lm.model.get_output_embeddings().register_forward_hook(lambda m, a, out: rows.append(a[0].shape[1]))
+    try:
+        with torch.no_grad():
+            last = prefill(lm.model, make_cache(lm, "anchor"), ids, chunk_size=16)  # (1, V)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        ref = masked_forward(lm.model, ids, torch.isin(ids, torch.tensor(lm.anchor_ids)))[:, -1]
+    assert rows == [0] * (-(-T // 16) - 1) + [1]  # one LM-head row in all: the last token's
+    assert (last - ref).abs().max() < 1e-6
+    # a padded batch: the LM head sees exactly the rows' last real positions, in the chunks that hold them
+    for side in ("left", "right"):
+        lm.tokenizer.padding_side = side
+        enc = lm.tokenizer(["One. Two. Three four", "Short"], padding=True, return_tensors="pt")
+        T = enc["input_ids"].shape[1]
+        lasts = [int(x) for x in (enc["attention_mask"] * torch.arange(T)).argmax(-1)]
+        rows.clear()
+        hook = lm.model.get_output_embeddings().register_forward_hook(lambda m, a, out: rows.append(a[0].shape[1]))
+        try:
+            with torch.no_grad():
+                prefill(lm.model, make_cache(lm, "anchor"), enc["input_ids"], enc["attention_mask"], chunk_size=4)
+        finally:
+            hook.remove()
+        assert rows == [len({t for t in lasts if s <= t < s + 4}) for s in range(0, T, 4)]
+
+
+def test_prefill_chunk_size_per_policy():
+    """The full cache prefills in one pass (nothing to evict, the model's causal kernel); every evicting policy in the
+    model's chunk (``--chunk-size``), 256 by default."""
+    lm = make_lm(chunk_size=48)
+    assert prefill_chunk_size(lm, lm.policy("full")) is None
+    for mode in ("anchor", "anchor:sink=2", "streaming", "sepllm"):
+        assert prefill_chunk_size(lm, lm.policy(mode)) == 48
+        assert prefill_chunk_size(make_lm(), lm.policy(mode)) == DEFAULT_CHUNK_SIZE == 256
 
 
 def test_bad_input_is_a_clear_error():

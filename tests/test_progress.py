@@ -32,7 +32,8 @@ def test_eval_qa_and_bench_show_progress(capsys):
     argv = ["bench", "--model", "tiny-random", "--context", "40", "--new-tokens", "2", "--repeats", "1", "--no-hf"]
     assert main([*argv, "--modes", "full,anchor"]) == 0
     err = capsys.readouterr().err
-    assert "bench" in err and "/2 [" in err and "run" in err  # the bar and its total (the last refresh is timing)
+    # the bar and its total: 2 modes + the prefill references onepass and backbone@one-pass (the last refresh is timing)
+    assert "bench" in err and "/4 [" in err and "run" in err
 
 
 def test_library_is_quiet_unless_asked(capsys):

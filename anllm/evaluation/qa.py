@@ -29,7 +29,7 @@ from anllm.anchors import mark_anchors
 from anllm.config import AC_TOKEN, AnLLMError
 from anllm.evaluation.metrics import accuracy, kv_reduction, speedup
 from anllm.evaluation.tasks import HUB_TASKS, LOCAL_TASKS, MCItem, load_jsonl, load_task, parse_item  # noqa: F401
-from anllm.generation import check_fits, forward_chunk, make_cache, prefill
+from anllm.generation import check_fits, forward_chunk, make_cache, prefill, prefill_chunk_size
 from anllm.models import LoadedModel
 from anllm.progress import progress_bar
 from anllm.verify import masked_forward
@@ -145,7 +145,7 @@ def score_cached(lm: LoadedModel, ctx: list[int], conts: list[list[int]], mode: 
     """Prefill ``ctx`` once through a ``mode`` cache, then score each continuation against that cache."""
     device = next(lm.model.parameters()).device
     cache = make_cache(lm, mode)
-    chunk = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
+    chunk = prefill_chunk_size(lm, cache.policy)
     last = prefill(lm.model, cache, torch.tensor([ctx], device=device), chunk_size=chunk)  # (1, V)
     snap = _snapshot(cache)
     kept_ctx = int(cache.n_kept()[0])
