@@ -10,7 +10,7 @@ Runs in anllm's environment. Writes two files into ``--out-dir``:
   ``report.py`` refuses to merge results computed on other inputs.
 
     python bench/peers/export_inputs.py --model default --distances 256,1024 --n 4 \
-        --families single,multi,chat --text-file anllm/data/heldout_prose.txt --max-tokens 2048 --out-dir runs/peers
+        --families single,multi,chat --text-file anllm/resources/heldout_prose.txt --max-tokens 2048 --out-dir runs/peers
 """
 
 from __future__ import annotations
