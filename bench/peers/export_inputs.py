@@ -10,7 +10,8 @@ Runs in anllm's environment. Writes two files into ``--out-dir``:
   ``report.py`` refuses to merge results computed on other inputs.
 
     python bench/peers/export_inputs.py --model default --distances 256,1024 --n 4 \
-        --families single,multi,chat --text-file anllm/resources/heldout_prose.txt --max-tokens 2048 --out-dir runs/peers
+        --families single,multi,chat --text-file anllm/resources/heldout_prose.txt --max-tokens 2048 \
+        --out-dir runs/peers
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from anllm.evaluation.ppl import encode_text, perplexity, perplexity_text
 from anllm.evaluation.recall import builtin_items, evaluate_recall, render, score_item
 from anllm.generation import eos_ids
 from anllm.models import load_model, smollm2_path
+from anllm.resources import HELDOUT_PROSE, resource_path
 from anllm.textio import read_text_file
 
 MODES = ("full", "anchor", "streaming", "sepllm")
@@ -56,12 +58,16 @@ def export(
     n: int = 4,
     families: tuple[str, ...] = ("single", "multi", "chat"),
     seed: int = 0,
-    text_file: str | Path = anllm.__path__[0] + "/data/heldout_prose.txt",
+    text_file: str | Path | None = None,
     max_tokens: int | None = 2048,
     max_new_tokens: int = 24,
 ) -> dict:
-    """Score and export (see module doc); returns the anllm results written to ``anllm.json``."""
+    """Score and export (see module doc); returns the anllm results written to ``anllm.json``.
+
+    ``text_file`` defaults to the packaged held-out prose.
+    """
     out_dir = Path(out_dir)
+    text_file = resource_path(HELDOUT_PROSE) if text_file is None else text_file
     text = read_text_file(text_file, "text")
     lm = load_model(model)
     if lm.default_mode != "anchor":
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--families", default="single,multi,chat")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--text-file", default=anllm.__path__[0] + "/data/heldout_prose.txt")
+    p.add_argument("--text-file", default=str(resource_path(HELDOUT_PROSE)))
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--max-new-tokens", type=int, default=24)
     args = p.parse_args(argv)
