@@ -220,6 +220,9 @@ def test_cli_bench_json_and_plot(tmp_path, capsys):
     assert a["prefill_of_limit"] == pytest.approx(out["48"]["backbone@16"]["prefill_s"] / a["prefill_s"])
     page = plot.read_text()
     assert plot.is_file() and "plotly" in page[:20000].lower()
+    lines = {ln.split()[0]: ln for ln in cap.err.splitlines() if ln.startswith("  ") and "prefill" in ln}
+    assert "decode x" in lines["anchor"] and "prefill x" in lines["anchor"]
+    assert "decode x" in lines["limit"] and "prefill x" not in lines["limit"]  # it prefills part of the context
     assert "fraction of the backbone limit" in page and "speed-up over one-pass full prefill" in page
     assert "of limit" in cap.err and "x 1.00 one-pass" in cap.err
     assert main(["bench", "--model", "tiny-random", "--context", "5000"]) == 2

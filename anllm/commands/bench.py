@@ -93,7 +93,9 @@ def run(args) -> int:
             rel = ""
             if full is not None and mode != "full" and r.decode_tok_s is not None:
                 x = r.speedups_over(full)
-                rel = f"  decode x{x['decode_x']:.2f}  prefill x{x['prefill_x']:.2f}"
+                rel = f"  decode x{x['decode_x']:.2f}"
+                if mode != "limit":  # the limit row prefills only part of the context: no prefill ratio
+                    rel += f"  prefill x{x['prefill_x']:.2f}"
             decode = f"{r.decode_tok_s:7.2f}" if r.decode_tok_s is not None else f"{'-':>7}"
             print(
                 f"  {mode:<22} prefill {r.prefill_s:8.3f} s {_chunk(r.chunk_size):>8}{_of_limit(r)}  "
