@@ -3,8 +3,8 @@
     python bench/recall_checkpoint.py --adapter runs/smollm2-memory/checkpoints/step-0000150/adapter \\
         --max-segment 48 --distances 256,1024 --n 4 --json out.json
 
-The adapter is merged into the base (as ``--model default`` merges the shipped one) and served with 1 sink + a
-16-token window (+ forced anchors with ``--max-segment``), the setting the memory adapter trains with.
+The adapter is merged into the base (as ``--model default`` merges the shipped one) and served with ``--sinks`` sinks
++ a ``--window``-token window (default 1 + 16) and forced anchors after ``--max-segment`` tokens without one.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,6 +27,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--adapter", required=True, help="a peft adapter directory (a checkpoint's adapter/ or final/)")
     p.add_argument("--max-segment", type=int, default=48)
+    p.add_argument("--sinks", type=int, default=1)
+    p.add_argument("--window", type=int, default=16)
     p.add_argument("--distances", default="256,1024")
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--families", default="single,multi,chat")
@@ -36,7 +38,7 @@ def main() -> int:
     args = p.parse_args()
     base = load_model("smollm2-135m")
     lm = with_adapter(base, args.adapter)
-    lm = replace(lm, anchor=lm.anchor.replace(n_sink=1, window=16, max_segment=args.max_segment))
+    lm = replace(lm, anchor=lm.anchor.replace(n_sink=args.sinks, window=args.window, max_segment=args.max_segment))
     items = builtin_items(
         lm,
         seed=args.seed,
@@ -49,7 +51,9 @@ def main() -> int:
         print(f"{r.mode:<10} {r.family:<7} {r.distance:>5} EM {r.em:6.1%} logp {r.logprob:6.2f} KV {r.kv_entries:7.1f}")
     print(json.dumps(res.summary()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"adapter": args.adapter, **res.to_dict()}) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"adapter": args.adapter, "anchor": asdict(lm.anchor), **res.to_dict()}) + "\n"
+        )
     return 0
 
 

@@ -6,10 +6,14 @@
 #      (constant lr 2e-4; answer tokens: KL x4 + ground-truth LM loss x1);
 #   4. stage M2, steps 250-500: the same run resumed with target_lm_weight=8 (at step 175 recall through the anchor
 #      cache was still 0 %: the answer's share of the objective was too small next to the prose tokens' KL);
-#   5. stage M3, steps 500-3000: memory items only, a second set at longer distances (48-900 tokens, seed 2): at step
+#   5. stage M3, steps 500-1100: memory items only, a second set at longer distances (48-900 tokens, seed 2): at step
 #      450 anchor recall was 25 % at 256 tokens and 0 % at 1,024; half of M2's steps were prose blocks, and the
 #      first set's distances (log-uniform 16-800) put the median at ~110 tokens. The filler is corpus prose, so the
 #      items still carry the KL to the full-attention teacher on every prose token.
+#   6. stage M4, steps 1100-1225: the prose blocks mixed back in with the long items: at step 1000 anchor recall was
+#      50 % / 42 % at 256 / 1,024 tokens (full 75 % / 67 %) but anchor-mode prose perplexity 35.06 > the shipped 34.18;
+#   7. stage M5, steps 1225-3000: M4 with a 24-token window (the served setting from then on): served with window 24
+#      the step-1000 adapter's prose perplexity is 34.02 (window 32: 33.54) for 8 more KV entries.
 # Resumable: rerun this script after a stop and it continues from the newest checkpoint (the data order is a
 # function of the step). MAX_STEPS=N stops earlier (the schedule is constant, so the order does not depend on it).
 set -euo pipefail
@@ -43,5 +47,13 @@ fi
 if [ "$S" -lt 500 ]; then
     "$PY" -m anllm -v train --config "$CFG" "${RESUME[@]}" --set max_steps=500 --set target_lm_weight=8
 fi
+if [ "$S" -lt 1100 ]; then
+    "$PY" -m anllm -v train --config "$CFG" --resume --set max_steps=1100 --set target_lm_weight=8 \
+        --set "train_files=[runs/memory/train-long.jsonl]"
+fi
+if [ "$S" -lt 1225 ]; then
+    "$PY" -m anllm -v train --config "$CFG" --resume --set max_steps=1225 --set target_lm_weight=8 \
+        --set "train_files=[runs/corpus-broad/train.jsonl, runs/memory/train-long.jsonl]"
+fi
 "$PY" -m anllm -v train --config "$CFG" --resume --set max_steps="${MAX_STEPS:-3000}" --set target_lm_weight=8 \
-    --set "train_files=[runs/memory/train-long.jsonl]"
+    --set "train_files=[runs/corpus-broad/train.jsonl, runs/memory/train-long.jsonl]" --set window=24
