@@ -11,12 +11,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${1:-docs/benchmarks-data}
 N=${N:-6}
+SEED=${SEED:-7}  # not a seed used to choose the checkpoint (0 and 1 were)
 DAY=$(date -u +%F)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 mkdir -p "$OUT"
 PROSE=anllm/resources/heldout_prose.txt
 "$PY" -m anllm eval recall --model default --modes full,anchor,streaming,sepllm --budget anchor \
-    --distances 256,1024,2048 --n "$N" --families single,multi,chat --plot "$OUT/recall-default-$DAY.html" --json \
+    --distances 256,1024,2048 --n "$N" --seed "$SEED" --families single,multi,chat --plot "$OUT/recall-default-$DAY.html" --json \
     | tail -n 1 > "$OUT/recall-default-$DAY.json"
 for model in default smollm2-135m; do
     "$PY" -m anllm eval ppl --model "$model" --text-file "$PROSE" --max-tokens 2048 \

@@ -111,12 +111,12 @@ def test_ac_mode_on_the_real_model(smol):
 
 
 def test_cli_anchor_flags_keep_the_adapters_served_setting():
-    """``--model default --chunk-size N`` changes the chunk size only, not the adapter's 1 sink + window 16."""
+    """``--model default --chunk-size N`` changes the chunk size only, not the adapter's sinks, window, max_segment."""
     from anllm.cli import build_parser
     from anllm.commands.common import load_from_args
 
     served = models._adapter_anchor(models.ADAPTER_DIR / "anchor.json")
     argv = ["eval", "ppl", "--model", "default", "--text-file", "x", "--chunk-size", "128", "--positions", "compact"]
     lm = load_from_args(build_parser().parse_args(argv))
-    assert (served.n_sink, served.window) == (1, 16)
+    assert served.n_sink > 0 and served.window > 0  # a served setting that differs from AnchorConfig's defaults
     assert lm.anchor == served.replace(chunk_size=128, position_policy="compact")
