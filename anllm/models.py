@@ -269,7 +269,8 @@ def load_model(
 
     Args:
         name: ``default`` (SmolLM2-135M-Instruct + the shipped anchor adapter, served with the adapter's
-            ``anchor.json``: EP anchors + 1 sink + a 16-token window), ``smollm2-135m``
+            ``anchor.json``: EP anchors, forced every 48 tokens without one, + 1 sink + a 24-token window),
+            ``smollm2-135m``
             (the base, never an adapter), ``tiny-random`` (built in code), a released preset
             (``anllm-ac-7b``, …; see :data:`anllm.config.PRESETS`), a hub id or a local path.
         anchor: anchor settings; defaults to the adapter's or the preset's, else EP with ``.!?`` (the paper's rule).
