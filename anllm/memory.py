@@ -1,7 +1,7 @@
 """Memory items: a fact stated once, filler text, then a question whose answer is the fact (docs/evaluation.md).
 
 The same machinery builds the recall benchmark (``anllm eval recall``) and the adapter's memory training data, from
-two disjoint sets of templates: :data:`EVAL_TEMPLATES` are never trained on (``tests/test_memory.py`` checks that no
+two disjoint sets of templates: :data:`EVAL_TEMPLATES` are never trained on (``tests/test_recall.py`` checks that no
 statement or question wording is shared). Everything is drawn from a seeded ``random.Random``, so a seed fixes the
 items; nothing is downloaded.
 
