@@ -6,10 +6,18 @@ usual ``update``; after the pass :meth:`PolicyCache.evict` drops what the policy
 compacted independently, so a batch with different anchor layouts works; empty slots of shorter rows are
 marked invalid and masked. A forward pass whose chunk was not registered by ``prepare`` (plain
 ``model.generate(past_key_values=cache)``) raises instead of silently keeping every token.
+
+Everything the cache knows besides the K/V tensors lives in one :class:`CacheState` (per-entry metadata and the
+per-row counters), owned by the cache: callers read it through read-only properties and move it only through
+:meth:`PolicyCache.snapshot` / :meth:`~PolicyCache.restore`, :meth:`~PolicyCache.copy` and
+:meth:`~PolicyCache.to_tensors` / :meth:`~PolicyCache.from_tensors` (the saved-cache format, :mod:`anllm.cache_io`).
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
@@ -31,6 +39,70 @@ _UNPREPARED = (
     "PolicyCache was used by a model forward without prepare() for that chunk (plain model.generate(..., "
     "past_key_values=PolicyCache(...)) does this): it would keep every token and skip the anchor mask. " + _HOW_TO_USE
 )
+
+
+@dataclass(frozen=True, eq=False)
+class CacheState:
+    """What a :class:`PolicyCache` holds besides the K/V tensors: the stored entries' metadata and per-row counters.
+
+    One object, so a snapshot, a copy and the file format carry every field (a new counter is a new field here).
+    The tensors are never written in place (every update builds new ones), so sharing them is safe.
+    """
+
+    meta: TokenMeta  # stored entries, (B, K) each
+    n_seen: Tensor  # long (B,): real tokens seen (= true position of the next token)
+    n_seg: Tensor  # long (B,): anchors seen (= segment id of the next token)
+    n_evicted: Tensor  # long (B,): entries dropped so far
+    n_run: Tensor  # long (B,): tokens since the last anchor (for forced anchors)
+
+    @classmethod
+    def empty(cls, batch_size: int, device: torch.device) -> CacheState:
+        zeros = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
+        return cls(TokenMeta.empty(batch_size, device), zeros, zeros, zeros, zeros)
+
+    @property
+    def batch_size(self) -> int:
+        return self.meta.token.shape[0]
+
+    def replace(self, **changes) -> CacheState:
+        return CacheState(**{f.name: changes.get(f.name, getattr(self, f.name)) for f in fields(self)})
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> CacheState:
+        """``fn`` applied to every tensor (metadata fields and counters)."""
+        meta = TokenMeta(**{f.name: fn(getattr(self.meta, f.name)) for f in fields(TokenMeta)})
+        return CacheState(meta, *(fn(getattr(self, name)) for name in COUNTERS))
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        """``{"meta.<field>": (B, K), "<counter>": (B,)}``: the names the saved-cache format uses."""
+        out = {f"meta.{f.name}": getattr(self.meta, f.name) for f in fields(TokenMeta)}
+        out.update({name: getattr(self, name) for name in COUNTERS})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> CacheState:
+        """The inverse of :meth:`to_tensors`; raises ``ValueError`` naming a missing tensor or a shape mismatch."""
+        missing = [k for k in STATE_TENSORS if k not in tensors]
+        if missing:
+            raise ValueError(f"tensor {missing[0]} is missing")
+        meta = TokenMeta(**{f.name: tensors[f"meta.{f.name}"] for f in fields(TokenMeta)})
+        B, K = meta.token.shape if meta.token.dim() == 2 else (-1, -1)
+        if any(getattr(meta, f.name).shape != (B, K) for f in fields(TokenMeta)):
+            raise ValueError("metadata shapes disagree")
+        if any(tensors[name].shape != (B,) for name in COUNTERS):
+            raise ValueError("metadata shapes disagree")
+        return cls(meta, *(tensors[name] for name in COUNTERS))
+
+
+COUNTERS = tuple(f.name for f in fields(CacheState) if f.name != "meta")  # n_seen, n_seg, n_evicted, n_run
+STATE_TENSORS = tuple(f"meta.{f.name}" for f in fields(TokenMeta)) + COUNTERS  # what to_tensors names
+
+
+@dataclass(frozen=True, eq=False)
+class CacheSnapshot:
+    """A point to return to (:meth:`PolicyCache.restore`): the state and each layer's K/V, shared, not copied."""
+
+    state: CacheState | None
+    layers: tuple[tuple[Tensor | None, Tensor | None], ...]
 
 
 class PolicyCache(DynamicCache):
@@ -58,13 +130,50 @@ class PolicyCache(DynamicCache):
         self.anchor_ids = tuple(anchor_ids)
         self.position_policy = position_policy
         self.max_segment = int(max_segment)
-        self.meta: TokenMeta | None = None  # stored entries, (B, K) each
-        self.n_seen: Tensor | None = None  # long (B,): real tokens seen
-        self.n_seg: Tensor | None = None  # long (B,): anchors seen
-        self.n_evicted: Tensor | None = None  # long (B,): entries dropped so far
-        self.n_run: Tensor | None = None  # long (B,): tokens since the last anchor (for forced anchors)
-        self._pending: TokenMeta | None = None
-        self._run_after: Tensor | None = None
+        self._state: CacheState | None = None  # None until the first chunk
+        self._pending: TokenMeta | None = None  # the chunk between prepare() and evict()
+        self._run_after: Tensor | None = None  # n_run once the pending chunk is committed
+
+    # -- read-only views of the state -------------------------------------------------------------------------
+    @property
+    def state(self) -> CacheState | None:
+        """Metadata and counters (None before the first chunk); change them only through the cache's methods."""
+        return self._state
+
+    @property
+    def meta(self) -> TokenMeta | None:
+        """The stored entries' metadata, ``(B, K)`` per field (None before the first chunk)."""
+        return None if self._state is None else self._state.meta
+
+    @property
+    def n_seen(self) -> Tensor | None:
+        """Long ``(B,)``: real tokens seen (None before the first chunk)."""
+        return None if self._state is None else self._state.n_seen
+
+    @property
+    def n_seg(self) -> Tensor | None:
+        """Long ``(B,)``: anchors seen (None before the first chunk)."""
+        return None if self._state is None else self._state.n_seg
+
+    @property
+    def n_evicted(self) -> Tensor | None:
+        """Long ``(B,)``: entries dropped so far (None before the first chunk)."""
+        return None if self._state is None else self._state.n_evicted
+
+    @property
+    def n_run(self) -> Tensor | None:
+        """Long ``(B,)``: tokens since the last anchor (None before the first chunk)."""
+        return None if self._state is None else self._state.n_run
+
+    @property
+    def in_forward(self) -> bool:
+        """True between :meth:`prepare` and :meth:`evict` (a model forward is using the cache)."""
+        return self._pending is not None
+
+    @property
+    def batch_size(self) -> int | None:
+        """Rows held (None before the first chunk)."""
+        return None if self._state is None else self._state.batch_size
 
     # -- before / after a forward pass ------------------------------------------------------------------------
     def prepare(self, input_ids: Tensor, attention_mask: Tensor | None = None, dtype: torch.dtype = torch.float32):
@@ -79,31 +188,27 @@ class PolicyCache(DynamicCache):
             the model's causal mask) and long ``position_ids`` ``(B, Q)``.
         """
         B, Q = input_ids.shape
-        device = input_ids.device
-        if self.meta is None:
-            self.meta = TokenMeta.empty(B, device)
-            self.n_seen = torch.zeros(B, dtype=torch.long, device=device)
-            self.n_seg = torch.zeros(B, dtype=torch.long, device=device)
-            self.n_evicted = torch.zeros(B, dtype=torch.long, device=device)
-            self.n_run = torch.zeros(B, dtype=torch.long, device=device)
-        if B != self.meta.token.shape[0]:
-            raise ValueError(f"batch size changed from {self.meta.token.shape[0]} to {B} within one cache")
+        if self._state is None:
+            self._state = CacheState.empty(B, input_ids.device)
+        state = self._state
+        if B != state.batch_size:
+            raise ValueError(f"batch size changed from {state.batch_size} to {B} within one cache")
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         anchor, self._run_after = mark_anchors(
-            input_ids, self.anchor_ids, valid, max_segment=self.max_segment, run=self.n_run
+            input_ids, self.anchor_ids, valid, max_segment=self.max_segment, run=state.n_run
         )
-        pos = token_positions(valid, self.n_seen)  # (B, Q)
-        chunk = TokenMeta(input_ids, pos, segment_ids(anchor, valid, self.n_seg), anchor, valid)
+        pos = token_positions(valid, state.n_seen)  # (B, Q)
+        chunk = TokenMeta(input_ids, pos, segment_ids(anchor, valid, state.n_seg), anchor, valid)
         self._pending = chunk
         if self.position_policy == "compact":
-            position_ids = token_positions(valid, self.meta.valid.sum(-1))
+            position_ids = token_positions(valid, state.meta.valid.sum(-1))
         else:
             position_ids = pos
-        keys = self.meta.cat(chunk)
+        keys = state.meta.cat(chunk)
         if self.policy.uses_model_causal_mask:
             return keys.valid.long(), position_ids  # (B, K + Q)
         visible = self.policy.visible(chunk, keys)  # (B, Q, K + Q)
-        mask = combine(visible, chunk.pos, chunk.valid, keys.pos, keys.valid, q_offset=self.meta.n)
+        mask = combine(visible, chunk.pos, chunk.valid, keys.pos, keys.valid, q_offset=state.meta.n)
         return to_additive(mask, dtype), position_ids
 
     def evict(self) -> None:
@@ -111,20 +216,23 @@ class PolicyCache(DynamicCache):
         chunk, self._pending = self._pending, None
         if chunk is None:
             raise RuntimeError("evict() called without prepare()")
-        self.meta = self.meta.cat(chunk)
-        self.n_seen = self.n_seen + chunk.valid.sum(-1)
-        self.n_seg = self.n_seg + chunk.anchor.sum(-1)
-        self.n_run = self._run_after
-        keep = self.policy.keep(self.meta, self.n_seen, self.n_seg)
+        s = self._state
+        s = s.replace(
+            meta=s.meta.cat(chunk),
+            n_seen=s.n_seen + chunk.valid.sum(-1),
+            n_seg=s.n_seg + chunk.anchor.sum(-1),
+            n_run=self._run_after,
+        )
+        self._state = s
+        keep = self.policy.keep(s.meta, s.n_seen, s.n_seg)
         if keep is None or bool(keep.all()):
             return
-        keep = keep & self.meta.valid
-        self.n_evicted = self.n_evicted + (self.meta.valid & ~keep).sum(-1)
+        keep = keep & s.meta.valid
         counts = keep.sum(-1)  # (B,)
         M = int(counts.max())
         index = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[:, :M]  # kept first, in order
         ok = torch.arange(M, device=keep.device)[None, :] < counts[:, None]  # (B, M)
-        self.meta = self.meta.gather(index, ok)
+        self._state = s.replace(meta=s.meta.gather(index, ok), n_evicted=s.n_evicted + (s.meta.valid & ~keep).sum(-1))
         for layer in self.layers:
             if getattr(layer, "keys", None) is None or layer.keys.dim() < 4:
                 continue
@@ -156,7 +264,7 @@ class PolicyCache(DynamicCache):
     # -- statistics -------------------------------------------------------------------------------------------
     def n_kept(self) -> Tensor:
         """Long ``(B,)``: valid entries stored per row (the same in every layer)."""
-        return self.meta.valid.sum(-1) if self.meta is not None else torch.zeros(1, dtype=torch.long)
+        return self.meta.valid.sum(-1) if self._state is not None else torch.zeros(1, dtype=torch.long)
 
     def bytes_per_entry(self) -> int:
         """Bytes one token's K and V take across all layers."""
@@ -181,22 +289,93 @@ class PolicyCache(DynamicCache):
                     total += t.numel() * t.element_size()
         return total
 
-    # -- saved caches (anllm/cache_io.py) ---------------------------------------------------------------------
-    def save(self, path, lm, extra: dict | None = None):
-        """Write this cache to ``path`` (one safetensors file, atomic); ``lm`` is the model that computed it.
+    # -- moving the state: snapshots, copies, tensors ------------------------------------------------------------
+    def _check_idle(self, doing: str) -> None:
+        if self._pending is not None:
+            raise AnLLMError(f"cannot {doing} a cache in the middle of a forward pass (prepare() without evict())")
 
-        ``lm`` is needed because the file records a fingerprint of the weights and tokenizer, which the cache does
-        not hold. Load it back with :func:`anllm.cache_io.load_cache`.
-        """
-        from anllm.cache_io import save_cache
+    def snapshot(self) -> CacheSnapshot:
+        """A point :meth:`restore` returns to, in O(layers): K/V and state are replaced, never written in place."""
+        self._check_idle("snapshot")
+        layers = tuple((getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in self.layers)
+        return CacheSnapshot(self._state, layers)
 
-        return save_cache(self, lm, path, extra)
+    def restore(self, snapshot: CacheSnapshot) -> None:
+        """Back to a :meth:`snapshot` of this cache (which stays usable for another restore)."""
+        if len(snapshot.layers) != len(self.layers):
+            raise AnLLMError(f"the snapshot has {len(snapshot.layers)} layers, this cache {len(self.layers)}")
+        self._pending = self._run_after = None
+        self._state = snapshot.state
+        for layer, (k, v) in zip(self.layers, snapshot.layers):
+            layer.keys, layer.values = k, v
 
     def copy(self, batch_size: int | None = None) -> PolicyCache:
-        """An independent copy (a one-row cache may be repeated into ``batch_size`` rows)."""
-        from anllm.cache_io import copy_cache
+        """An independent copy; with ``batch_size``, a one-row cache repeated into that many rows.
 
-        return copy_cache(self, batch_size)
+        Each question continues from its own copy, so one loaded document serves many questions (or one batch).
+        """
+        self._check_idle("copy")
+        B = self.batch_size or 1
+        n = batch_size or B
+        if n != B and B != 1:
+            raise AnLLMError(f"only a one-row cache can be repeated into {n} rows; this one has {B}")
+        rep = (lambda t: t.expand(n, *t.shape[1:]).clone()) if n != B else (lambda t: t.clone())
+        out = copy.copy(self)  # same policy, anchors and settings; every tensor below is replaced by a copy
+        out.layers = [copy.copy(layer) for layer in self.layers]
+        if self._state is None:
+            return out
+        out._state = self._state.map(rep)
+        for layer in out.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4:
+                layer.keys, layer.values = rep(layer.keys), rep(layer.values)  # (n, H_kv, K, D)
+        return out
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        """Every tensor the cache holds, by the saved-cache names: ``meta.<field>`` ``(B, K)``, the counters
+        ``(B,)``, ``layer.<i>.keys`` / ``layer.<i>.values`` ``(B, H_kv, K, D)``."""
+        if self._state is None:
+            raise AnLLMError("the cache is empty: feed some text before saving it")
+        self._check_idle("save")
+        out = self._state.to_tensors()
+        for i, layer in enumerate(self.layers):
+            out[f"layer.{i}.keys"] = layer.keys  # (B, H_kv, K, D)
+            out[f"layer.{i}.values"] = layer.values  # (B, H_kv, K, D)
+        return {k: v.detach().contiguous() for k, v in out.items()}
+
+    @classmethod
+    def from_tensors(
+        cls,
+        config,
+        tensors: dict[str, Tensor],
+        policy: EvictionPolicy | None = None,
+        anchor_ids: tuple[int, ...] = (),
+        position_policy: Literal["true", "compact"] = "true",
+        max_segment: int = 0,
+    ) -> PolicyCache:
+        """The inverse of :meth:`to_tensors`: a cache holding ``tensors``, ready to continue.
+
+        Raises:
+            ValueError: naming what is missing or inconsistent (a tensor, a shape, the number of layers or heads).
+        """
+        cache = cls(config, policy, anchor_ids, position_policy, max_segment)
+        state = CacheState.from_tensors(tensors)
+        B, K = state.meta.token.shape
+        kv = []
+        for i in range(len(cache.layers)):
+            k, v = tensors.get(f"layer.{i}.keys"), tensors.get(f"layer.{i}.values")
+            if k is None or v is None:
+                raise ValueError(f"tensor layer.{i}.{'keys' if k is None else 'values'} is missing")
+            if k.dim() != 4 or k.shape[0] != B or k.shape[2] != K or v.shape[:3] != k.shape[:3]:
+                raise ValueError(f"K/V shapes {tuple(k.shape)} / {tuple(v.shape)} do not match {K} entries")
+            if k.shape[1] != getattr(config, "num_key_value_heads", k.shape[1]):
+                raise ValueError(f"{k.shape[1]} KV heads, the model has {config.num_key_value_heads}")
+            kv.append((k, v))
+        if len(tensors) != len(STATE_TENSORS) + 2 * len(cache.layers):
+            raise ValueError(f"it has {len(tensors)} tensors, the model has {len(cache.layers)} layers")
+        cache._state = state
+        for layer, (k, v) in zip(cache.layers, kv):
+            layer.update(k, v)  # lazy-initialises the layer (device, dtype) and stores (B, H_kv, K, D)
+        return cache
 
 
 AnchorCache = PolicyCache  # the name the paper's readers look for

@@ -1,17 +1,17 @@
 """Saved caches: a :class:`~anllm.cache.PolicyCache` as one safetensors file, loaded back to continue exactly.
 
-The file holds the K/V tensors of every layer, the per-entry metadata (token ids, positions, segments, anchor and
-valid flags), the counters (tokens seen, anchors seen, entries evicted, tokens since the last anchor) and, in the
-safetensors header, a JSON record: the policy and its parameters, the anchor ids and kind, the position policy,
+The file holds the tensors of :meth:`PolicyCache.to_tensors <anllm.cache.PolicyCache.to_tensors>` (the K/V of every
+layer, the per-entry metadata and the counters of its :class:`~anllm.cache.CacheState`) and, in the safetensors header, a JSON record: the policy and its parameters, the anchor ids and kind, the position policy,
 ``max_segment``, the dtype, a fingerprint of the model weights (adapter merged in) and of the tokenizer, any extra
 state of the caller (a chat session's text) and a checksum over all of it. Loading refuses a different model,
 adapter, tokenizer, dtype, anchor setting or policy with a message naming the mismatch; a truncated, corrupt or
 edited file is refused with a clear error. Writes are atomic (temporary file + ``os.replace``).
+
+Format versions: 2 records the anchor kind as ``anchor_kind``; files of version 1 (``anchor_mode``) still load.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -28,12 +28,12 @@ from torch import Tensor
 
 from anllm.cache import PolicyCache
 from anllm.config import AnLLMError
-from anllm.policies import POLICIES, EvictionPolicy, TokenMeta
+from anllm.policies import POLICIES, EvictionPolicy
+from anllm.renames import renamed_kwargs
 
 FORMAT = "anllm-cache"
-VERSION = 1
-META_FIELDS = tuple(f.name for f in dataclasses.fields(TokenMeta))  # token, pos, seg, anchor, valid
-COUNTERS = ("n_seen", "n_seg", "n_evicted", "n_run")
+VERSION = 2  # written; 2: the model record's anchor kind is "anchor_kind" (1 called it "anchor_mode")
+READS = (1, 2)  # format versions this anllm loads
 N_SAMPLES = 256  # values sampled per parameter for the weights fingerprint
 _CONFIG_KEYS = (
     "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -97,7 +97,7 @@ def model_record(lm) -> dict:
         "dtype": str(lm.model.dtype).removeprefix("torch."),
         "weights": weights_fingerprint(lm.model),
         "tokenizer": tokenizer_fingerprint(lm.tokenizer),
-        "anchor_mode": lm.anchor.kind,  # the file format keeps its key (the anchor kind, EP or AC)
+        "anchor_kind": lm.anchor.kind,  # EP or AC
         "anchor_ids": list(lm.anchor_ids),
         "position_policy": lm.anchor.position_policy,
         "max_segment": lm.anchor.max_segment,
@@ -144,19 +144,6 @@ def _checksum(header: str, tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def _tensors(cache: PolicyCache) -> dict[str, Tensor]:
-    if cache.meta is None:
-        raise AnLLMError("the cache is empty: feed some text before saving it")
-    if cache._pending is not None:
-        raise AnLLMError("the cache is in the middle of a forward pass (prepare() without evict()); cannot save it")
-    out = {f"meta.{f}": getattr(cache.meta, f) for f in META_FIELDS}  # (B, K) each
-    out.update({c: getattr(cache, c) for c in COUNTERS})  # (B,) each
-    for i, layer in enumerate(cache.layers):
-        out[f"layer.{i}.keys"] = layer.keys  # (B, H_kv, K, D)
-        out[f"layer.{i}.values"] = layer.values  # (B, H_kv, K, D)
-    return {k: v.detach().contiguous() for k, v in out.items()}
-
-
 def save_cache(cache: PolicyCache, lm, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write ``cache`` (computed with ``lm``) to ``path`` atomically; ``extra`` is any JSON the caller wants back.
 
@@ -166,7 +153,7 @@ def save_cache(cache: PolicyCache, lm, path: str | os.PathLike, extra: dict | No
     path = Path(path)
     if not path.parent.is_dir():
         raise AnLLMError(f"cannot write {path}: the folder {path.parent} does not exist")
-    tensors = _tensors(cache)
+    tensors = cache.to_tensors()
     record = {
         "format": FORMAT,
         "version": VERSION,
@@ -223,27 +210,38 @@ def _read(path: Path, device: torch.device) -> tuple[dict, dict[str, Tensor]]:
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for truncated/garbled files
         raise AnLLMError(f"{bad} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); write it again") from None
     if "anllm" not in metadata or "checksum" not in metadata:
-        raise AnLLMError(f"{bad} (no anllm record in its header: not written by anllm compress / PolicyCache.save)")
+        raise AnLLMError(f"{bad} (no anllm record in its header: not written by anllm compress / save_cache)")
     try:
         record = json.loads(metadata["anllm"])
     except ValueError as e:
         raise AnLLMError(f"{bad} (its header record is not JSON: {e}); write it again") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise AnLLMError(f"{bad} (unknown format {record.get('format') if isinstance(record, dict) else record!r})")
-    if record.get("version") != VERSION:
+    if record.get("version") not in READS:
         raise AnLLMError(
-            f"{path} is an anllm cache of format version {record.get('version')}; this anllm reads {VERSION}"
+            f"{path} is an anllm cache of format version {record.get('version')}; this anllm reads versions "
+            f"{', '.join(map(str, READS))}"
         )
     if _checksum(metadata["anllm"], tensors) != metadata["checksum"]:
         raise AnLLMError(f"{path} is corrupt or was edited (checksum mismatch); write it again with anllm compress")
-    return record, tensors
+    return _upgrade(record), tensors
 
 
-def check_model(record: dict, lm, mode: str | EvictionPolicy | None = None) -> EvictionPolicy:
+def _upgrade(record: dict) -> dict:
+    """A record of an older format version in the current layout (version 1 named the anchor kind ``anchor_mode``)."""
+    model = record.get("model")
+    if isinstance(model, dict) and "anchor_kind" not in model and "anchor_mode" in model:
+        model = {**{k: v for k, v in model.items() if k != "anchor_mode"}, "anchor_kind": model["anchor_mode"]}
+        record = {**record, "model": model}
+    return record
+
+
+@renamed_kwargs(mode="policy")
+def check_model(record: dict, lm, policy: str | EvictionPolicy | None = None) -> EvictionPolicy:
     """Raise :class:`AnLLMError` naming the first difference between the saved model/settings and ``lm``.
 
     Returns:
-        the saved policy (equal to ``lm.policy(mode)`` when ``mode`` is given).
+        the saved policy (equal to ``lm.policy(policy)`` when ``policy`` is given).
     """
     saved, here = record["model"], model_record(lm)
     name = f"model {saved['name']!r}" if saved.get("name") else "another model"
@@ -262,24 +260,26 @@ def check_model(record: dict, lm, mode: str | EvictionPolicy | None = None) -> E
             f"the cache was computed with a different tokenizer than {lm.name!r}'s "
             f"(fingerprint {saved['tokenizer'][:12]} vs {here['tokenizer'][:12]})"
         )
-    for key, flag in (("anchor_mode", "--anchors"), ("anchor_ids", "--anchors"), ("position_policy", "--positions")):
+    settings = (("anchor_kind", "anchor kind", "--anchors"), ("anchor_ids", "anchor_ids", "--anchors"),
+                ("position_policy", "position_policy", "--positions"))  # fmt: skip
+    for key, what, flag in settings:
         if saved[key] != here[key]:
             raise AnLLMError(
-                f"the cache was computed with {key} {saved[key]} but the model uses {here[key]}; pass {flag}"
+                f"the cache was computed with {what} {saved[key]} but the model uses {here[key]}; pass {flag}"
             )
     if saved["max_segment"] != here["max_segment"]:
         raise AnLLMError(
             f"the cache was computed with max_segment {saved['max_segment']}, the model uses {here['max_segment']}"
         )
-    policy = policy_from_record(record["policy"])
-    if mode is not None:
-        wanted = lm.policy(mode)
-        if wanted != policy:
+    saved_policy = policy_from_record(record["policy"])
+    if policy is not None:
+        wanted = lm.policy(policy)
+        if wanted != saved_policy:
             raise AnLLMError(
-                f"the cache was computed with policy {describe_policy(policy)} but {describe_policy(wanted)} was "
-                "asked for; omit --mode or compress the text again in that mode"
+                f"the cache was computed with policy {describe_policy(saved_policy)} but {describe_policy(wanted)} "
+                "was asked for; omit --policy or compress the text again with that policy"
             )
-    return policy
+    return saved_policy
 
 
 def _shape_error(path: Path, what: str) -> AnLLMError:
@@ -287,40 +287,22 @@ def _shape_error(path: Path, what: str) -> AnLLMError:
 
 
 def _build(record: dict, tensors: dict[str, Tensor], lm, policy: EvictionPolicy, path: Path) -> PolicyCache:
-    cfg = lm.model.config
-    cache = PolicyCache(
-        cfg, policy, tuple(record["cache_anchor_ids"]), record["cache_position_policy"], record["cache_max_segment"]
-    )
     try:
-        meta = TokenMeta(**{f: tensors[f"meta.{f}"] for f in META_FIELDS})
-        counters = {c: tensors[c] for c in COUNTERS}
-        kv = [(tensors[f"layer.{i}.keys"], tensors[f"layer.{i}.values"]) for i in range(len(cache.layers))]
-    except KeyError as e:
-        raise _shape_error(path, f"tensor {e.args[0]} is missing") from None
-    B, K = meta.token.shape
-    if any(getattr(meta, f).shape != (B, K) for f in META_FIELDS) or any(t.shape != (B,) for t in counters.values()):
-        raise _shape_error(path, "metadata shapes disagree")
-    if len(tensors) != len(META_FIELDS) + len(COUNTERS) + 2 * len(cache.layers):
-        raise _shape_error(path, f"it has {len(tensors)} tensors, the model has {len(cache.layers)} layers")
-    for k, v in kv:
-        if k.dim() != 4 or k.shape[0] != B or k.shape[2] != K or v.shape[:3] != k.shape[:3]:
-            raise _shape_error(path, f"K/V shapes {tuple(k.shape)} / {tuple(v.shape)} do not match {K} entries")
-        if k.shape[1] != getattr(cfg, "num_key_value_heads", k.shape[1]):
-            raise _shape_error(path, f"{k.shape[1]} KV heads, the model has {cfg.num_key_value_heads}")
-    cache.meta = meta
-    for c, t in counters.items():
-        setattr(cache, c, t)
-    for layer, (k, v) in zip(cache.layers, kv):
-        layer.update(k, v)  # lazy-initialises the layer (device, dtype) and stores (B, H_kv, K, D)
-    return cache
+        return PolicyCache.from_tensors(
+            lm.model.config, tensors, policy, tuple(record["cache_anchor_ids"]), record["cache_position_policy"],
+            record["cache_max_segment"],
+        )  # fmt: skip
+    except ValueError as e:
+        raise _shape_error(path, str(e)) from None
 
 
-def read_cache(lm, path: str | os.PathLike, mode: str | EvictionPolicy | None = None) -> SavedCache:
-    """Load a cache file for ``lm``, refusing a mismatching model, tokenizer, dtype, anchor setting or ``mode``.
+@renamed_kwargs(mode="policy")
+def read_cache(lm, path: str | os.PathLike, policy: str | EvictionPolicy | None = None) -> SavedCache:
+    """Load a cache file for ``lm``, refusing a mismatching model, tokenizer, dtype, anchor setting or ``policy``.
 
     Args:
         lm: the :class:`~anllm.models.LoadedModel` to continue with.
-        mode: the policy the caller wants; None = whatever the file holds.
+        policy: the policy the caller wants (name, spec or object); None = whatever the file holds.
     Returns:
         a :class:`SavedCache`; ``.cache`` is ready for :func:`anllm.generation.forward_chunk` and friends.
     """
@@ -328,40 +310,15 @@ def read_cache(lm, path: str | os.PathLike, mode: str | EvictionPolicy | None = 
     device = next(lm.model.parameters()).device
     record, tensors = _read(path, device)
     try:
-        policy = check_model(record, lm, mode)
-        return SavedCache(_build(record, tensors, lm, policy, path), record, path)
+        saved_policy = check_model(record, lm, policy)
+        return SavedCache(_build(record, tensors, lm, saved_policy, path), record, path)
     except AnLLMError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # a record this version did not write
         raise AnLLMError(f"{path} is not a consistent anllm cache file (bad record: {e!r}); write it again") from None
 
 
-def load_cache(lm, path: str | os.PathLike, mode: str | EvictionPolicy | None = None) -> PolicyCache:
+@renamed_kwargs(mode="policy")
+def load_cache(lm, path: str | os.PathLike, policy: str | EvictionPolicy | None = None) -> PolicyCache:
     """The cache saved at ``path``, ready to continue with ``lm`` (see :func:`read_cache`)."""
-    return read_cache(lm, path, mode).cache
-
-
-# -- copies ------------------------------------------------------------------------------------------------------
-def copy_cache(cache: PolicyCache, batch_size: int | None = None) -> PolicyCache:
-    """An independent copy of ``cache``; with ``batch_size``, a one-row cache repeated into that many rows.
-
-    Each question continues from its own copy, so one loaded document serves many questions (or one batch).
-    """
-    if cache._pending is not None:
-        raise AnLLMError("cannot copy a cache in the middle of a forward pass (prepare() without evict())")
-    B = cache.meta.token.shape[0] if cache.meta is not None else 1
-    n = batch_size or B
-    if n != B and B != 1:
-        raise AnLLMError(f"only a one-row cache can be repeated into {n} rows; this one has {B}")
-    rep = (lambda t: t.expand(n, *t.shape[1:]).clone()) if n != B else (lambda t: t.clone())
-    out = copy.copy(cache)  # same policy, anchors and settings; every tensor below is replaced by a copy
-    out.layers = [copy.copy(layer) for layer in cache.layers]
-    if cache.meta is None:
-        return out
-    out.meta = TokenMeta(**{f: rep(getattr(cache.meta, f)) for f in META_FIELDS})
-    for c in COUNTERS:
-        setattr(out, c, rep(getattr(cache, c)))
-    for layer in out.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4:
-            layer.keys, layer.values = rep(layer.keys), rep(layer.values)  # (n, H_kv, K, D)
-    return out
+    return read_cache(lm, path, policy).cache

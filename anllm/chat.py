@@ -21,7 +21,7 @@ import torch
 
 from anllm.anchors import insert_ac
 from anllm.cache import PolicyCache
-from anllm.cache_io import copy_cache, describe_policy, read_cache
+from anllm.cache_io import describe_policy, read_cache, save_cache
 from anllm.config import AnLLMError, GenerationConfig
 from anllm.generation import GenerationResponse, decode_step, eos_ids, forward_chunk, make_cache, stream_generate
 from anllm.policies import EvictionPolicy
@@ -80,7 +80,7 @@ class ChatSession:
     def reset(self) -> None:
         """Back to the start: an empty cache, or a fresh copy of the loaded document."""
         cache, state = self._start
-        self.cache = copy_cache(cache) if cache is not None else make_cache(self.lm, self.mode)
+        self.cache = cache.copy() if cache is not None else make_cache(self.lm, self.mode)
         self.messages: list[dict] = [dict(m) for m in state.get("messages", [])]
         self.pending: str = state.get("pending", "")  # start of the next user message, already in the cache
         self.text: str = state.get("text", "")  # the rendered conversation whose tokens the cache has seen
@@ -101,12 +101,12 @@ class ChatSession:
     def checkpoint(self) -> tuple:
         """A copy of the cache and the conversation; :meth:`restore` returns to it (e.g. after a failed turn)."""
         conversation = ([dict(m) for m in self.messages], self.pending, self.text, list(self.ids))
-        return copy_cache(self.cache), conversation, list(self.answer_spans), list(self.turns)
+        return self.cache.copy(), conversation, list(self.answer_spans), list(self.turns)
 
     def restore(self, checkpoint: tuple) -> None:
         """Back to a :meth:`checkpoint` (which stays usable: everything is copied again)."""
         cache, (messages, pending, text, ids), spans, turns = checkpoint
-        self.cache = copy_cache(cache)
+        self.cache = cache.copy()
         self.messages, self.pending, self.text, self.ids = [dict(m) for m in messages], pending, text, list(ids)
         self.answer_spans, self.turns = list(spans), list(turns)
 
@@ -265,7 +265,7 @@ class ChatSession:
     # -- files --------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike):
         """Write the cache and the conversation state to one file (atomic); :meth:`load` continues from it."""
-        return self.cache.save(path, self.lm, extra={"chat": self.state()})
+        return save_cache(self.cache, self.lm, path, extra={"chat": self.state()})
 
     @classmethod
     def load(
@@ -278,8 +278,8 @@ class ChatSession:
     ) -> ChatSession:
         """A session starting from a saved file (a compressed document or a saved chat); :meth:`reset` returns here."""
         saved = read_cache(lm, path, mode)
-        if saved.cache.meta.token.shape[0] != 1:
-            raise AnLLMError(f"{path} holds {saved.cache.meta.token.shape[0]} rows; a chat continues one")
+        if saved.cache.batch_size != 1:
+            raise AnLLMError(f"{path} holds {saved.cache.batch_size} rows; a chat continues one")
         return cls(lm, gen=gen, cache=saved.cache, state=saved.extra.get("chat", {}))
 
 

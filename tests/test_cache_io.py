@@ -1,6 +1,8 @@
 """Saved caches: a loaded file continues exactly like the in-memory cache and like one masked pass (float64), for
 every policy and both anchor kinds; any mismatching model or damaged file is refused with a clear AnLLMError."""
 
+import dataclasses
+import hashlib
 import json
 import os
 
@@ -11,7 +13,7 @@ from safetensors.torch import save_file
 
 from anllm import cache_io
 from anllm.anchors import insert_ac, mark_anchors
-from anllm.cache_io import copy_cache, load_cache, read_cache
+from anllm.cache_io import load_cache, read_cache, save_cache
 from anllm.cli import main
 from anllm.config import AnLLMError
 from anllm.generation import forward_chunk, make_cache, prefill
@@ -60,7 +62,7 @@ def test_loaded_cache_continues_exactly(tmp_path, name, anchors):
         cache = compressed(lm, mode)
         if name != "full":
             assert int(cache.n_evicted[0]) > 0
-        cache.save(tmp_path / "doc.kv", lm)
+        save_cache(cache, lm, tmp_path / "doc.kv")
         loaded = load_cache(lm, tmp_path / "doc.kv")
         assert loaded.policy == cache.policy and int(loaded.n_seen[0]) == doc.shape[1]
         mem = forward_chunk(lm.model, cache, q)  # (1, Q, V)
@@ -75,16 +77,16 @@ def test_loaded_cache_continues_exactly(tmp_path, name, anchors):
 def test_one_file_serves_many_questions_and_a_batch(tmp_path):
     lm = make_lm("qwen2", "ep")
     with torch.no_grad():
-        compressed(lm, "anchor").save(tmp_path / "doc.kv", lm)
+        save_cache(compressed(lm, "anchor"), lm, tmp_path / "doc.kv")
         saved = load_cache(lm, tmp_path / "doc.kv")
         qs = [ids_of(lm, q) for q in QUESTIONS]
-        singles = [forward_chunk(lm.model, copy_cache(saved), q)[:, -1] for q in qs]  # (1, V) each
+        singles = [forward_chunk(lm.model, saved.copy(), q)[:, -1] for q in qs]  # (1, V) each
         again = forward_chunk(lm.model, saved.copy(), qs[0])[:, -1]
         assert torch.equal(again, singles[0])  # earlier questions left the loaded cache untouched
         T = max(q.shape[1] for q in qs)
         batch = torch.cat([torch.nn.functional.pad(q, (T - q.shape[1], 0)) for q in qs])  # (3, T) left padded
         am = torch.stack([torch.arange(T) >= T - q.shape[1] for q in qs]).long()
-        out = forward_chunk(lm.model, copy_cache(saved, batch_size=3), batch, am)[:, -1]  # (3, V)
+        out = forward_chunk(lm.model, saved.copy(batch_size=3), batch, am)[:, -1]  # (3, V)
     for b in range(3):
         assert (out[b] - singles[b][0]).abs().max() < 1e-10
 
@@ -97,10 +99,73 @@ def test_a_saved_batch_round_trips(tmp_path):
     with torch.no_grad():
         cache = make_cache(lm, "anchor")
         prefill(lm.model, cache, enc["input_ids"], enc["attention_mask"], chunk_size=7)
-        cache.save(tmp_path / "two.kv", lm)
+        save_cache(cache, lm, tmp_path / "two.kv")
         loaded = load_cache(lm, tmp_path / "two.kv")
         mem, got = forward_chunk(lm.model, cache, q), forward_chunk(lm.model, loaded, q)
     assert loaded.meta.token.shape[0] == 2 and (got - mem).abs().max() <= 1e-10
+
+
+def write_v1(cache, lm, path, anchor_kind=None):
+    """A cache file as anllm wrote it in format version 1 (the anchor kind under ``anchor_mode``), written out by
+    hand from the format's description so that it does not depend on today's writer."""
+    tensors = {f"meta.{f}": getattr(cache.meta, f) for f in ("token", "pos", "seg", "anchor", "valid")}  # (B, K)
+    tensors.update({c: getattr(cache, c) for c in ("n_seen", "n_seg", "n_evicted", "n_run")})  # (B,)
+    for i, layer in enumerate(cache.layers):
+        tensors[f"layer.{i}.keys"], tensors[f"layer.{i}.values"] = layer.keys, layer.values  # (B, H_kv, K, D)
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    model = {
+        "name": lm.name,
+        "dtype": str(lm.model.dtype).removeprefix("torch."),
+        "weights": cache_io.weights_fingerprint(lm.model),
+        "tokenizer": cache_io.tokenizer_fingerprint(lm.tokenizer),
+        "anchor_mode": anchor_kind or lm.anchor.kind,
+        "anchor_ids": list(lm.anchor_ids),
+        "position_policy": lm.anchor.position_policy,
+        "max_segment": lm.anchor.max_segment,
+    }
+    record = {
+        "format": "anllm-cache",
+        "version": 1,
+        "model": model,
+        "policy": {"name": type(cache.policy).name, "params": dataclasses.asdict(cache.policy)},
+        "cache_anchor_ids": list(cache.anchor_ids),
+        "cache_position_policy": cache.position_policy,
+        "cache_max_segment": cache.max_segment,
+        "extra": {},
+    }
+    header = json.dumps(record, ensure_ascii=False, sort_keys=True)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(header.encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    save_file(tensors, str(path), metadata={"anllm": header, "checksum": h.hexdigest()})
+
+
+@pytest.mark.parametrize("anchors", ["ep", "ac"])
+def test_a_version_1_file_still_loads_and_continues_exactly(tmp_path, anchors):
+    lm = make_lm("llama", anchors)
+    q = ids_of(lm, QUESTIONS[0])
+    with torch.no_grad():
+        cache = compressed(lm, "streaming:sink=2,window=6")
+        write_v1(cache, lm, tmp_path / "old.kv")
+        loaded = load_cache(lm, tmp_path / "old.kv")
+        mem, got = forward_chunk(lm.model, cache, q), forward_chunk(lm.model, loaded, q)
+    assert loaded.policy == cache.policy and int(loaded.n_evicted[0]) > 0
+    assert torch.equal(got, mem)
+    write_v1(compressed(lm, "anchor"), lm, tmp_path / "other.kv", anchor_kind="ac" if anchors == "ep" else "ep")
+    with pytest.raises(AnLLMError, match=f"anchor kind {'ac' if anchors == 'ep' else 'ep'} but the model uses"):
+        load_cache(lm, tmp_path / "other.kv")
+
+
+def test_a_new_file_names_the_anchor_kind(tmp_path):
+    lm = make_lm("llama", "ac")
+    with torch.no_grad():
+        save_cache(compressed(lm, "anchor"), lm, tmp_path / "doc.kv")
+    with safe_open(str(tmp_path / "doc.kv"), framework="pt") as f:
+        record = json.loads(f.metadata()["anllm"])
+    assert record["version"] == 2 and record["model"]["anchor_kind"] == "ac" and "anchor_mode" not in record["model"]
 
 
 # -- refusals ----------------------------------------------------------------------------------------------------
@@ -108,7 +173,7 @@ def test_a_saved_batch_round_trips(tmp_path):
 def saved(tmp_path):
     lm = make_lm("llama", "ep")
     with torch.no_grad():
-        compressed(lm, "anchor").save(tmp_path / "doc.kv", lm)
+        save_cache(compressed(lm, "anchor"), lm, tmp_path / "doc.kv")
     return lm, tmp_path / "doc.kv"
 
 
@@ -201,7 +266,7 @@ def test_a_crash_mid_write_leaves_the_old_file(saved, monkeypatch):
 
     monkeypatch.setattr(cache_io, "save_file", crash)
     with torch.no_grad(), pytest.raises(KeyboardInterrupt):
-        compressed(lm, "anchor", DOC + " More text. And more").save(path, lm)
+        save_cache(compressed(lm, "anchor", DOC + " More text. And more"), lm, path)
     assert path.read_bytes() == before and sorted(os.listdir(path.parent)) == ["doc.kv"]
     assert int(load_cache(lm, path).n_seen[0]) == ids_of(lm, DOC).shape[1]
 
@@ -209,9 +274,9 @@ def test_a_crash_mid_write_leaves_the_old_file(saved, monkeypatch):
 def test_saving_needs_a_folder_and_a_filled_cache(tmp_path):
     lm = make_lm("llama", "ep")
     with pytest.raises(AnLLMError, match="does not exist"):
-        compressed(lm, "anchor").save(tmp_path / "nope" / "doc.kv", lm)
+        save_cache(compressed(lm, "anchor"), lm, tmp_path / "nope" / "doc.kv")
     with pytest.raises(AnLLMError, match="empty"):
-        make_cache(lm, "anchor").save(tmp_path / "doc.kv", lm)
+        save_cache(make_cache(lm, "anchor"), lm, tmp_path / "doc.kv")
 
 
 # -- command line ------------------------------------------------------------------------------------------------
@@ -262,7 +327,7 @@ def test_generate_with_a_bad_cache_exits_2_with_one_line(tmp_path, capsys, how, 
     if how != "missing":
         lm = load_model("tiny-random")
         with torch.no_grad():
-            compressed(lm, "anchor").save(kv, lm)
+            save_cache(compressed(lm, "anchor"), lm, kv)
     if how == "corrupt":
         kv.write_bytes(kv.read_bytes()[:100])
     if how == "mode":

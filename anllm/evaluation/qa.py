@@ -118,18 +118,6 @@ def score_one_pass(lm: LoadedModel, ctx: list[int], cont: list[int], *, masked: 
     return (ll, is_greedy) if greedy else ll
 
 
-def _snapshot(cache) -> tuple:
-    # the K/V tensors are replaced (cat / gather), never written in place, so references are a cheap snapshot
-    layers = [(layer.keys, layer.values) for layer in cache.layers]
-    return layers, cache.meta, cache.n_seen, cache.n_seg, cache.n_evicted, cache.n_run
-
-
-def _restore(cache, snap: tuple) -> None:
-    layers, cache.meta, cache.n_seen, cache.n_seg, cache.n_evicted, cache.n_run = snap
-    for layer, (k, v) in zip(cache.layers, layers):
-        layer.keys, layer.values = k, v
-
-
 @dataclass
 class CachedScores:
     logliks: list[float]
@@ -147,7 +135,7 @@ def score_cached(lm: LoadedModel, ctx: list[int], conts: list[list[int]], mode: 
     cache = make_cache(lm, mode)
     chunk = prefill_chunk_size(lm, cache.policy)
     last = prefill(lm.model, cache, torch.tensor([ctx], device=device), chunk_size=chunk)  # (1, V)
-    snap = _snapshot(cache)
+    snap = cache.snapshot()
     kept_ctx = int(cache.n_kept()[0])
     logliks, kept, seen, greedy = [], [], [], []
     for cont in conts:
@@ -158,7 +146,7 @@ def score_cached(lm: LoadedModel, ctx: list[int], conts: list[list[int]], mode: 
         greedy.append(is_greedy)
         kept.append(int(cache.n_kept()[0]))
         seen.append(int(cache.n_seen[0]))
-        _restore(cache, snap)
+        cache.restore(snap)
     return CachedScores(logliks, len(ctx), kept_ctx, kept, seen, greedy)
 
 

@@ -155,7 +155,7 @@ class ChatHandlers:
                     yield chat_messages(shown), skip, skip, skip, f"⏳ writing… {len(run.responses)} tokens"
         finally:
             stream.close()  # waits for the decode thread: a stopped turn is committed with the answer so far
-            kept = len(session.turns) > n_turns and error is None and session.cache._pending is None
+            kept = len(session.turns) > n_turns and error is None and not session.cache.in_forward
             if kept:
                 entry.shown = [*history, {"role": "assistant", "content": session.messages[-1]["content"]}]
             else:
