@@ -12,6 +12,9 @@ Floors, bottom to top (README "Where things live"):
 
 Figures are made in ``anllm.plots`` only (the one module that imports plotly); gradio is imported only in
 ``anllm.ui``. A new module is core unless it is added to a layer here, so it starts on the strictest floor.
+
+The cache owns its state: no module but ``anllm.cache`` touches a private attribute of ``PolicyCache`` or assigns
+one of its state fields (the metadata and counters).
 """
 
 from __future__ import annotations
@@ -33,10 +36,7 @@ LIBRARY += ("anllm.explorer", "anllm.plots")
 CLI = ("anllm.commands", "anllm.cli", "anllm.__main__")
 UI = ("anllm.ui",)
 # call-time imports that close a cycle, each with its reason; module-level cycles are never allowed
-LAZY_CYCLE_EDGES = {
-    # PolicyCache.save / .copy are conveniences over anllm.cache_io, which builds PolicyCache objects
-    ("anllm.cache", "anllm.cache_io"),
-}
+LAZY_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def _in(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -185,3 +185,62 @@ def test_importing_leaves_out_the_optional_packages(statement, absent):
     code = f"{statement}\nimport sys\nprint(sorted(m for m in {absent!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+# -- the cache owns its state ------------------------------------------------------------------------------------
+def _policy_cache_names() -> tuple[set[str], set[str]]:
+    """(private attribute names ``PolicyCache`` defines, public names of its state) read from anllm/cache.py."""
+    tree = ast.parse(MODULES["anllm.cache"].read_text(encoding="utf-8"))
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    private = set()
+    for node in ast.walk(classes["PolicyCache"]):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("_"):
+            private.add(node.name)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            private |= {node.attr} if node.attr.startswith("_") else set()
+    private = {n for n in private if not (n.startswith("__") and n.endswith("__"))}
+    state = {t.target.id for t in classes["CacheState"].body if isinstance(t, ast.AnnAssign)}
+    return private, state
+
+
+PRIVATE, STATE = _policy_cache_names()
+
+
+def _outside_access(tree: ast.AST) -> list[str]:
+    """``x._private`` reads on anything but ``self`` / ``cls``, and assignments ``x.<state field> = ...``."""
+    found = []
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for t in targets:
+            for sub in ast.walk(t):
+                if isinstance(sub, ast.Attribute) and sub.attr in STATE and ast.unparse(sub.value) not in ("self",):
+                    found.append(f"line {sub.lineno}: assigns {ast.unparse(sub)}")
+        if isinstance(node, ast.Attribute) and node.attr in PRIVATE:
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_state_check_sees_the_cache():
+    assert {"_pending", "_run_after", "_state"} <= PRIVATE and {"meta", "n_seen", "n_evicted", "n_run"} <= STATE
+    bad = ast.parse("cache._pending\nx = s.cache._state\ncache.n_seen = 0\nself._pending = 1\nself.n_seen += 1")
+    assert sorted(_outside_access(bad)) == [
+        "line 1: cache._pending",
+        "line 2: s.cache._state",
+        "line 3: assigns cache.n_seen",
+    ]
+
+
+OUTSIDE_CACHE = sorted(m for m in MODULES if m != "anllm.cache")
+OUTSIDE_CACHE += [p.relative_to(PACKAGE.parent).as_posix() for p in sorted(PACKAGE.parent.glob("custom_generate/*.py"))]
+
+
+@pytest.mark.parametrize("module", OUTSIDE_CACHE)
+def test_only_the_cache_touches_its_state(module):
+    path = MODULES[module] if module in MODULES else PACKAGE.parent / module
+    bad = _outside_access(ast.parse(path.read_text(encoding="utf-8"), str(path)))
+    assert not bad, f"{module} reaches into PolicyCache: {bad}"
