@@ -197,3 +197,77 @@ def test_forced_anchors_bound_the_cache_on_text_without_sentence_ends():
     n_forced = T // 8
     assert int(cache.n_seg[0]) == n_forced
     assert int(cache.n_kept()[0]) == n_forced + T % 8  # the forced anchors + the open segment (< 8 tokens)
+
+
+# -- the cache owns its state: snapshot / restore, copies, tensors ----------------------------------------------
+def _filled(lm, text=TEXTS[0], policy="streaming:sink=2,window=6"):
+    cache = make_cache(lm, policy)
+    with torch.no_grad():
+        prefill(lm.model, cache, lm.tokenizer([text], return_tensors="pt")["input_ids"], chunk_size=5)
+    return cache
+
+
+def _same(a, b) -> bool:
+    ta, tb = a.to_tensors(), b.to_tensors()
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_restore_returns_to_the_snapshot_exactly():
+    lm = make_lm("llama", "ep")
+    cache = _filled(lm)
+    before = cache.copy()
+    snap = cache.snapshot()
+    q = lm.tokenizer([" Then what? More. And more words"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        first = forward_chunk(lm.model, cache, q)
+        assert int(cache.n_evicted[0]) > int(before.n_evicted[0])  # the continuation changed every counter
+        cache.restore(snap)
+        assert _same(cache, before)
+        again = forward_chunk(lm.model, cache, q)
+        cache.restore(snap)  # a snapshot serves more than one restore
+    assert torch.equal(first, again) and _same(cache, before)
+
+
+def test_state_is_read_only_and_in_forward_follows_prepare():
+    lm = make_lm("llama", "ep")
+    cache = make_cache(lm, "anchor")
+    assert cache.meta is None and cache.n_seen is None and cache.batch_size is None and not cache.in_forward
+    cache.prepare(torch.tensor([[3, 4]]))
+    assert cache.in_forward
+    with pytest.raises(Exception, match="middle of a forward pass"):
+        cache.copy()
+    cache.evict()
+    assert not cache.in_forward and cache.n_seen.tolist() == [2] and cache.batch_size == 1
+    for name in ("meta", "n_seen", "n_seg", "n_evicted", "n_run", "state"):
+        with pytest.raises(AttributeError):
+            setattr(cache, name, None)
+
+
+def test_copy_is_independent_and_repeats_one_row():
+    lm = make_lm("llama", "ep")
+    cache = _filled(lm)
+    q = lm.tokenizer([" Then what? More"], return_tensors="pt")["input_ids"]  # (1, Q)
+    twin, three = cache.copy(), cache.copy(batch_size=3)
+    with torch.no_grad():
+        one = forward_chunk(lm.model, twin, q)[:, -1]  # (1, V)
+        rows = forward_chunk(lm.model, three, q.expand(3, -1))[:, -1]  # (3, V)
+        assert _same(cache, cache.copy()) and not _same(cache, twin)  # the copy moved on, the original did not
+        assert torch.equal(forward_chunk(lm.model, cache, q)[:, -1], one)
+    assert three.batch_size == 3 and (rows - one).abs().max() < 1e-10
+    with pytest.raises(Exception, match="only a one-row cache"):
+        three.copy(batch_size=2)
+
+
+def test_to_and_from_tensors_round_trip():
+    lm = make_lm("mistral", "ep")
+    cache = _filled(lm)
+    tensors = cache.to_tensors()
+    assert {"meta.token", "n_seen", "n_seg", "n_evicted", "n_run", "layer.0.keys"} <= tensors.keys()
+    back = type(cache).from_tensors(
+        lm.model.config, tensors, cache.policy, cache.anchor_ids, cache.position_policy, cache.max_segment
+    )
+    assert _same(back, cache)
+    with pytest.raises(ValueError, match="tensor n_run is missing"):
+        type(cache).from_tensors(lm.model.config, {k: v for k, v in tensors.items() if k != "n_run"})
+    with pytest.raises(ValueError, match="shapes"):
+        type(cache).from_tensors(lm.model.config, {**tensors, "n_seen": torch.zeros(2, dtype=torch.long)})
