@@ -1,8 +1,9 @@
 """Saved caches: a :class:`~anllm.cache.PolicyCache` as one safetensors file, loaded back to continue exactly.
 
 The file holds the tensors of :meth:`PolicyCache.to_tensors <anllm.cache.PolicyCache.to_tensors>` (the K/V of every
-layer, the per-entry metadata and the counters of its :class:`~anllm.cache.CacheState`) and, in the safetensors header, a JSON record: the policy and its parameters, the anchor ids and kind, the position policy,
-``max_segment``, the dtype, a fingerprint of the model weights (adapter merged in) and of the tokenizer, any extra
+layer, the per-entry metadata and the counters of its :class:`~anllm.cache.CacheState`) and, in the safetensors
+header, a JSON record: the policy and its parameters, the anchor ids and kind, the position policy, ``max_segment``,
+the dtype, a fingerprint of the model weights (adapter merged in) and of the tokenizer, any extra
 state of the caller (a chat session's text) and a checksum over all of it. Loading refuses a different model,
 adapter, tokenizer, dtype, anchor setting or policy with a message naming the mismatch; a truncated, corrupt or
 edited file is refused with a clear error. Writes are atomic (temporary file + ``os.replace``).

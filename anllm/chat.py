@@ -26,6 +26,7 @@ from anllm.config import AnLLMError, GenerationConfig
 from anllm.generation import GenerationResponse, decode_step, eos_ids, forward_chunk, make_cache, stream_generate
 from anllm.policies import EvictionPolicy
 from anllm.progress import progress_bar
+from anllm.renames import renamed_kwargs
 from anllm.stats import RunStats
 
 DOC_SEPARATOR = "\n\n"  # between a document and the question that follows it in the same user message
@@ -52,16 +53,17 @@ class ChatSession:
 
     Args:
         lm: the :class:`~anllm.models.LoadedModel`.
-        mode: cache policy (``"anchor"``, ``"full"``, a spec or a policy); ignored when ``cache`` is given.
+        policy: cache policy (``"anchor"``, ``"full"``, a spec or an object); ignored when ``cache`` is given.
         gen: decoding settings (stop strings are not used: an answer ends at EOS or ``max_new_tokens``).
         chat: render turns with the tokenizer's chat template (when it has one); False = plain text turns.
         cache, state: where :meth:`reset` returns to (a loaded document); copied, never modified.
     """
 
+    @renamed_kwargs(mode="policy")
     def __init__(
         self,
         lm,
-        mode: str | EvictionPolicy = "anchor",
+        policy: str | EvictionPolicy = "anchor",
         *,
         gen: GenerationConfig | None = None,
         chat: bool = True,
@@ -69,7 +71,7 @@ class ChatSession:
         state: dict | None = None,
     ) -> None:
         self.lm = lm
-        self.mode = cache.policy if cache is not None else lm.policy(mode)
+        self.policy = cache.policy if cache is not None else lm.policy(policy)
         self.gen = dataclasses.replace(gen or GenerationConfig(), stop_strings=())
         state = dict(state or {})
         self.chat = bool(state.get("chat", chat)) and bool(getattr(lm.tokenizer, "chat_template", None))
@@ -80,7 +82,7 @@ class ChatSession:
     def reset(self) -> None:
         """Back to the start: an empty cache, or a fresh copy of the loaded document."""
         cache, state = self._start
-        self.cache = cache.copy() if cache is not None else make_cache(self.lm, self.mode)
+        self.cache = cache.copy() if cache is not None else make_cache(self.lm, self.policy)
         self.messages: list[dict] = [dict(m) for m in state.get("messages", [])]
         self.pending: str = state.get("pending", "")  # start of the next user message, already in the cache
         self.text: str = state.get("text", "")  # the rendered conversation whose tokens the cache has seen
@@ -268,25 +270,27 @@ class ChatSession:
         return save_cache(self.cache, self.lm, path, extra={"chat": self.state()})
 
     @classmethod
+    @renamed_kwargs(mode="policy")
     def load(
         cls,
         lm,
         path: str | os.PathLike,
-        mode: str | EvictionPolicy | None = None,
+        policy: str | EvictionPolicy | None = None,
         *,
         gen: GenerationConfig | None = None,
     ) -> ChatSession:
         """A session starting from a saved file (a compressed document or a saved chat); :meth:`reset` returns here."""
-        saved = read_cache(lm, path, mode)
+        saved = read_cache(lm, path, policy)
         if saved.cache.batch_size != 1:
             raise AnLLMError(f"{path} holds {saved.cache.batch_size} rows; a chat continues one")
         return cls(lm, gen=gen, cache=saved.cache, state=saved.extra.get("chat", {}))
 
 
+@renamed_kwargs(mode="policy")
 def compress(
     lm,
     text: str,
-    mode: str | EvictionPolicy = "anchor",
+    policy: str | EvictionPolicy = "anchor",
     *,
     chat: bool = True,
     progress: bool = False,
@@ -295,6 +299,6 @@ def compress(
 ):
     """A session that has read ``text`` as a document (save it with :meth:`ChatSession.save`); ``on_chunk`` and
     ``chunk_size`` as in :meth:`ChatSession.read`."""
-    session = ChatSession(lm, mode, chat=chat)
+    session = ChatSession(lm, policy, chat=chat)
     session.read(text, progress=progress, on_chunk=on_chunk, chunk_size=chunk_size)
     return session

@@ -19,14 +19,16 @@ from anllm.compat import cache_kwarg
 from anllm.config import AC_TOKEN, AnLLMError, GenerationConfig
 from anllm.models import LoadedModel
 from anllm.policies import EvictionPolicy
+from anllm.renames import renamed_kwargs
 from anllm.stats import RunStats, decode_rate
 
 
 # -- low level: one forward pass through a policy cache ---------------------------------------------------------
-def make_cache(lm: LoadedModel, mode: str | EvictionPolicy = "anchor") -> PolicyCache:
-    """An empty :class:`PolicyCache` for ``lm`` under ``mode`` (``"full"``, ``"anchor"`` or a policy)."""
+@renamed_kwargs(mode="policy")
+def make_cache(lm: LoadedModel, policy: str | EvictionPolicy = "anchor") -> PolicyCache:
+    """An empty :class:`PolicyCache` for ``lm`` under ``policy`` (``"full"``, ``"anchor"``, a spec or an object)."""
     return PolicyCache(
-        lm.model.config, lm.policy(mode), lm.anchor_ids, lm.anchor.position_policy, lm.anchor.max_segment
+        lm.model.config, lm.policy(policy), lm.anchor_ids, lm.anchor.position_policy, lm.anchor.max_segment
     )
 
 
@@ -296,10 +298,11 @@ class _TextTracker:
         return out
 
 
+@renamed_kwargs(mode="policy")
 def stream_generate(
     lm: LoadedModel,
     prompt: str | list[int],
-    mode: str | EvictionPolicy = "anchor",
+    policy: str | EvictionPolicy = "anchor",
     gen: GenerationConfig | None = None,
     *,
     cache: PolicyCache | None = None,
@@ -308,7 +311,7 @@ def stream_generate(
 
     ``prompt`` is text (chat template applied when ``gen.chat`` and available) or token ids. ``cache``: continue
     a one-row cache that already holds earlier text (a saved document, a chat); it is extended in place and its own
-    policy replaces ``mode``. The last sampled token is not fed into it.
+    policy is used instead of ``policy``. The last sampled token is not fed into it.
     """
     gen = gen or GenerationConfig()
     model = lm.model
@@ -326,7 +329,7 @@ def stream_generate(
     ac_id = lm.tokenizer.get_vocab().get(AC_TOKEN)
     tracker = _TextTracker(lm.tokenizer, {ac_id} if ac_id is not None else set(), gen.stop_strings)
     anchor_set = set(lm.anchor_ids)
-    cache = make_cache(lm, mode) if cache is None else cache
+    cache = make_cache(lm, policy) if cache is None else cache
     chunk = prefill_chunk_size(lm, cache.policy)
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -409,12 +412,16 @@ class GenerationResult:
         return {**asdict(self), "kv_reduction": self.kv_reduction}
 
 
+@renamed_kwargs(mode="policy")
 def generate(
-    lm: LoadedModel, prompt: str | list[int], mode: str | EvictionPolicy = "anchor", gen: GenerationConfig | None = None
+    lm: LoadedModel,
+    prompt: str | list[int],
+    policy: str | EvictionPolicy = "anchor",
+    gen: GenerationConfig | None = None,
 ) -> GenerationResult:
     """Generate for one prompt and return the text, tokens and cache statistics."""
     tokens, parts, last, peak = [], [], None, 0
-    for r in stream_generate(lm, prompt, mode, gen):
+    for r in stream_generate(lm, prompt, policy, gen):
         if r.finish_reason != "eos":
             tokens.append(r.token)
         parts.append(r.text)
@@ -438,8 +445,9 @@ def generate(
     )
 
 
+@renamed_kwargs(mode="policy")
 def generate_batch(
-    lm: LoadedModel, prompts: list[str], mode: str | EvictionPolicy = "anchor", gen: GenerationConfig | None = None
+    lm: LoadedModel, prompts: list[str], policy: str | EvictionPolicy = "anchor", gen: GenerationConfig | None = None
 ) -> list[list[int]]:
     """Greedy/sampled generation for several prompts at once (left padding); returns new token ids per prompt.
 
@@ -453,11 +461,16 @@ def generate_batch(
     device = next(lm.model.parameters()).device
     input_ids = torch.tensor([[pad] * (T - len(s)) + s for s in seqs], device=device)
     attn = torch.tensor([[0] * (T - len(s)) + [1] * len(s) for s in seqs], device=device)
-    return generate_ids(lm, input_ids, attn, mode, gen)
+    return generate_ids(lm, input_ids, attn, policy, gen)
 
 
+@renamed_kwargs(mode="policy")
 def generate_ids(
-    lm: LoadedModel, input_ids: Tensor, attention_mask: Tensor | None, mode, gen: GenerationConfig
+    lm: LoadedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    policy: str | EvictionPolicy,
+    gen: GenerationConfig,
 ) -> list[list[int]]:
     """Batched decode on token ids ``(B, T)`` through :func:`generate_step`; finished rows feed masked padding."""
     B = input_ids.shape[0]
@@ -465,7 +478,7 @@ def generate_ids(
     check_fits(lm, n_real)
     check_max_new_tokens(lm, n_real, gen.max_new_tokens)  # refused, never clamped
     max_new = gen.max_new_tokens
-    cache = make_cache(lm, mode)
+    cache = make_cache(lm, policy)
     chunk = prefill_chunk_size(lm, cache.policy)
     stop_ids = eos_ids(lm) if gen.stop_on_eos else set()
     generator = torch.Generator(input_ids.device).manual_seed(gen.seed) if gen.seed is not None else None

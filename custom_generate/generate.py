@@ -6,7 +6,7 @@ for greedy or sampling, EOS / max_new_tokens stopping, the streamer's prompt) by
 with a decoding loop as the callable ``custom_generate``; that loop feeds the model through anllm's
 :class:`anllm.cache.PolicyCache` (``prepare`` -> forward -> ``evict`` per chunk, via ``anllm.generation.prefill``
 and ``decode_step``), so non-anchor entries are dropped exactly as ``anllm.generate`` drops them
-(arXiv 2402.07616 §3.3; docs/cache.md in the anllm repository).
+(arXiv 2402.07616 §3.3; the module docstring of ``anllm/cache.py`` in the anllm repository).
 """
 
 from __future__ import annotations
@@ -20,19 +20,21 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from anllm.anchors import resolve_anchor_ids
 from anllm.compat import check_supported
 from anllm.config import AnchorConfig, AnLLMError
-from anllm.generation import decode_step, make_cache, prefill
+from anllm.generation import decode_step, make_cache, prefill, prefill_chunk_size
 from anllm.models import LoadedModel, merge_anchor
 from anllm.policies import EvictionPolicy
+from anllm.renames import renamed_kwargs
 
 # the output field holding the cache: `cache` in transformers 5.24, `past_key_values` in older releases
 _OUTPUT_CACHE_FIELD = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
+@renamed_kwargs(anchor_mode="policy")
 def generate(
     model,
     inputs: torch.Tensor | None = None,
     *,
-    anchor_mode: str | EvictionPolicy = "anchor",
+    policy: str | EvictionPolicy = "anchor",
     anchor_config: AnchorConfig | dict | None = None,
     anchor_ids: tuple[int, ...] | list[int] | None = None,
     tokenizer=None,
@@ -43,8 +45,9 @@ def generate(
     Args:
         model: a causal LM anllm supports (Llama, Mistral, Qwen2, Qwen3; ``sdpa`` or ``eager`` attention).
         inputs: long ``(B, T)`` prompt ids (or pass ``input_ids=`` / ``attention_mask=`` with left padding).
-        anchor_mode: ``"anchor"`` (AnLLM's cache), ``"full"`` (keep everything), a policy spec anllm accepts
-            (``"streaming:sink=4,window=64"``, ``"sepllm"``) or an :class:`anllm.policies.EvictionPolicy`.
+        policy: the cache policy: ``"anchor"`` (AnLLM's cache), ``"full"`` (keep everything), a spec anllm accepts
+            (``"streaming:sink=4,window=64"``, ``"sepllm"``) or an :class:`anllm.policies.EvictionPolicy`. The
+            former name ``anchor_mode=`` is still accepted (with a ``DeprecationWarning``).
         anchor_config: an :class:`anllm.config.AnchorConfig` or a dict of its fields (the anchor rule the model was
             trained with; ``load_model(name).anchor`` for anllm's models). Default: the paper's EP rule, ``.!?``.
         anchor_ids: explicit anchor token ids (otherwise read from ``tokenizer`` by the anchor rule).
@@ -60,13 +63,13 @@ def generate(
     for key in ("past_key_values", "cache"):
         if kwargs.get(key) is not None:
             raise AnLLMError(
-                "custom_generate builds anllm's own anchor cache: drop past_key_values= / cache= (anchor_mode picks "
-                "the policy, and return_dict_in_generate=True returns the cache)"
+                "custom_generate builds anllm's own anchor cache: drop past_key_values= / cache= (policy= picks "
+                "the cache policy, and return_dict_in_generate=True returns the cache)"
             )
     check_supported(model)
     lm = _loaded_model(model, tokenizer, anchor_config, anchor_ids)
-    cache = make_cache(lm, anchor_mode)
-    chunk_size = None if cache.policy.uses_model_causal_mask else lm.anchor.chunk_size
+    cache = make_cache(lm, policy)
+    chunk_size = prefill_chunk_size(lm, cache.policy)
     kwargs = _stop_strings_as_criteria(kwargs, tokenizer)
     # `type(model).generate`: a model loaded with this method swapped in as `model.generate` must not recurse.
     loop = _decoding_loop(cache, chunk_size, kwargs.get("streamer"))

@@ -213,10 +213,14 @@ def test_a_different_model_is_refused_naming_the_mismatch(saved, change, words):
 
 def test_a_different_policy_is_refused(saved):
     lm, path = saved
-    assert load_cache(lm, path, mode="anchor").policy == lm.policy("anchor")
-    for mode in ("full", "anchor:window=4", "streaming"):
+    assert load_cache(lm, path, policy="anchor").policy == lm.policy("anchor")
+    for policy in ("full", "anchor:window=4", "streaming"):
         with pytest.raises(AnLLMError, match="computed with policy anchor"):
-            load_cache(lm, path, mode=mode)
+            load_cache(lm, path, policy=policy)
+    with pytest.warns(DeprecationWarning, match="mode= will be removed"):
+        assert load_cache(lm, path, mode="anchor").policy == lm.policy("anchor")  # the former keyword
+    with pytest.raises(TypeError, match="both policy= and its former name mode="):
+        load_cache(lm, path, policy="anchor", mode="anchor")
 
 
 def _rewrite(path, **metadata_changes):

@@ -56,7 +56,7 @@ class Collector(BaseStreamer):
 @pytest.mark.parametrize("mode", ["anchor", "full", "streaming:sink=2,window=8"])
 def test_greedy_equals_anllm_generate(lm, mode):
     ids = prompt_ids(lm)
-    out = hf_generate(lm, ids, anchor_mode=mode, max_new_tokens=24, return_dict_in_generate=True)
+    out = hf_generate(lm, ids, policy=mode, max_new_tokens=24, return_dict_in_generate=True)
     want, res = anllm_tokens(lm, ids, mode, max_new_tokens=24)
     assert out.sequences[0, : ids.shape[1]].tolist() == ids[0].tolist()
     assert out.sequences[0, ids.shape[1] :].tolist() == want
@@ -79,6 +79,19 @@ def test_anchor_settings_reach_the_cache(lm):
     assert int(out_cache(plain).n_kept()[0]) < res.kv_entries  # the window keeps recent entries on top
     with pytest.raises(AnLLMError, match="unknown anchor setting"):
         hf_generate(lm, ids, anchor_config={"windw": 6}, max_new_tokens=2)
+
+
+def test_the_former_argument_name_anchor_mode_still_picks_the_policy(lm):
+    ids = prompt_ids(lm)
+    want, res = anllm_tokens(lm, ids, "streaming:sink=2,window=8", max_new_tokens=6)
+    with pytest.warns(DeprecationWarning, match="anchor_mode= will be removed"):
+        out = hf_generate(
+            lm, ids, anchor_mode="streaming:sink=2,window=8", max_new_tokens=6, return_dict_in_generate=True
+        )
+    assert out.sequences[0, ids.shape[1] :].tolist() == want and out_cache(out).policy == lm.policy(
+        "streaming:sink=2,window=8"
+    )
+    assert int(out_cache(out).n_kept()[0]) == res.kv_entries
 
 
 def test_batch_with_left_padding_equals_generate_batch(lm):

@@ -5,17 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from anllm.commands.common import add_model_args, emit_json, load_from_args, read_text
+from anllm.commands.common import add_model_args, emit_json, int_list, load_from_args, read_text
 from anllm.policies import split_modes
-
-
-def _ints(s: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        from anllm.config import AnLLMError
-
-        raise AnLLMError(f"--context takes comma-separated integers, got {s!r}") from None
 
 
 def _chunk(chunk_size: int | None) -> str:
@@ -34,7 +25,9 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--context", required=True, help="context length(s) in tokens, comma-separated: 256,1024,8192")
     p.add_argument(
+        "--policies",
         "--modes",
+        dest="policies",
         default="full,anchor,streaming,sepllm,limit",
         help="cache modes/specs, comma-separated; 'limit' = a full cache of the anchor cache's size (after anchor); "
         "specs use ';' between parameters, e.g. streaming:sink=4;window=64",
@@ -66,8 +59,8 @@ def run(args) -> int:
         from anllm.plots import bench_figure
 
     cfg = BenchConfig(
-        contexts=_ints(args.context),
-        modes=split_modes(args.modes),
+        contexts=int_list(args.context, "--context"),
+        modes=split_modes(args.policies),
         new_tokens=args.new_tokens,
         repeats=args.repeats,
         compare_hf=not args.no_hf,

@@ -13,7 +13,10 @@ HELP = "commands: /reset (start again), /stats (cache size), /save FILE (save ca
 def register(sub) -> None:
     p = sub.add_parser("chat", help="chat in the terminal; one KV cache across turns, KV size shown after each turn")
     add_model_args(p)
-    p.add_argument("--mode", default=None, help="cache policy: anchor | full | … (default: the model's)")
+    p.add_argument(
+        "--policy", "--mode", dest="policy", default=None,
+        help="cache policy: anchor | full | … (default: the model's; --mode: former name)",
+    )  # fmt: skip
     p.add_argument("--cache", default=None, help="start from a file written by anllm compress or /save")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -40,9 +43,9 @@ def run(args) -> int:
     )
     lm = load_from_args(args)
     if args.cache:
-        session = ChatSession.load(lm, args.cache, args.mode, gen=gen)
+        session = ChatSession.load(lm, args.cache, args.policy, gen=gen)
     else:
-        session = ChatSession(lm, args.mode or lm.default_mode, gen=gen, chat=not args.raw)
+        session = ChatSession(lm, args.policy or lm.default_mode, gen=gen, chat=not args.raw)
     print(f"anllm chat ({lm.name}, {_kv_line(session.stats())}); {HELP}", file=sys.stderr)
     while True:
         print("> ", end="", file=sys.stderr, flush=True)

@@ -45,6 +45,17 @@ def read_text(prompt: str | None, prompt_file: str | None, what: str = "prompt")
     return prompt if prompt is not None else ""
 
 
+def int_list(s: str, flag: str) -> tuple[int, ...]:
+    """Comma-separated integers >= 0 given to ``flag`` (at least one), or an error naming the flag."""
+    try:
+        out = tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise AnLLMError(f"{flag} must be comma-separated integers, got {s!r}") from None
+    if not out or any(x < 0 for x in out):
+        raise AnLLMError(f"{flag} must list at least one integer >= 0, got {s!r}")
+    return out
+
+
 def emit_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
     sys.stdout.flush()

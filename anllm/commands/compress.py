@@ -14,8 +14,9 @@ def register(sub) -> None:
     p.add_argument("--text-file", required=True, help="the document, a UTF-8 file")
     p.add_argument("-o", "--output", required=True, help="the cache file to write (safetensors), e.g. doc.kv")
     p.add_argument(
-        "--mode", default=None, help="cache policy: anchor | full | streaming | sepllm | spec (default: the model's)"
-    )
+        "--policy", "--mode", dest="policy", default=None,
+        help="cache policy: anchor | full | streaming | sepllm | spec (default: the model's; --mode: former name)",
+    )  # fmt: skip
     p.add_argument("--raw", action="store_true", help="no chat template: questions continue the text as plain text")
     p.set_defaults(func=run)
 
@@ -27,12 +28,12 @@ def run(args) -> int:
 
     text = read_text(None, args.text_file)
     lm = load_from_args(args)
-    mode = args.mode or lm.default_mode
-    if mode == "full" and args.mode is None:
-        print("note: this model was not trained for anchors, so --mode defaults to full", file=sys.stderr)
+    policy = args.policy or lm.default_mode
+    if policy == "full" and args.policy is None:
+        print("note: this model was not trained for anchors, so --policy defaults to full", file=sys.stderr)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        session = compress(lm, text, mode, chat=not args.raw, progress=True)
+        session = compress(lm, text, policy, chat=not args.raw, progress=True)
         path = session.save(args.output)
     seconds = time.perf_counter() - t0
     s = session.stats()

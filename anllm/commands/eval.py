@@ -1,10 +1,11 @@
-"""``anllm eval ppl|qa|bleu``: perplexity by cache decoding, multiple-choice QA, BLEU on local files."""
+"""``anllm eval ppl|qa|recall|bleu``: perplexity by cache decoding, multiple-choice QA, long-range recall, BLEU on
+local files."""
 
 from __future__ import annotations
 
 import sys
 
-from anllm.commands.common import add_model_args, emit_json, load_from_args, read_text
+from anllm.commands.common import add_model_args, emit_json, int_list, load_from_args, read_text
 from anllm.config import AnLLMError
 from anllm.policies import split_modes
 
@@ -15,20 +16,26 @@ def _budget(s: str | None) -> int | str | None:
     try:
         return int(s)
     except ValueError:
-        return s.strip().replace(";", ",")  # a mode among --modes whose mean KV size the others match
+        return s.strip().replace(";", ",")  # a policy among --policies whose mean KV size the others match
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate: perplexity (ppl), multiple-choice QA (qa), translation BLEU (bleu)")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate: perplexity (ppl), multiple-choice QA (qa), long-range recall (recall), translation BLEU (bleu)",
+    )
     ev = p.add_subparsers(dest="eval_command", required=True)
 
-    q = ev.add_parser("ppl", help="perplexity by real chunked cache decoding, per mode")
+    q = ev.add_parser("ppl", help="perplexity by real chunked cache decoding, per policy")
     add_model_args(q)
     q.add_argument("--text-file", required=True, help="UTF-8 text to score")
-    q.add_argument("--modes", default="full,anchor,streaming,sepllm", help="comma-separated modes or specs")
+    q.add_argument(
+        "--policies", "--modes", dest="policies", default="full,anchor,streaming,sepllm",
+        help="comma-separated cache policies or specs (--modes: former name)",
+    )  # fmt: skip
     q.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
     q.add_argument(
-        "--budget", default=None, help="KV entries for streaming/sepllm, or a mode among --modes (e.g. anchor) to match"
+        "--budget", default=None, help="KV entries for streaming/sepllm, or a policy among --policies (e.g. anchor)"
     )
     q.add_argument("--json", action="store_true", help='last line: {"<mode>": {"ppl", "kv_kept_frac", "tokens"}}')
     q.set_defaults(func=run_ppl)
@@ -53,8 +60,11 @@ def register(sub) -> None:
         "log-probability per mode, family and distance, and the KV entries kept (docs/evaluation.md).",
     )
     add_model_args(q)
-    q.add_argument("--modes", default="full,anchor,streaming,sepllm", help="comma-separated modes or specs")
-    q.add_argument("--budget", default="anchor", help="the mode whose cache size the streaming/sepllm rows match")
+    q.add_argument(
+        "--policies", "--modes", dest="policies", default="full,anchor,streaming,sepllm",
+        help="comma-separated cache policies or specs (--modes: former name)",
+    )  # fmt: skip
+    q.add_argument("--budget", default="anchor", help="the policy whose cache size the streaming/sepllm rows match")
     q.add_argument("--distances", default="64,256,1024,2048,4096", help="filler tokens between fact and question")
     q.add_argument("--n", type=int, default=5, help="items per family and distance")
     q.add_argument("--families", default="single,multi,chat,fewshot", help="single, multi, chat, fewshot")
@@ -77,7 +87,10 @@ def register(sub) -> None:
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument("--src", help="sources to translate, one per line")
     src.add_argument("--hyp", help="hypotheses to score (no model is loaded)")
-    q.add_argument("--modes", default="full,anchor", help="cache modes to translate with")
+    q.add_argument(
+        "--policies", "--modes", dest="policies", default="full,anchor",
+        help="cache policies to translate with (--modes: former name)",
+    )  # fmt: skip
     q.add_argument("--template", default=None, help="prompt template with {src}")
     q.add_argument("--max-new-tokens", type=int, default=128)
     q.add_argument("--json", action="store_true", help='last line: {"<mode>": {"bleu", ...}}')
@@ -88,7 +101,7 @@ def run_ppl(args) -> int:
     from anllm.evaluation.ppl import perplexity_text
 
     text = read_text(None, args.text_file, "text")
-    modes = split_modes(args.modes)
+    modes = split_modes(args.policies)
     budget = _budget(args.budget)
     lm = load_from_args(args)
     res = perplexity_text(
@@ -105,16 +118,6 @@ def run_ppl(args) -> int:
     return 0
 
 
-def _int_list(s: str, flag: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        raise AnLLMError(f"{flag} must be comma-separated integers, got {s!r}") from None
-    if not out or any(x < 0 for x in out):
-        raise AnLLMError(f"{flag} must list at least one integer >= 0, got {s!r}")
-    return out
-
-
 def run_recall(args) -> int:
     from tqdm.auto import tqdm
 
@@ -124,10 +127,10 @@ def run_recall(args) -> int:
         raise AnLLMError(f"--n must be >= 1, got {args.n}")
     if args.max_new_tokens < 1:
         raise AnLLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    modes = split_modes(args.modes)
+    modes = split_modes(args.policies)
     budget = args.budget.strip().replace(";", ",") if args.budget and args.budget.lower() != "none" else None
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
-    distances = _int_list(args.distances, "--distances")
+    distances = int_list(args.distances, "--distances")
     user = load_user_items(args.items) if args.items else None
     filler = read_text(None, args.filler_file, "filler") if args.filler_file else None
     if args.plot:
@@ -232,7 +235,7 @@ def run_bleu(args) -> int:
             lm,
             refs,
             sources=srcs,
-            modes=split_modes(args.modes),
+            modes=split_modes(args.policies),
             template=args.template or DEFAULT_TEMPLATE,
             max_new_tokens=args.max_new_tokens,
             progress=True,

@@ -16,8 +16,10 @@ def register(sub) -> None:
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompt-file", help="read the prompt from a UTF-8 file")
     p.add_argument(
-        "--mode", default=None, help="cache policy: full | anchor (default: anchor if the model was trained for it)"
-    )
+        "--policy", "--mode", dest="policy", default=None,
+        help="cache policy: full | anchor | streaming | sepllm | spec (default: anchor if the model was trained for "
+        "it; --mode: former name)",
+    )  # fmt: skip
     p.add_argument("--cache", default=None, help="continue a file written by anllm compress (the prompt is a question)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -49,16 +51,16 @@ def run(args) -> int:
     for note in lm.notes:
         print(f"note: {note}", file=sys.stderr)
     responses = _from_cache(lm, args, gen, prompt) if args.cache else None
-    if args.mode is None:
-        args.mode = lm.default_mode
-        if args.mode == "full":
+    if args.policy is None:
+        args.policy = lm.default_mode
+        if args.policy == "full":
             print(
-                "note: this model was not trained for anchors, so --mode defaults to full "
-                "(pass --mode anchor to see training-free anchor decoding)",
+                "note: this model was not trained for anchors, so --policy defaults to full "
+                "(pass --policy anchor to see training-free anchor decoding)",
                 file=sys.stderr,
             )
     text, last, n_anchor = [], None, 0
-    for r in responses or stream_generate(lm, prompt, args.mode, gen):
+    for r in responses or stream_generate(lm, prompt, args.policy, gen):
         text.append(r.text)
         n_anchor += r.is_anchor
         last = r
@@ -71,7 +73,7 @@ def run(args) -> int:
     summary = {
         "summary": True,
         "model": args.model,
-        "mode": args.mode,
+        "policy": args.policy,
         "text": "".join(text),
         "generated_tokens": s.new_tokens,
         "prompt_tokens": s.prompt_tokens,
@@ -90,7 +92,7 @@ def run(args) -> int:
     else:
         sys.stdout.write("\n")
         print(
-            f"[{args.mode}] {s.new_tokens} tokens, {summary['tokens_per_s']:.1f} tok/s, "
+            f"[{args.policy}] {s.new_tokens} tokens, {summary['tokens_per_s']:.1f} tok/s, "
             f"KV kept {s.kv_entries}/{s.kv_full_entries} ({s.kv_kept_frac:.1%})",
             file=sys.stderr,
         )
@@ -101,6 +103,6 @@ def _from_cache(lm, args, gen, prompt):
     """The answer stream for ``prompt`` asked of the document saved in ``args.cache`` (a fresh copy of it)."""
     from anllm.chat import ChatSession
 
-    session = ChatSession.load(lm, args.cache, args.mode, gen=gen)
-    args.mode = type(session.cache.policy).name
+    session = ChatSession.load(lm, args.cache, args.policy, gen=gen)
+    args.policy = type(session.cache.policy).name
     return session.ask(prompt)

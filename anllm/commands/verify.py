@@ -9,7 +9,6 @@ def register(sub) -> None:
     p = sub.add_parser("verify", help="check anchor-cache decoding against one masked forward pass")
     add_model_args(p, dtype_default="float64")
     p.add_argument("--text-file", required=True, help="UTF-8 text to decode")
-    p.add_argument("--mode", choices=["ep", "ac"], default=None, help="anchor kind (same as --anchors)")
     p.add_argument("--verify-chunk-size", type=int, default=64, help="chunk length of the chunked decoding")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.set_defaults(func=run)
@@ -18,8 +17,6 @@ def register(sub) -> None:
 def run(args) -> int:
     from anllm.verify import TOLERANCE, verify_text
 
-    if args.mode is not None:
-        args.anchors = args.mode
     text = read_text(None, args.text_file, "text")
     lm = load_from_args(args)
     report = verify_text(lm, text, chunk_size=args.verify_chunk_size)

@@ -20,6 +20,7 @@ from anllm.generation import check_fits, forward_chunk, make_cache
 from anllm.models import LoadedModel
 from anllm.policies import BUDGETED, EvictionPolicy, budget_spec
 from anllm.progress import progress_bar
+from anllm.renames import renamed_kwargs
 
 
 @dataclass
@@ -64,19 +65,20 @@ def encode_text(lm: LoadedModel, text: str, max_tokens: int | None = None) -> li
     return ids
 
 
+@renamed_kwargs(mode="policy")
 def perplexity(
     lm: LoadedModel,
     ids: list[int] | Tensor,
-    mode: str | EvictionPolicy = "anchor",
+    policy: str | EvictionPolicy = "anchor",
     *,
     chunk_size: int | None = None,
     progress: bool = False,
 ) -> PPLResult:
-    """Perplexity of token ids ``(T,)`` decoded through a ``mode`` cache in chunks of ``chunk_size`` tokens.
+    """Perplexity of token ids ``(T,)`` decoded through a ``policy`` cache in chunks of ``chunk_size`` tokens.
 
     Args:
         ids: one sequence of token ids, list or long tensor ``(T,)``.
-        mode: a mode name / spec (``"full"``, ``"anchor"``, ``"streaming:budget=256"``) or a policy.
+        policy: a cache policy name / spec (``"full"``, ``"anchor"``, ``"streaming:budget=256"``) or object.
         chunk_size: tokens per forward pass (default: the model's anchor chunk size).
         progress: show a bar on stderr (tokens scored).
     """
@@ -89,10 +91,10 @@ def perplexity(
     step = chunk_size or lm.anchor.chunk_size
     if step < 1:
         raise AnLLMError(f"chunk_size must be >= 1, got {step}")
-    cache = make_cache(lm, mode)
+    cache = make_cache(lm, policy)
     nll_sum, kept, fracs, peak = 0.0, [], [], 0
     prev = None  # (1, V) logits of the previous chunk's last token
-    name = mode if isinstance(mode, str) else type(mode).name
+    name = policy if isinstance(policy, str) else type(policy).name
     bar = progress_bar(desc=f"ppl {name}", total=T, unit="tok", enabled=progress)
     t0 = time.perf_counter()
     with torch.inference_mode(), bar:

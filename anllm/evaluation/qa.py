@@ -129,10 +129,10 @@ class CachedScores:
 
 
 @torch.inference_mode()
-def score_cached(lm: LoadedModel, ctx: list[int], conts: list[list[int]], mode: str) -> CachedScores:
-    """Prefill ``ctx`` once through a ``mode`` cache, then score each continuation against that cache."""
+def score_cached(lm: LoadedModel, ctx: list[int], conts: list[list[int]], policy: str) -> CachedScores:
+    """Prefill ``ctx`` once through a ``policy`` cache, then score each continuation against that cache."""
     device = next(lm.model.parameters()).device
-    cache = make_cache(lm, mode)
+    cache = make_cache(lm, policy)
     chunk = prefill_chunk_size(lm, cache.policy)
     last = prefill(lm.model, cache, torch.tensor([ctx], device=device), chunk_size=chunk)  # (1, V)
     snap = cache.snapshot()
