@@ -1,10 +1,11 @@
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
-from anllm.cli import main
+from anllm.cli import build_parser, main
 from anllm.config import AnLLMError
 
 pytestmark = pytest.mark.core
@@ -24,7 +25,7 @@ def test_generate_json_stream_and_summary(capsys):
         "tiny-random",
         "--prompt",
         "Hi. There",
-        "--mode",
+        "--policy",
         "anchor",
         "--max-new-tokens",
         "6",
@@ -35,6 +36,7 @@ def test_generate_json_stream_and_summary(capsys):
     assert code == 0 and len(lines) == 7
     tokens, summary = lines[:-1], lines[-1]
     assert summary["summary"] is True and summary["generated_tokens"] == 6 == tokens[-1]["step"]
+    assert summary["policy"] == "anchor"
     assert summary["text"] == "".join(t["text"] for t in tokens)
     assert summary["kv_entries"] == tokens[-1]["kv_entries"] <= summary["kv_full_entries"]
     assert {"token", "text", "kv_entries", "kv_bytes", "n_evicted", "elapsed_s", "tokens_per_s"} <= set(tokens[0])
@@ -46,7 +48,32 @@ def test_generate_text_output_and_prompt_file(capsys, tmp_path):
     code, out, err = run_cli(
         capsys, "generate", "--model", "tiny-random", "--prompt-file", str(f), "--max-new-tokens", "4", "--raw"
     )
-    assert code == 0 and "KV kept" in err and "mode defaults to full" in err
+    assert code == 0 and "KV kept" in err and "--policy defaults to full" in err
+
+
+@pytest.mark.parametrize(
+    "argv,dest,value",
+    [
+        (["generate", "--prompt", "x", "--mode", "streaming"], "policy", "streaming"),
+        (["chat", "--mode", "full"], "policy", "full"),
+        (["compress", "--text-file", "t", "-o", "o", "--mode", "sepllm"], "policy", "sepllm"),
+        (["eval", "ppl", "--text-file", "t", "--modes", "full,anchor"], "policies", "full,anchor"),
+        (["eval", "recall", "--modes", "anchor"], "policies", "anchor"),
+        (["bench", "--context", "64", "--modes", "full"], "policies", "full"),
+    ],
+)
+def test_the_former_flag_names_are_aliases(argv, dest, value):
+    new = [a.replace("--modes", "--policies").replace("--mode", "--policy") for a in argv]
+    assert getattr(build_parser().parse_args(argv), dest) == value == getattr(build_parser().parse_args(new), dest)
+
+
+def test_verify_mode_is_refused_naming_anchors(capsys):
+    code, out, err = run_cli(capsys, "verify", "--model", "tiny-random", "--text-file", "t.txt", "--mode", "ac")
+    assert code == 2 and out == "" and "give the anchor kind as --anchors ac" in err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["verify", "--help"])
+    shown = capsys.readouterr().out
+    assert "--anchors" in shown and re.search(r"--mode\b", shown) is None
 
 
 @pytest.mark.parametrize(
@@ -67,7 +94,7 @@ def test_bad_input_exits_2_with_message(capsys, argv, message):
 def test_verify_reports_exactness(capsys, tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("Anchors gather sentences. Later tokens see anchors! Is it exact? It is. Tail words", encoding="utf-8")
-    for mode, n_anchor in (("ep", 4), ("ac", 5)):  # AC marks the unterminated last sentence too
+    for kind, n_anchor in (("ep", 4), ("ac", 5)):  # AC marks the unterminated last sentence too
         code, out, _ = run_cli(
             capsys,
             "verify",
@@ -75,8 +102,8 @@ def test_verify_reports_exactness(capsys, tmp_path):
             "tiny-random",
             "--text-file",
             str(f),
-            "--mode",
-            mode,
+            "--anchors",
+            kind,
             "--json",
             "--verify-chunk-size",
             "9",
