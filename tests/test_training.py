@@ -36,7 +36,7 @@ def data(tmp_path):
 def cfg_for(data, mode="pretrain", **kw) -> TrainConfig:
     base = dict(
         model="tiny-random",
-        mode=mode,
+        objective=mode,
         train_files=[str(data / ("sft.jsonl" if mode == "sft" else "pt.jsonl"))],
         output_dir=str(data / f"out-{mode}-{kw.get('anchors', 'ep')}-{kw.get('finetune', 'full')}"),
         block_size=512 if mode == "sft" else 128,
@@ -244,6 +244,33 @@ def test_flex_attention_matches_dense_on_gpu(data):
     model.config._attn_implementation = "flex_attention"
     flex, _ = micro_batch_loss(model, batch, lm.anchor_ids, cfg, path="flex")
     assert float(flex) == pytest.approx(float(dense), rel=1e-3)
+
+
+def test_objective_key_and_its_former_name(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("model: tiny-random\nmode: sft\n")
+    assert TrainConfig.load(old).data.objective == "sft"  # a config written before the rename
+    assert TrainConfig.load(None, ["mode=sft"]).data.objective == "sft"
+    assert TrainConfig.load(None, ["objective=sft"]).data.objective == "sft"
+    assert "objective" in TrainConfig().flat() and "mode" not in TrainConfig().flat()
+    with pytest.raises(AnLLMError, match="data.objective is given twice"):
+        TrainConfig.from_dict({"mode": "sft", "objective": "sft"})
+    with pytest.raises(AnLLMError, match="TrainConfig.objective must be one of pretrain, sft"):
+        TrainConfig.from_dict({"objective": "finetune"})
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ({"kl_weight": -1}, "TrainConfig.kl_weight must be >= 0"),
+        ({"kl_temperature": 0}, "TrainConfig.kl_temperature must be > 0"),
+        ({"weight_decay": -0.1}, "TrainConfig.weight_decay must be >= 0"),
+        ({"max_grad_norm": -1}, "TrainConfig.max_grad_norm must be >= 0"),
+    ],
+)
+def test_validation_messages_name_the_setting(setting, message):
+    with pytest.raises(AnLLMError, match=message):
+        TrainConfig.from_dict(setting)
 
 
 def test_shipped_configs_load():

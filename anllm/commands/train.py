@@ -14,9 +14,9 @@ runs under the mask, so each sentence's information has to gather in its anchor 
 punctuation already in the text; AC: an <AC> token inserted after every sentence), and the model learns to use an
 anchor cache that keeps only the anchors and the open sentence.
 
-  mode: pretrain  (data.objective) continued pre-training on plain text (.txt, or JSONL {"text": ...}); loss on
-                  every token
-  mode: sft       instruction tuning on Alpaca records (or translation pairs); loss on the response only
+  objective: pretrain  (data.objective; former key: mode) continued pre-training on plain text (.txt, or JSONL
+                       {"text": ...}); loss on every token
+  objective: sft       instruction tuning on Alpaca records (or translation pairs); loss on the response only
   loss: lm        (loss.kind) next-token cross-entropy (the paper's); kl / lm+kl distil the model's own full-attention
                   predictions into the masked model (how the shipped SmolLM2 adapter was trained)
   finetune        full (all weights) or lora (a peft adapter; export it with anllm.models.export_adapter)

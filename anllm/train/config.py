@@ -93,7 +93,7 @@ class DataSection:
     eval_max_tokens: int = 4096
 
     def __post_init__(self) -> None:
-        _choice("mode", self.objective, ("pretrain", "sft"))
+        _choice("objective", self.objective, ("pretrain", "sft"))
         _choice("data_format", self.data_format, ("auto", "text", "jsonl", "alpaca", "translation"))
         if isinstance(self.train_files, str):
             self.train_files = [self.train_files]
@@ -116,9 +116,9 @@ class LossSection:
 
     def __post_init__(self) -> None:
         _choice("loss", self.kind, ("lm", "kl", "lm+kl"))
-        if self.kl_weight < 0 or not self.kl_temperature > 0:
-            raise AnLLMError("TrainConfig: weight_decay, max_grad_norm and kl_weight must be >= 0, kl_temperature > 0")
-        for name in ("full_kl_weight", "target_lm_weight"):
+        if not self.kl_temperature > 0:
+            raise AnLLMError(f"TrainConfig.kl_temperature must be > 0, got {self.kl_temperature}")
+        for name in ("kl_weight", "full_kl_weight", "target_lm_weight"):
             if not getattr(self, name) >= 0:
                 raise AnLLMError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -156,8 +156,9 @@ class OptimSection:
         for name in ("warmup_ratio", "min_lr_ratio"):
             if not 0 <= getattr(self, name) < 1:
                 raise AnLLMError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.max_grad_norm < 0:
-            raise AnLLMError("TrainConfig: weight_decay, max_grad_norm and kl_weight must be >= 0, kl_temperature > 0")
+        for name in ("weight_decay", "max_grad_norm"):
+            if not getattr(self, name) >= 0:
+                raise AnLLMError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise AnLLMError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
 
@@ -194,8 +195,8 @@ SECTIONS: dict[str, type] = {
     "run": RunSection,
 }
 # flat keys (the config files' and --set's names) whose field has another name in its section
-_RENAMED = {"model": ("model", "name"), "mode": ("data", "objective"), "anchors": ("anchor", "kind"),
-            "loss": ("loss", "kind")}  # fmt: skip
+_RENAMED = {"model": ("model", "name"), "anchors": ("anchor", "kind"), "loss": ("loss", "kind")}
+_FORMER_KEYS = {"mode": "objective"}  # flat keys older config files use, still read (not written)
 _TRAINED_ANCHOR = ("kind", "anchor_chars", "n_sink", "window", "anchors_see_anchors", "max_segment")
 
 
@@ -218,9 +219,10 @@ class TrainConfig:
     """One training run, in sections: ``model``, ``anchor`` (an :class:`~anllm.config.AnchorConfig`), ``data``,
     ``loss``, ``optim`` and ``run``.
 
-    Config files and ``--set`` give flat keys (``lr: 2e-5``, ``mode: sft``, ``anchors: ac``; see :data:`FLAT_KEYS`)
-    or sections (``optim: {lr: 2e-5}``), or a dotted key (``--set optim.lr=2e-5``); :meth:`from_dict` reads all
-    three. In code: ``TrainConfig.from_dict({"lr": 1e-4, "max_steps": 10})`` or the sections themselves.
+    Config files and ``--set`` give flat keys (``lr: 2e-5``, ``objective: sft``, ``anchors: ac``; see
+    :data:`FLAT_KEYS`; the former key ``mode`` is read as ``objective``) or sections (``optim: {lr: 2e-5}``), or a
+    dotted key (``--set optim.lr=2e-5``); :meth:`from_dict` reads all three. In code:
+    ``TrainConfig.from_dict({"lr": 1e-4, "max_steps": 10})`` or the sections themselves.
     """
 
     model: ModelSection = field(default_factory=ModelSection)
@@ -336,6 +338,7 @@ def _locate(key: str, value: Any, source: str) -> list[tuple[str, str, Any]]:
         if name not in _section_fields(section):
             raise _unknown(key, source)
         return [(section, name, value)]
+    key = _FORMER_KEYS.get(key, key)
     if key not in FLAT_KEYS:
         raise _unknown(key, source)
     return [(*FLAT_KEYS[key], value)]
