@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import weakref
+from collections.abc import Callable, Hashable
 
 import torch
 
@@ -140,7 +141,22 @@ def add_ac_token(model, tokenizer, token: str = AC_TOKEN) -> int:
     return ac_id
 
 
-_EP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_VOCAB_SCANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {(rule, size): ids}
+
+
+def matching_token_ids(tokenizer, rule: Hashable, match: Callable[[str], bool]) -> tuple[int, ...]:
+    """Ids of the non-special tokens whose decoded text satisfies ``match`` (the one vocabulary scan).
+
+    Decoding a 49k vocabulary takes a while, so the result is remembered per tokenizer under ``rule`` (a hashable
+    name of ``match``) and the vocabulary size (added tokens are scanned again).
+    """
+    cached = _VOCAB_SCANS.setdefault(tokenizer, {})
+    key = (rule, len(tokenizer))
+    if key not in cached:
+        specials = set(tokenizer.all_special_ids)
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        cached[key] = tuple(i for i, t in enumerate(texts) if i not in specials and match(t))
+    return cached[key]
 
 
 def ep_anchor_ids(tokenizer, chars: str = ".!?") -> tuple[int, ...]:
@@ -148,16 +164,11 @@ def ep_anchor_ids(tokenizer, chars: str = ".!?") -> tuple[int, ...]:
 
     Matches ``"."``, ``" ."``, ``"!"``, ``"?"``, ``"..."``, ``".\\n"``, ``'."'``; not ``","`` or ``"Mr."``.
     """
-    key = (chars, len(tokenizer))
-    cached = _EP_CACHE.setdefault(tokenizer, {})
-    if key not in cached:
-        pattern = re.compile(rf"[^\w\s]*[{re.escape(chars)}][{re.escape(_CLOSERS)}]*")
-        specials = set(tokenizer.all_special_ids)
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        cached[key] = tuple(i for i, t in enumerate(texts) if i not in specials and pattern.fullmatch(t.strip()))
-    if not cached[key]:
+    pattern = re.compile(rf"[^\w\s]*[{re.escape(chars)}][{re.escape(_CLOSERS)}]*")
+    ids = matching_token_ids(tokenizer, ("ep", chars), lambda t: pattern.fullmatch(t.strip()) is not None)
+    if not ids:
         raise AnLLMError(f"no token of this tokenizer ends a sentence with one of {chars!r}; set anchor_ids explicitly")
-    return cached[key]
+    return ids
 
 
 def resolve_anchor_ids(cfg: AnchorConfig, tokenizer, model=None) -> tuple[int, ...]:

@@ -247,19 +247,24 @@ class GenerationResponse:
     @property
     def stats(self) -> RunStats:
         """The run's numbers at this token (KV kept fraction, C⇓, tokens/s are defined there)."""
-        return RunStats(
-            self.kv_entries,
-            self.kv_full_entries,
-            self.kv_bytes,
-            self.n_evicted,
-            self.prompt_tokens,
-            self.step,
-            self.prefill_s,
-            self.elapsed_s,
-        )
+        return _run_stats(self, new_tokens=self.step)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _run_stats(r: GenerationResponse | GenerationResult, new_tokens: int) -> RunStats:
+    """The :class:`RunStats` of a response or result (the one place their fields map onto it)."""
+    return RunStats(
+        kv_entries=r.kv_entries,
+        kv_full_entries=r.kv_full_entries,
+        kv_bytes=r.kv_bytes,
+        n_evicted=r.n_evicted,
+        prompt_tokens=r.prompt_tokens,
+        new_tokens=new_tokens,
+        prefill_s=r.prefill_s,
+        elapsed_s=r.elapsed_s,
+    )
 
 
 class _TextTracker:
@@ -392,16 +397,15 @@ class GenerationResult:
     @property
     def stats(self) -> RunStats:
         """The run's numbers at the end (KV kept fraction, C⇓, tokens/s are defined there)."""
-        return RunStats(
-            self.kv_entries,
-            self.kv_full_entries,
-            self.kv_bytes,
-            self.n_evicted,
-            self.prompt_tokens,
-            len(self.tokens) + (self.finish_reason == "eos"),
-            self.prefill_s,
-            self.elapsed_s,
-        )
+        return _run_stats(self, new_tokens=len(self.tokens) + (self.finish_reason == "eos"))
+
+    @classmethod
+    def empty(cls) -> GenerationResult:
+        """The result of asking for no tokens (``max_new_tokens == 0``)."""
+        return cls(
+            text="", tokens=[], prompt_tokens=0, finish_reason="length", kv_entries=0, kv_full_entries=0, kv_bytes=0,
+            peak_kv_bytes=0, n_evicted=0, prefill_s=0.0, elapsed_s=0.0, tokens_per_s=0.0,
+        )  # fmt: skip
 
     @property
     def kv_reduction(self) -> float:
@@ -428,20 +432,20 @@ def generate(
         peak = max(peak, r.kv_bytes)
         last = r
     if last is None:  # max_new_tokens == 0
-        return GenerationResult("", [], 0, "length", 0, 0, 0, 0, 0, 0.0, 0.0, 0.0)
+        return GenerationResult.empty()
     return GenerationResult(
-        "".join(parts),
-        tokens,
-        last.prompt_tokens,
-        last.finish_reason,
-        last.kv_entries,
-        last.kv_full_entries,
-        last.kv_bytes,
-        peak,
-        last.n_evicted,
-        last.prefill_s,
-        last.elapsed_s,
-        last.tokens_per_s,
+        text="".join(parts),
+        tokens=tokens,
+        prompt_tokens=last.prompt_tokens,
+        finish_reason=last.finish_reason,
+        kv_entries=last.kv_entries,
+        kv_full_entries=last.kv_full_entries,
+        kv_bytes=last.kv_bytes,
+        peak_kv_bytes=peak,
+        n_evicted=last.n_evicted,
+        prefill_s=last.prefill_s,
+        elapsed_s=last.elapsed_s,
+        tokens_per_s=last.tokens_per_s,
     )
 
 

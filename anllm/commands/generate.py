@@ -69,7 +69,7 @@ def run(args) -> int:
         else:
             sys.stdout.write(r.text)
             sys.stdout.flush()
-    s = last.stats if last else RunStats(0, 0)
+    s = last.stats if last else RunStats(kv_entries=0, kv_full_entries=0)
     summary = {
         "summary": True,
         "model": args.model,

@@ -132,6 +132,30 @@ def score_item(
     return ItemScore(exact_match(answer, text), logprob, kv, len(prompt), text)
 
 
+def recall_record(item, prompt: list[int], mode: str, spec: str, score: ItemScore) -> dict:
+    """One item scored under one policy, as every recall record is written (``items`` of :class:`RecallResult`,
+    the ``recall`` rows of ``bench/peers`` exports).
+
+    Args:
+        item: the recall item (``id``, ``family``, ``distance``, ``answer``).
+        prompt: its rendered prompt ids (a user item's distance is its prompt length).
+        mode: the row's label (a policy name, or e.g. ``"full-base"``); spec: the policy spec that ran.
+    """
+    return {
+        "id": item.id,
+        "family": item.family,
+        "distance": item.distance if item.distance >= 0 else len(prompt),
+        "mode": mode,
+        "spec": spec,
+        "em": score.em,
+        "logprob": score.logprob,
+        "kv_entries": score.kv_entries,
+        "prompt_tokens": score.prompt_tokens,
+        "answer": item.answer,
+        "output": score.output,
+    }
+
+
 # -- the benchmark ----------------------------------------------------------------------------------------------------
 @dataclass
 class RecallRow:
@@ -260,21 +284,7 @@ def evaluate_recall(
             )
             if m == budget:
                 matched = max(2, s.kv_entries)
-            records.append(
-                {
-                    "id": it.id,
-                    "family": it.family,
-                    "distance": it.distance if it.distance >= 0 else len(prompt),
-                    "mode": m,
-                    "spec": spec,
-                    "em": s.em,
-                    "logprob": s.logprob,
-                    "kv_entries": s.kv_entries,
-                    "prompt_tokens": s.prompt_tokens,
-                    "answer": it.answer,
-                    "output": s.output,
-                }
-            )
+            records.append(recall_record(it, prompt, m, spec, s))
             done += 1
             if progress is not None:
                 progress(done, total)

@@ -9,18 +9,17 @@ vocabulary. No cap on the number of separators: the cache grows by one entry per
 from __future__ import annotations
 
 import re
-import weakref
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from anllm.anchors import matching_token_ids
 from anllm.config import AnLLMError
 from anllm.policies.base import EvictionPolicy, TokenMeta
 
 SEPARATOR_CHARS = ".,?!;:"
-_SEP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def separator_ids(tokenizer, chars: str = SEPARATOR_CHARS) -> tuple[int, ...]:
@@ -28,20 +27,15 @@ def separator_ids(tokenizer, chars: str = SEPARATOR_CHARS) -> tuple[int, ...]:
 
     ``"."``, ``" ,"``, ``".\\n"``, ``"?!"``, ``"\\n"``, ``" "`` and ``"\\t"`` match; words and ``"Mr."`` do not.
     """
-    key = (chars, len(tokenizer))
-    cached = _SEP_CACHE.setdefault(tokenizer, {})
-    if key not in cached:
-        punct = re.compile(rf"[^\w\s]*[{re.escape(chars)}][^\w\s]*")
-        specials = set(tokenizer.all_special_ids)
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        cached[key] = tuple(
-            i
-            for i, t in enumerate(texts)
-            if i not in specials and t and (t.strip() == "" or punct.fullmatch(t.strip()) is not None)
-        )
-    if not cached[key]:
+    punct = re.compile(rf"[^\w\s]*[{re.escape(chars)}][^\w\s]*")
+    ids = matching_token_ids(
+        tokenizer,
+        ("separator", chars),
+        lambda t: bool(t) and (t.strip() == "" or punct.fullmatch(t.strip()) is not None),
+    )
+    if not ids:
         raise AnLLMError(f"no token of this tokenizer is a separator ({chars!r} or whitespace)")
-    return cached[key]
+    return ids
 
 
 @dataclass

@@ -2,7 +2,8 @@
 CPU, DDP, FSDP or DeepSpeed.
 
 :func:`train` is :func:`setup` (accelerator, precision, seed) -> :func:`build` (model, data, optimiser, resume state)
--> :func:`fit` (the steps, read top to bottom); the pieces they use are small functions:
+-> :func:`fit` (the steps, read top to bottom), which calls :func:`train_step` per optimiser step, :func:`evaluate`
+and :func:`save`; the pieces they use are small functions:
 
 * :func:`anllm.train.losses.micro_batch_loss` computes the LM loss and/or the KL distillation loss against the
   model's own full-attention predictions (teacher = adapters disabled for LoRA, a frozen copy for full fine-tuning);
@@ -285,7 +286,7 @@ class TrainParts:
     global_batch: int
     max_steps: int
     start_step: int = 0
-    tokens_seen: int = 0
+    tokens_seen: int = 0  # tokens trained on so far (advanced by train_step)
 
 
 def setup(cfg: TrainConfig, *, resume: bool = False) -> TrainSetup:
@@ -350,127 +351,158 @@ def build(s: TrainSetup) -> TrainParts:
     return parts
 
 
+@dataclass
+class BatchPlan:
+    """How examples become global batches: the shared sample order, predicted tokens per example, the pad id."""
+
+    order: SampleOrder
+    n_pred: list[int]  # tokens with a label per example (the loss's normaliser)
+    pad_id: int
+
+    @classmethod
+    def of(cls, p: TrainParts, seed: int) -> BatchPlan:
+        tok = p.lm.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        n_pred = [sum(lab != IGNORE_INDEX for lab in e.labels[1:]) for e in p.examples]
+        return cls(SampleOrder(len(p.examples), seed), n_pred, pad_id)
+
+
+def train_step(s: TrainSetup, p: TrainParts, plan: BatchPlan, step: int) -> dict:
+    """Optimiser step ``step + 1``: ``grad_accum`` micro-batches of this process's share of global batch ``step``.
+
+    Returns:
+        the step's metrics (global batch means over every process), as logged.
+    """
+    cfg, accelerator, model = s.cfg, s.accelerator, p.model
+    rank, world = accelerator.process_index, accelerator.num_processes
+    t0 = time.perf_counter()
+    indices = plan.order.global_batch(step, p.global_batch)
+    n_norm = max(sum(plan.n_pred[i] for i in indices), 1)  # predicted tokens in the global batch
+    sums = torch.zeros(5, device=accelerator.device)  # objective, nll, kl, kl_full, tokens
+    zero = sums[0] * 0
+    n_tokens, grad_norm = 0, None
+    for micro in range(cfg.optim.grad_accum):
+        rows = [p.examples[i] for i in process_slice(indices, micro, rank, world, cfg.optim.batch_size)]
+        batch = {k: v.to(accelerator.device) for k, v in collate(rows, plan.pad_id).items()}
+        n_tokens += int(batch["attention_mask"].sum())
+        with accelerator.accumulate(model), accelerator.autocast():
+            objective, parts = micro_batch_loss(model, batch, p.lm.anchor_ids, cfg, teacher=p.teacher, path=s.path)
+            # DDP averages over processes and accelerate divides by grad_accum: undo both, normalise globally
+            accelerator.backward(objective * (world * cfg.optim.grad_accum / n_norm))
+            sums += torch.stack([objective.detach(), parts["nll"], parts["kl"], parts["kl_full"], zero])
+            grad_norm = None
+            if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+            p.optimizer.step()
+            p.optimizer.zero_grad(set_to_none=True)
+    lr = p.scheduler.get_last_lr()[0]
+    p.scheduler.step()
+    sums[4] = n_tokens
+    objective, nll, kl, kl_full, n_step = accelerator.reduce(sums, "sum").tolist()
+    p.tokens_seen += int(n_step)
+    return {
+        "step": step + 1,
+        "loss": objective / n_norm,
+        "lm_loss": nll / n_norm,
+        "kl": kl / n_norm,
+        "kl_full": kl_full / n_norm,
+        "lr": lr,
+        "grad_norm": None if grad_norm is None else float(grad_norm),
+        "tokens": int(n_step),
+        "tokens_seen": p.tokens_seen,
+        "tokens_per_s": int(n_step) / (time.perf_counter() - t0),
+        "epoch": (step + 1) * p.global_batch / len(p.examples),
+    }
+
+
+def evaluate(s: TrainSetup, p: TrainParts, step: int) -> dict | None:
+    """Held-out perplexity under full and anchor attention after ``step`` steps (None without an ``eval_file``)."""
+    if p.blocks is None:
+        return None
+    cfg = s.cfg
+    ev = evaluate_perplexity(
+        p.model, p.blocks, p.lm.anchor_ids, cfg.mask_rule(), s.accelerator.device, s.path, cfg.anchor.max_segment
+    )
+    renamed = {f"eval_{k}" if k.startswith("ppl") else k: v for k, v in ev.items()}
+    return {"step": step, "tokens_seen": p.tokens_seen, **renamed}
+
+
+def save(s: TrainSetup, p: TrainParts, step: int) -> None:
+    """A complete checkpoint after ``step`` steps (every process calls it; the newest ``keep_checkpoints`` stay)."""
+    from anllm.train import checkpoint as ckpt
+
+    meta = {"global_batch": p.global_batch, "tokens_seen": p.tokens_seen, "config": s.cfg.to_dict()}
+    ckpt.save_checkpoint(
+        s.out, step, s.accelerator, p.unwrapped, p.optimizer, p.scheduler, p.lm.tokenizer, meta,
+        keep=s.cfg.run.keep_checkpoints,
+    )  # fmt: skip
+
+
+def _announce(s: TrainSetup, p: TrainParts) -> None:
+    """Write ``config.json``, cut the metrics file back to the resume step, and log what the run will do."""
+    from anllm.train import checkpoint as ckpt
+
+    cfg, accelerator = s.cfg, s.accelerator
+    if accelerator.is_main_process:
+        s.out.mkdir(parents=True, exist_ok=True)
+        (s.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        ckpt.trim_metrics(s.out / ckpt.METRICS_FILE, p.start_step)
+        logger.info("data: %s; %d steps of %d examples (global batch)", p.data_stats, p.max_steps, p.global_batch)
+    logger.info(
+        "process %d/%d: %s precision, %s attention, %s anchors %s",
+        accelerator.process_index, accelerator.num_processes, cfg.run.precision, s.path, cfg.anchor.kind,
+        p.lm.anchor_ids[:8],
+    )  # fmt: skip
+
+
+def _due(every: int, done: int, max_steps: int) -> bool:
+    """Whether a periodic evaluation / checkpoint falls after step ``done`` (the last step has its own)."""
+    return bool(every) and done % every == 0 and done < max_steps
+
+
+def _keep_eval(result: TrainResult, log, record: dict | None) -> None:
+    if record is not None:
+        result.evals.append(record)
+        log.write(record)
+
+
 def fit(s: TrainSetup, p: TrainParts, on_step_end: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Optimiser steps from ``p.start_step`` to ``p.max_steps``: logs, evaluations, checkpoints, the final export."""
     from tqdm.auto import tqdm
 
     from anllm.train import checkpoint as ckpt
 
-    cfg, accelerator, out, model = s.cfg, s.accelerator, s.out, p.model
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    tokenizer, examples, global_batch, max_steps = p.lm.tokenizer, p.examples, p.global_batch, p.max_steps
-    order = SampleOrder(len(examples), cfg.run.seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    n_pred = [sum(lab != IGNORE_INDEX for lab in e.labels[1:]) for e in examples]
-    start_step, tokens_seen = p.start_step, p.tokens_seen
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        ckpt.trim_metrics(out / ckpt.METRICS_FILE, start_step)
-        logger.info("data: %s; %d steps of %d examples (global batch)", p.data_stats, max_steps, global_batch)
-    logger.info(
-        "process %d/%d: %s precision, %s attention, %s anchors %s",
-        rank,
-        world,
-        cfg.run.precision,
-        s.path,
-        cfg.anchor.kind,
-        p.lm.anchor_ids[:8],
+    cfg, main = s.cfg, s.accelerator.is_main_process
+    _announce(s, p)
+    plan = BatchPlan.of(p, cfg.run.seed)
+    log = ckpt.MetricsLog(s.out, enabled=main, tensorboard=cfg.run.tensorboard)
+    result = TrainResult(s.out, p.start_step, p.start_step)
+    if p.start_step == 0:
+        _keep_eval(result, log, evaluate(s, p, 0))
+    bar = tqdm(
+        total=p.max_steps, initial=p.start_step, disable=not (main and cfg.run.progress), desc="train", unit="step"
     )
-    log = ckpt.MetricsLog(out, enabled=main, tensorboard=cfg.run.tensorboard)
-    result = TrainResult(out, start_step, start_step)
-
-    def run_eval(step: int) -> None:
-        if p.blocks is None:
-            return
-        ev = evaluate_perplexity(
-            model, p.blocks, p.lm.anchor_ids, cfg.mask_rule(), accelerator.device, s.path, cfg.anchor.max_segment
-        )
-        record = {
-            "step": step,
-            "tokens_seen": tokens_seen,
-            **{f"eval_{k}" if k.startswith("ppl") else k: v for k, v in ev.items()},
-        }
-        result.evals.append(record)
-        log.write(record)
-
-    def save(step: int) -> None:
-        meta = {"global_batch": global_batch, "tokens_seen": tokens_seen, "config": cfg.to_dict()}
-        ckpt.save_checkpoint(
-            out,
-            step,
-            accelerator,
-            p.unwrapped,
-            p.optimizer,
-            p.scheduler,
-            tokenizer,
-            meta,
-            keep=cfg.run.keep_checkpoints,
-        )
-
-    if start_step == 0:
-        run_eval(0)
-    bar = tqdm(total=max_steps, initial=start_step, disable=not (main and cfg.run.progress), desc="train", unit="step")
-    for step in range(start_step, max_steps):
-        t0 = time.perf_counter()
-        indices = order.global_batch(step, global_batch)
-        n_norm = sum(n_pred[i] for i in indices)  # predicted tokens in the global batch
-        sums = torch.zeros(5, device=accelerator.device)  # objective, nll, kl, kl_full, tokens
-        n_tokens = 0
-        zero = sums[0] * 0
-        for micro in range(cfg.optim.grad_accum):
-            rows = [examples[i] for i in process_slice(indices, micro, rank, world, cfg.optim.batch_size)]
-            batch = {k: v.to(accelerator.device) for k, v in collate(rows, pad_id).items()}
-            n_tokens += int(batch["attention_mask"].sum())
-            with accelerator.accumulate(model), accelerator.autocast():
-                objective, parts = micro_batch_loss(model, batch, p.lm.anchor_ids, cfg, teacher=p.teacher, path=s.path)
-                # DDP averages over processes and accelerate divides by grad_accum: undo both, normalise globally
-                accelerator.backward(objective * (world * cfg.optim.grad_accum / max(n_norm, 1)))
-                sums += torch.stack([objective.detach(), parts["nll"], parts["kl"], parts["kl_full"], zero])
-                grad_norm = None
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-                p.optimizer.step()
-                p.optimizer.zero_grad(set_to_none=True)
-        lr = p.scheduler.get_last_lr()[0]
-        p.scheduler.step()
-        sums[4] = n_tokens
-        sums = accelerator.reduce(sums, "sum").tolist()
-        n_step = int(sums[4])
-        tokens_seen += n_step
-        dt = time.perf_counter() - t0
-        record = {
-            "step": step + 1,
-            "loss": sums[0] / max(n_norm, 1),
-            "lm_loss": sums[1] / max(n_norm, 1),
-            "kl": sums[2] / max(n_norm, 1),
-            "kl_full": sums[3] / max(n_norm, 1),
-            "lr": lr,
-            "grad_norm": None if grad_norm is None else float(grad_norm),
-            "tokens": n_step,
-            "tokens_seen": tokens_seen,
-            "tokens_per_s": n_step / dt,
-            "epoch": (step + 1) * global_batch / len(examples),
-        }
-        result.losses[step + 1] = record["loss"]
-        result.step = step + 1
-        if (step + 1) % cfg.run.log_every == 0 or step + 1 == max_steps:
+    for step in range(p.start_step, p.max_steps):
+        record = train_step(s, p, plan, step)
+        done = result.step = step + 1
+        result.losses[done] = record["loss"]
+        if done % cfg.run.log_every == 0 or done == p.max_steps:
             log.write(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-        if cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0 and step + 1 < max_steps:
-            run_eval(step + 1)
-        if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0 and step + 1 < max_steps:
-            save(step + 1)
+        if _due(cfg.run.eval_every, done, p.max_steps):
+            _keep_eval(result, log, evaluate(s, p, done))
+        if _due(cfg.run.save_every, done, p.max_steps):
+            save(s, p, done)
         if on_step_end is not None:
-            on_step_end(step + 1, record)
+            on_step_end(done, record)
     bar.close()
-    if result.step > start_step or start_step == max_steps:
-        run_eval(result.step)
-    save(result.step)
-    result.final_dir = ckpt.export_final(out, accelerator, model, tokenizer)
+    if result.step > p.start_step or p.start_step == p.max_steps:
+        _keep_eval(result, log, evaluate(s, p, result.step))
+    save(s, p, result.step)
+    result.final_dir = ckpt.export_final(s.out, s.accelerator, p.model, p.lm.tokenizer)
     log.close()
-    accelerator.wait_for_everyone()
+    s.accelerator.wait_for_everyone()
     return result
 
 

@@ -30,7 +30,7 @@ import anllm
 from anllm.config import AnLLMError
 from anllm.evaluation.peers import ANLLM_SCHEMA, anchor_chunk_budgets, recall_inputs, write_inputs
 from anllm.evaluation.ppl import encode_text, perplexity, perplexity_text
-from anllm.evaluation.recall import builtin_items, evaluate_recall, render, score_item
+from anllm.evaluation.recall import builtin_items, evaluate_recall, recall_record, render, score_item
 from anllm.generation import eos_ids
 from anllm.models import load_model, smollm2_path
 from anllm.resources import HELDOUT_PROSE, resource_path
@@ -91,21 +91,7 @@ def export(
         _log(f"recall + ppl: full cache on {base_model}")
         for it, (prompt, ans) in zip(items, rendered):
             s = score_item(base, prompt, it.answer, ans, base.policy("full"), max_new_tokens=max_new_tokens)
-            records.append(
-                {
-                    "id": it.id,
-                    "family": it.family,
-                    "distance": it.distance,
-                    "mode": "full-base",
-                    "spec": "full",
-                    "em": s.em,
-                    "logprob": s.logprob,
-                    "kv_entries": s.kv_entries,
-                    "prompt_tokens": s.prompt_tokens,
-                    "answer": it.answer,
-                    "output": s.output,
-                }
-            )
+            records.append(recall_record(it, prompt, "full-base", "full", s))
         ppl["full-base"] = perplexity(base, ids, "full", chunk_size=chunk).to_dict()
         starts = range(chunk, len(ids), chunk)
         ppl["full-base"]["kv_before_mean"] = sum(starts) / max(1, len(starts))
