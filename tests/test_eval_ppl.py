@@ -84,7 +84,7 @@ def test_errors_are_clear():
         perplexity_text(lm, TEXT, ("streaming",), budget=0)
     with pytest.raises(AnLLMError, match="must be among the modes"):
         perplexity_text(lm, TEXT, ("full", "streaming"), budget="anchor")
-    with pytest.raises(AnLLMError, match="unknown mode 'bogus'"):
+    with pytest.raises(AnLLMError, match="unknown cache policy 'bogus'"):
         perplexity_text(lm, TEXT, ("full", "bogus"))
     with pytest.raises(AnLLMError, match="empty"):
         perplexity_text(lm, "   ", ("full",))

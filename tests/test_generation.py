@@ -168,7 +168,7 @@ def test_bad_input_is_a_clear_error():
     for bad in ("", "   "):
         with pytest.raises(AnLLMError, match="prompt is empty"):
             list(stream_generate(lm, bad, "anchor", gen()))
-    with pytest.raises(AnLLMError, match="unknown mode"):
+    with pytest.raises(AnLLMError, match="unknown cache policy"):
         list(stream_generate(lm, PROMPT, "nope", gen()))
     lm.model.config.max_position_embeddings = 40
     with pytest.raises(AnLLMError, match="supports 40 positions"):

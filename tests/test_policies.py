@@ -176,7 +176,7 @@ def test_spec_strings_and_budget():
         ("streaming:budget=0", "budget must be >= 1"),
         ("sepllm:window=0", "budget of zero"),
         ("streaming:budget=4", "no room for a window"),
-        ("nosuch", "unknown mode 'nosuch'"),
+        ("nosuch", "unknown cache policy 'nosuch'"),
         ("streaming:size=3", "unknown key(s) size"),
         ("streaming:window=many", "must be an integer"),
         ("streaming:window", "is not key=value"),

@@ -1,5 +1,5 @@
-"""The registry of cache policies: name -> class. A policy registered here is served by every mode string
-(``anllm generate --mode NAME``, ``eval ppl --modes``), saved and loaded by :mod:`anllm.cache_io`, and proved exact
+"""The registry of cache policies: name -> class. A policy registered here is served by every policy string
+(``anllm generate --policy NAME``, ``eval ppl --policies``), saved and loaded by :mod:`anllm.cache_io`, and proved exact
 by the table-driven test over every registered policy (``tests/test_policies.py``)."""
 
 from anllm.policies.anchor import AnchorPolicy

@@ -19,7 +19,7 @@ _ALIASES = {"sink": "n_sink"}
 
 
 def split_modes(s: str) -> tuple[str, ...]:
-    """A command line's comma-separated mode list; ``;`` separates a spec's own parameters.
+    """A command line's comma-separated list of cache policies; ``;`` separates a spec's own parameters.
 
     ``"full,streaming:sink=4;window=64"`` -> ``("full", "streaming:sink=4,window=64")``.
     """
@@ -51,7 +51,9 @@ def policy_from_spec(spec: str, lm=None) -> EvictionPolicy:
     """
     name, params = parse_spec(spec)
     if name not in POLICIES:
-        raise AnLLMError(f"unknown mode {name!r}; choose one of {', '.join(POLICIES)} (optionally name:key=value,...)")
+        raise AnLLMError(
+            f"unknown cache policy {name!r}; choose one of {', '.join(POLICIES)} (optionally name:key=value,...)"
+        )
     cls = POLICIES[name]
     kwargs = {_ALIASES.get(k, k): v for k, v in params.items()}
     if "budget" in kwargs:
