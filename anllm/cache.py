@@ -294,6 +294,10 @@ class PolicyCache(DynamicCache):
         if self._pending is not None:
             raise AnLLMError(f"cannot {doing} a cache in the middle of a forward pass (prepare() without evict())")
 
+    def save(self, *args, **kwargs):
+        """Moved: the file format lives in :mod:`anllm.cache_io` alone (``save_cache(cache, lm, path)``)."""
+        raise AnLLMError("PolicyCache.save(path, lm) moved: use anllm.cache_io.save_cache(cache, lm, path, extra)")
+
     def snapshot(self) -> CacheSnapshot:
         """A point :meth:`restore` returns to, in O(layers): K/V and state are replaced, never written in place."""
         self._check_idle("snapshot")

@@ -373,3 +373,10 @@ def test_tokenizer_fingerprint_follows_changes_to_the_same_tokenizer():
     second = cache_io.tokenizer_fingerprint(tok)
     tok.add_tokens(["<new>"])
     assert len({first, second, cache_io.tokenizer_fingerprint(tok)}) == 3
+
+
+def test_the_former_cache_save_names_its_replacement(tmp_path):
+    lm = make_lm("llama", "ep")
+    with pytest.raises(AnLLMError, match=r"use anllm.cache_io.save_cache\(cache, lm, path"):
+        compressed(lm, "anchor").save(tmp_path / "doc.kv", lm)
+    assert not (tmp_path / "doc.kv").exists()
