@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -63,9 +63,6 @@ class CacheState:
     @property
     def batch_size(self) -> int:
         return self.meta.token.shape[0]
-
-    def replace(self, **changes) -> CacheState:
-        return CacheState(**{f.name: changes.get(f.name, getattr(self, f.name)) for f in fields(self)})
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> CacheState:
         """``fn`` applied to every tensor (metadata fields and counters)."""
@@ -217,7 +214,8 @@ class PolicyCache(DynamicCache):
         if chunk is None:
             raise RuntimeError("evict() called without prepare()")
         s = self._state
-        s = s.replace(
+        s = replace(
+            s,
             meta=s.meta.cat(chunk),
             n_seen=s.n_seen + chunk.valid.sum(-1),
             n_seg=s.n_seg + chunk.anchor.sum(-1),
@@ -232,7 +230,7 @@ class PolicyCache(DynamicCache):
         M = int(counts.max())
         index = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[:, :M]  # kept first, in order
         ok = torch.arange(M, device=keep.device)[None, :] < counts[:, None]  # (B, M)
-        self._state = s.replace(meta=s.meta.gather(index, ok), n_evicted=s.n_evicted + (s.meta.valid & ~keep).sum(-1))
+        self._state = replace(s, meta=s.meta.gather(index, ok), n_evicted=s.n_evicted + (s.meta.valid & ~keep).sum(-1))
         for layer in self.layers:
             if getattr(layer, "keys", None) is None or layer.keys.dim() < 4:
                 continue
