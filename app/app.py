@@ -42,9 +42,9 @@ import gradio as gr  # noqa: E402
 from anllm.config import AnLLMError  # noqa: E402
 from anllm.devices import default_device  # noqa: E402
 from anllm.ui.blocks import build_demo, serve  # noqa: E402
-from anllm.ui.handlers import MAX_REQUEST_S  # noqa: E402
 from anllm.ui.launch import add_app_args, default_model_name, max_request_seconds  # noqa: E402
 from anllm.ui.registry import ModelRegistry, allowed_models_from_env  # noqa: E402
+from anllm.ui.runtime import MAX_REQUEST_S  # noqa: E402
 
 if gr.NO_RELOAD:
     REGISTRY = ModelRegistry(  # loads lazily, on first use

@@ -15,49 +15,18 @@ import pytest
 from anllm.models import load_model
 from anllm.ui.blocks import build_demo
 from anllm.ui.registry import ModelRegistry
+from tests.app_fixtures import CHROMIUM
 from tests.app_launch import launch
-
-CHROMIUM = os.environ.get("ANLLM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 if not Path(CHROMIUM).is_file():
     pytest.skip("Debian chromium is not installed (run .ci/extra-setup.sh)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (run .ci/extra-setup.sh)")
 
-
-@pytest.fixture(scope="module")
-def app_url():
-    demo = build_demo(ModelRegistry("tiny-random"), interval_s=0.05, plot_interval_s=0.2)
-    url = launch(demo)
-    yield url
-    demo.close()
+pytest_plugins = ["tests.app_fixtures"]
 
 
-@pytest.fixture(scope="module")
-def page():
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1500})
-        pg = context.new_page()
-        external = []
-        pg.on(
-            "request",
-            lambda r: external.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None,
-        )
-        pg.external_requests = external
-        yield pg
-        browser.close()
-
-
-def test_browser_streams_both_columns_and_draws_charts(app_url, page, tmp_path):
-    page.goto(app_url)
+def test_browser_streams_both_columns_and_draws_charts(browser_app, page, tmp_path):
+    page.goto(browser_app[1])
     page.wait_for_selector("#prompt textarea", timeout=30_000)
     page.fill("#prompt textarea", "Hello there. How are you? I am fine!")
     page.click("#go")
@@ -85,8 +54,8 @@ def test_browser_streams_both_columns_and_draws_charts(app_url, page, tmp_path):
     assert page.external_requests == []
 
 
-def test_browser_mask_explorer(app_url, page, tmp_path):
-    page.goto(app_url)
+def test_browser_mask_explorer(browser_app, page, tmp_path):
+    page.goto(browser_app[1])
     page.get_by_role("tab", name="Mask explorer").click()
     page.fill("#mask-text textarea", "The cat sat. It was warm! Was it happy? Yes.")
     page.click("#show-masks")

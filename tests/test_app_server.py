@@ -30,22 +30,8 @@ def args(prompt=PROMPT, max_new=24, model="tiny-random", peer="none"):
     return (prompt, model, peer, False, max_new, 0.0, 1.0, 0, 1.0, 0)
 
 
+pytest_plugins = ["tests.app_fixtures"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def registry():
-    reg = ModelRegistry("tiny-random")
-    reg.get()
-    return reg
-
-
-@pytest.fixture(scope="module")
-def served(registry):
-    demo = build_demo(registry, queue_size=24, interval_s=0.005, plot_interval_s=0.05, max_request_s=None)
-    url = launch(demo)
-    yield demo, url
-    demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +107,13 @@ def test_twenty_concurrent_clients_are_all_served(served, registry):
         c.close()
         return out
 
-    t0 = time.perf_counter()
+    h = served[0].handlers
+    done_before = h.completed_streams
     with ThreadPoolExecutor(20) as pool:
         outs = list(pool.map(one, range(20)))
     assert all(o[6].startswith("✅") for o in outs), [o[6] for o in outs if not o[6].startswith("✅")]
     assert expected and all(visible_text(o[1]) == expected for o in outs)
-    assert served[0].handlers.active_streams == 0
-    assert time.perf_counter() - t0 < 120
+    assert h.active_streams == 0 and h.completed_streams == done_before + 20  # every request ran to its end
 
 
 def test_a_full_queue_answers_busy(registry):
@@ -165,10 +151,8 @@ def test_a_client_that_disconnects_frees_its_slot(served):
     assert h.active_streams == 1 and long_job.outputs()
     long_job.cancel()
     c1.close()  # the browser tab goes away
-    t1 = time.perf_counter()
     c2 = Client(url, verbose=False)
-    out = c2.predict(*args(max_new=8), api_name="/generate")
-    waited = time.perf_counter() - t1
+    out = c2.predict(*args(max_new=8), api_name="/generate")  # the slot is free: this one is served
     c2.close()
     assert out[6].startswith("✅")
     for _ in range(100):
@@ -177,7 +161,6 @@ def test_a_client_that_disconnects_frees_its_slot(served):
         time.sleep(0.05)
     assert h.active_streams == 0
     assert h.completed_streams == done_before + 1  # the cancelled stream never completed; the next one did
-    assert waited < 20
 
 
 def test_a_raw_stream_that_drops_frees_its_slot(served, client):
@@ -248,7 +231,7 @@ def tiny_as(name_log: list, **anchor_changes):
 def space(registry):
     """The app as on a public Space: a resident default that looks served (1 sink, 16-token window) with an
     adapter note naming a path under the checkout, other models allowed by the host, a short time limit."""
-    from anllm.ui.handlers import _PACKAGE_ROOT
+    from anllm.ui.render import _PACKAGE_ROOT
 
     loads: list[str] = []
     base = tiny_as(loads, n_sink=1, window=16)
@@ -283,7 +266,7 @@ def test_a_typed_model_name_is_escaped(client, typed, shown, never):
 
 
 def test_the_model_panel_shows_no_server_paths(space):
-    from anllm.ui.handlers import _PACKAGE_ROOT
+    from anllm.ui.render import _PACKAGE_ROOT
 
     c = Client(space[1], verbose=False)
     info = c.predict("served", api_name="/model_info")
@@ -373,9 +356,9 @@ def test_a_request_over_the_time_limit_stops_cleanly(space):
 
 
 def test_the_time_limit_stops_a_long_prefill(registry):
-    from anllm.ui.handlers import AppHandlers
+    from anllm.ui.generate_tab import GenerateTab
 
-    h = AppHandlers(registry, max_request_s=1e-6)
+    h = GenerateTab(registry, max_request_s=1e-6)
     outs = list(h.generate("word " * 300, None, "none", False, 8, 0.0, 1.0, 0, 1.0, 0))
     assert "time limit" in outs[-1][6] and "✅" not in outs[-1][6]
     stats = {row[0]: row for row in outs[-1][5]}

@@ -18,12 +18,12 @@ from anllm.cli import main
 from anllm.config import GenerationConfig
 from anllm.generation import forward_chunk
 from anllm.plots import chat_memory_figure, first_token_figure
-from anllm.ui.chat_tab import ChatHandlers
-from anllm.ui.document import ANCHOR_FILE, DocumentHandlers
-from anllm.ui.handlers import public_text
-from anllm.ui.registry import ModelRegistry
+from anllm.ui.chat_tab import ChatTab
+from anllm.ui.document_tab import ANCHOR_FILE, DocumentTab
+from anllm.ui.render import public_text
 from anllm.ui.sessions import SessionStore
 
+pytest_plugins = ["tests.app_fixtures"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DOC = " ".join(f"Item {i} is kept in box {i % 7}. The box {i % 7} is blue!" for i in range(40)) + " That is all."
@@ -45,16 +45,9 @@ def is_skip(value) -> bool:
     return isinstance(value, dict) and value.get("__type__") == "update"
 
 
-@pytest.fixture(scope="module")
-def registry():
-    reg = ModelRegistry("tiny-random")
-    reg.get()
-    return reg
-
-
 @pytest.fixture
 def docs(registry, tmp_path):
-    return DocumentHandlers(registry, files_dir=tmp_path, interval_s=0.0, plot_interval_s=0.0)
+    return DocumentTab(registry, files_dir=tmp_path, interval_s=0.0, plot_interval_s=0.0)
 
 
 def compressed(docs, text=DOC, who="a"):
@@ -161,7 +154,7 @@ def test_a_question_is_escaped_and_another_model_is_refused(docs):
 
 
 def test_sessions_are_separate_bounded_and_their_files_removed(registry, tmp_path, capsys):
-    docs = DocumentHandlers(registry, max_documents=2, files_dir=tmp_path, interval_s=0.0)
+    docs = DocumentTab(registry, max_documents=2, files_dir=tmp_path, interval_s=0.0)
     paths = {who: Path(compressed(docs, DOC if who != "b" else DOC.replace("blue", "red"), who)[2]) for who in "ab"}
     assert paths["a"] != paths["b"] and paths["a"].read_bytes() != paths["b"].read_bytes()
     for who in "ab":  # each session answers from its own file
@@ -179,7 +172,7 @@ def test_sessions_are_separate_bounded_and_their_files_removed(registry, tmp_pat
 
 
 def test_stopping_or_timing_out_a_compress_keeps_nothing(registry, tmp_path):
-    docs = DocumentHandlers(registry, files_dir=tmp_path, interval_s=0.0)
+    docs = DocumentTab(registry, files_dir=tmp_path, interval_s=0.0)
     run = docs.compress("tiny-random", DOC * 2, session("a"))
     assert "tokenizing" in next(run)[0] and "reading it" in next(run)[0]
     run.close()  # Stop / the tab closed: the worker stops after its chunk and the folder goes
@@ -212,7 +205,7 @@ TURNS = [f"Turn {i}. Tell me about box {i % 5}, please. Is it blue?" for i in ra
 
 @pytest.fixture
 def chats(registry):
-    return ChatHandlers(registry, interval_s=0.0)
+    return ChatTab(registry, interval_s=0.0)
 
 
 def send(chats, message, max_new=6, who="a"):
@@ -272,7 +265,7 @@ def test_chat_escapes_resets_and_keeps_sessions_apart(chats, registry):
 
 
 def test_a_chat_turn_over_the_time_limit_is_rolled_back_and_stop_keeps_the_answer(registry):
-    chats = ChatHandlers(registry, interval_s=0.0, max_request_s=1e-6)
+    chats = ChatTab(registry, interval_s=0.0, max_request_s=1e-6)
     messages, box, plot, stats, status = send(chats, TURNS[0], max_new=50)
     assert "time limit" in status and "the turn was not kept" in status and box == TURNS[0]
     s = chats.entry(session("a")).session

@@ -13,40 +13,15 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
-from anllm.ui.blocks import build_demo
-from anllm.ui.registry import ModelRegistry
-from tests.app_launch import launch
-from tests.test_app_browser import CHROMIUM, LAUNCH_ARGS
+from tests.app_fixtures import CHROMIUM
 
 if not Path(CHROMIUM).is_file():
     pytest.skip("Debian chromium is not installed (run .ci/extra-setup.sh)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (run .ci/extra-setup.sh)")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed (run .ci/extra-setup.sh)")
+
+pytest_plugins = ["tests.app_fixtures"]
 
 DOC = " ".join(f"Item {i} is kept in box {i % 7}. The box {i % 7} is blue!" for i in range(30)) + " That is all."
-
-
-@pytest.fixture(scope="module")
-def served():
-    demo = build_demo(ModelRegistry("tiny-random"), interval_s=0.05, plot_interval_s=0.2, max_request_s=None)
-    url = launch(demo)
-    yield demo, url
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def page():
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1600})
-        pg = context.new_page()
-        external = []
-        pg.on(
-            "request",
-            lambda r: external.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None,
-        )
-        pg.external_requests = external
-        yield pg
-        browser.close()
 
 
 def text_of(selector: str) -> str:
@@ -61,8 +36,8 @@ def keep(page, tmp_path, name: str) -> None:
         shutil.copy(shot, Path(os.environ["ANLLM_SCREENSHOT_DIR"]) / name)
 
 
-def test_browser_document_upload_compress_and_ask(served, page, tmp_path):
-    demo, url = served
+def test_browser_document_upload_compress_and_ask(browser_app, page, tmp_path):
+    demo, url = browser_app
     page.goto(url)
     page.get_by_role("tab", name="Document").click()
     upload = tmp_path / "boxes.txt"
@@ -92,8 +67,8 @@ def test_browser_document_upload_compress_and_ask(served, page, tmp_path):
     assert page.external_requests == []
 
 
-def test_browser_chat_keeps_one_cache_and_resets(served, page, tmp_path):
-    demo, url = served
+def test_browser_chat_keeps_one_cache_and_resets(browser_app, page, tmp_path):
+    demo, url = browser_app
     page.goto(url)
     page.get_by_role("tab", name="Chat").click()
     box = page.locator("#chat-message textarea")

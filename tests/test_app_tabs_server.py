@@ -13,30 +13,17 @@ import pytest
 from anllm.chat import ChatSession
 from anllm.cli import main
 from anllm.config import GenerationConfig
-from anllm.ui.blocks import build_demo
-from anllm.ui.handlers import public_text
-from anllm.ui.registry import ModelRegistry
-from tests.app_launch import launch
+from anllm.ui.render import public_text
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
+pytest_plugins = ["tests.app_fixtures"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DOC = " ".join(f"Item {i} is kept in box {i % 7}. The box {i % 7} is blue!" for i in range(30)) + " That is all."
 OTHER_DOC = DOC.replace("blue", "green").replace("kept", "found")
 QUESTION = "Which box holds item 12?"
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    registry = ModelRegistry("tiny-random")
-    registry.get()
-    # no time limit: these tests pin answers and numbers, not speed (the limit has its own handler tests)
-    demo = build_demo(registry, interval_s=0.005, plot_interval_s=0.05, max_request_s=None, max_documents=4)
-    url = launch(demo)
-    yield demo, url, registry
-    demo.close()
 
 
 @pytest.fixture
@@ -53,8 +40,15 @@ def visible_text(html_value: str) -> str:
 
 
 def unload(demo):
-    """The function gradio calls when a browser tab closes."""
-    return next(f.fn for f in demo.fns.values() if any(t[1] == "unload" for t in f.targets))
+    """What gradio does when a browser tab closes: call every ``unload`` function with the tab's request."""
+    fns = [f.fn for f in demo.fns.values() if any(t[1] == "unload" for t in f.targets)]
+    assert len(fns) == 2  # the Document and the Chat tab each drop their own session
+
+    def close(request):
+        for fn in fns:
+            fn(request)
+
+    return close
 
 
 def content(message: dict) -> str:
@@ -112,8 +106,8 @@ def test_the_size_limit_over_the_api(clients):
     assert status.startswith("⚠️") and "this app reads up to 20,000" in status
 
 
-def test_chat_over_the_api_keeps_one_cache_per_client(served, clients):
-    demo, _, registry = served
+def test_chat_over_the_api_keeps_one_cache_per_client(served, clients, registry):
+    demo = served[0]
     a, b = clients
     lm = registry.get()
     ref = ChatSession(lm, "anchor", gen=GenerationConfig(max_new_tokens=6))

@@ -21,8 +21,9 @@ import gradio as gr
 from anllm.chat import ChatSession
 from anllm.config import AnLLMError
 from anllm.plots import MB, chat_memory_figure
-from anllm.ui.handlers import MAX_PROMPT_CHARS, compare_stream, error_markdown, make_generation_config, public_text
 from anllm.ui.registry import ModelRegistry
+from anllm.ui.render import error_markdown, public_text, trained_note
+from anllm.ui.runtime import MODEL_SLOT, check_text, compare_stream, make_generation_config, maybe_gpu
 from anllm.ui.sessions import SessionStore, session_key
 
 DEFAULT_MAX_CHATS = 16  # browser sessions whose conversation (and its cache) is kept in memory
@@ -60,8 +61,8 @@ def memory_markdown(session: ChatSession) -> str:
     )
 
 
-class ChatHandlers:
-    """The Chat tab's handlers (wired in :func:`anllm.ui.blocks.build_demo`).
+class ChatTab:
+    """The Chat tab: its handlers, bound to a :class:`ModelRegistry`, and :meth:`build`, its layout.
 
     Args:
         registry: where models come from.
@@ -107,10 +108,7 @@ class ChatHandlers:
         key = session_key(request)
         note = ""
         try:
-            if not isinstance(message, str) or not message.strip():
-                raise AnLLMError("the message is empty")
-            if len(message) > MAX_PROMPT_CHARS:
-                raise AnLLMError(f"the message has {len(message):,} characters; this app accepts {MAX_PROMPT_CHARS:,}")
+            check_text(message, "message", "the message is empty")
             gen = make_generation_config(
                 max_new_tokens=max_new_tokens, temperature=temperature, seed=-1, max_new_tokens_cap=MAX_CHAT_TOKENS
             )
@@ -165,9 +163,7 @@ class ChatHandlers:
             yield chat_messages(entry.shown), message, skip, skip, error_markdown(f"{reason} (the turn was not kept)")
             return
         t = session.turns[-1]
-        status = f"✅ turn {t.turn}: {t.answer_tokens} answer tokens" + note
-        if not lm.anchor_trained:
-            status += " · note: the model is not anchor-trained (see the model panel)"
+        status = f"✅ turn {t.turn}: {t.answer_tokens} answer tokens" + note + trained_note(lm)
         yield chat_messages(entry.shown), "", chat_memory_figure(session.turns), memory_markdown(session), status
 
     def reset(self, request: gr.Request | None = None) -> tuple:
@@ -186,3 +182,53 @@ class ChatHandlers:
             finally:
                 entry.lock.release()
         return [], None, memory_markdown(entry.session) if entry else "", "🔄 a new conversation: the cache is empty"
+
+    # -- layout -----------------------------------------------------------------------------------------------------
+    def build(self, demo: gr.Blocks, model: gr.Dropdown) -> None:
+        """Place the tab's components (inside ``gr.Tab``) and wire them (``/chat``, ``/chat_reset``); a closed
+        browser tab drops its session's conversation."""
+        gr.Markdown(
+            "A conversation over **one anchor cache**: each turn appends only the new message (chat template) "
+            "and earlier turns are never read again, so the cache keeps anchors + the open sentence while the "
+            "tokens seen grow. The chart shows both after every turn. **Reset** starts with an empty cache.",
+            elem_id="chat-help",
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(
+                    label="Chat (anchor cache)",
+                    height=420,
+                    latex_delimiters=[],
+                    allow_tags=False,
+                    feedback_options=None,
+                    buttons=["copy", "copy_all"],
+                    elem_id="chatbot",
+                )
+                with gr.Row():
+                    message = gr.Textbox(
+                        placeholder="Type a message and press Enter",
+                        show_label=False,
+                        lines=1,
+                        elem_id="chat-message",
+                        scale=5,
+                    )
+                    send = gr.Button("Send", variant="primary", elem_id="chat-send", scale=1, min_width=90)
+                with gr.Row():
+                    max_new = gr.Slider(1, MAX_CHAT_TOKENS, 96, step=1, label="Max new tokens", elem_id="chat-max-new")
+                    temperature = gr.Slider(0.0, 2.0, 0.0, step=0.05, label="Temperature (0 = greedy)")
+                    stop = gr.Button("Stop", variant="stop", elem_id="chat-stop", min_width=80)
+                    reset = gr.Button("Reset", elem_id="chat-reset", min_width=80)
+            with gr.Column(scale=2):
+                plot = gr.Plot(label="KV cache per turn", elem_id="chat-plot")
+                stats = gr.Markdown("*The anchor cache is empty: send a message.*", elem_id="chat-stats")
+        status = gr.Markdown("", elem_id="chat-status")
+
+        run = dict(fn=maybe_gpu(self.send), inputs=[model, message, max_new, temperature], **MODEL_SLOT)
+        run["outputs"] = [chatbot, message, plot, stats, status]
+        ev_send = send.click(api_name="chat", **run)
+        ev_send_submit = message.submit(api_name=False, **run)
+        stop.click(None, cancels=[ev_send, ev_send_submit])
+        again = dict(fn=self.reset, inputs=None, outputs=[chatbot, plot, stats, status], queue=False)
+        reset.click(api_name="chat_reset", cancels=[ev_send, ev_send_submit], **again)
+        chatbot.clear(api_name=False, cancels=[ev_send, ev_send_submit], **again)  # its own bin icon resets too
+        demo.unload(self.forget)  # a closed tab's conversation goes at once

@@ -9,7 +9,7 @@ import argparse
 import os
 
 DEFAULT_QUEUE_SIZE = 24  # requests waiting beyond this get gradio's "busy" message
-DEFAULT_MAX_REQUEST_S = 60.0  # see anllm.ui.handlers.MAX_REQUEST_S
+DEFAULT_MAX_REQUEST_S = 60.0  # compute seconds of one request (anllm.ui.runtime.MAX_REQUEST_S)
 # gradio keeps a copy of every component's config per session (about 1.3 MB each for this app, measured with
 # bench/app_load.py), 10,000 sessions by default: a public app would grow by gigabytes
 DEFAULT_MAX_SESSIONS = 100

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
-import queue
 import shutil
 import tempfile
 import threading
@@ -37,17 +35,19 @@ from anllm.chat import ChatSession, compress
 from anllm.config import AnLLMError
 from anllm.generation import stream_generate
 from anllm.plots import MB, first_token_figure
-from anllm.ui.handlers import (
-    MAX_PROMPT_CHARS,
-    _deadline_hooks,
-    _TimeUp,
-    compare_stream,
-    error_markdown,
-    make_generation_config,
-    public_text,
-    tokens_html,
-)
 from anllm.ui.registry import ModelRegistry
+from anllm.ui.render import error_markdown, public_text, token_panel, tokens_html, trained_note
+from anllm.ui.runtime import (
+    MODEL_SLOT,
+    CompareState,
+    Job,
+    TimeUp,
+    Worker,
+    check_text,
+    compare_stream,
+    make_generation_config,
+    maybe_gpu,
+)
 from anllm.ui.sessions import SessionStore, session_key
 
 logger = logging.getLogger(__name__)
@@ -115,75 +115,13 @@ class DocumentEntry:
         return [full, self.anchor.row("anchor")]
 
 
-class _Stopped(Exception):
-    """Raised from the progress callback when the visitor pressed Stop or left."""
-
-
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = round(width * done / max(total, 1))
     return "▰" * filled + "▱" * (width - filled) + f" {done / max(total, 1):.0%}"
 
 
-def read_in_background(
-    lm, work: Callable[[Callable[[Any], None]], Any], time_limit_s: float | None
-) -> Iterator[tuple[str, Any]]:
-    """Run ``work(report)`` in a worker thread and yield ``("progress", event)`` for what it reports (the latest
-    of those waiting), then ``("done", result)``, ``("error", AnLLMError)`` or ``("stopped", None)``.
-
-    Every decoder layer checks ``time_limit_s`` (a :class:`~anllm.ui.handlers._TimeUp` that ``work`` does not
-    catch becomes an error); closing this generator (Stop, a closed tab) stops the worker within one decoder layer,
-    or at its next ``report``, and waits for it, so the model is free when the request ends.
-    """
-    out: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    deadline = [time.perf_counter() + time_limit_s if time_limit_s else math.inf]
-
-    def report(event: Any) -> None:
-        if stop.is_set():
-            raise _Stopped
-        out.put(("progress", event))
-
-    def target() -> None:
-        try:
-            with _deadline_hooks(lm.model, deadline):
-                out.put(("done", work(report)))
-        except _Stopped:
-            out.put(("stopped", None))
-        except _TimeUp:
-            if stop.is_set():
-                out.put(("stopped", None))
-                return
-            msg = f"reading the document ran past this server's time limit ({time_limit_s:g} s a request)"
-            out.put(("error", AnLLMError(msg + "; use a shorter text, or `anllm compress` on your own machine")))
-        except AnLLMError as e:
-            out.put(("error", e))
-        except Exception as e:  # noqa: BLE001 - reported to the UI; the traceback goes to the log only
-            logger.exception("compressing a document failed")
-            out.put(("error", AnLLMError(f"compressing the document failed: {type(e).__name__}: {e}")))
-
-    worker = threading.Thread(target=target, daemon=True)
-    worker.start()
-    try:
-        while True:
-            items = [out.get()]
-            while True:  # only the latest progress is worth showing
-                try:
-                    items.append(out.get_nowait())
-                except queue.Empty:
-                    break
-            final = [it for it in items if it[0] != "progress"]
-            if final:
-                yield final[0]
-                return
-            yield items[-1]
-    finally:
-        stop.set()
-        deadline[0] = -math.inf  # the next decoder layer raises: a long one-pass prefill stops too
-        worker.join(timeout=60)
-
-
-class DocumentHandlers:
-    """The Document tab's handlers (wired in :func:`anllm.ui.blocks.build_demo`).
+class DocumentTab:
+    """The Document tab: its handlers, bound to a :class:`ModelRegistry`, and :meth:`build`, its layout.
 
     Args:
         registry: where models come from.
@@ -291,15 +229,16 @@ class DocumentHandlers:
         folder = self._new_folder()
         work = self._compress_work(lm, name, text, folder)
         labels = {"anchor": "reading it with the anchor cache", "full": "prefilling it again with a full cache"}
-        result: tuple[str, Any] = ("stopped", None)
         yield ("⏳ tokenizing the document…", *keep)
-        events = read_in_background(lm, work, self.max_request_s)
+        what = "compressing the document"
+        worker = Worker(lm.model, work, time_limit_s=self.max_request_s, interrupt=True, what=what)
+        outcome = None  # only once read here: a request closed meanwhile keeps nothing
         try:
-            for kind, value in events:
-                if kind != "progress":
-                    result = (kind, value)
+            for events in worker.batches():
+                if worker.outcome is not None:
+                    outcome = worker.outcome
                     break
-                mode, done, total = value
+                mode, done, total = events[-1]  # only the latest progress is worth showing
                 if mode == "anchor":
                     progress((done, total), desc=labels[mode], unit="tokens")
                     yield (f"⏳ {labels[mode]}: {done:,} / {total:,} tokens {_bar(done, total)}", *keep)
@@ -307,10 +246,13 @@ class DocumentHandlers:
                     progress(None)
                     yield (f"⏳ {labels[mode]}, in one pass ({total:,} tokens), to compare…", *keep)
         finally:
-            events.close()  # waits for the worker, so nothing writes into the folder after this
-            if result[0] != "done":
+            worker.close()  # waits for the worker, so nothing writes into the folder after this
+            if outcome is None or outcome.kind != "done":
                 shutil.rmtree(folder, ignore_errors=True)
-        kind, value = result
+        kind, value = outcome.kind, outcome.value
+        if kind == "time_up":
+            msg = f"reading the document ran past this server's time limit ({self.max_request_s:g} s a request)"
+            kind, value = "error", msg + "; use a shorter text, or `anllm compress` on your own machine"
         if kind == "error":
             yield (error_markdown(str(value)), *keep)
             return
@@ -321,23 +263,23 @@ class DocumentHandlers:
         empty = tokens_html([])
         yield (self._summary(entry, lm), entry.size_rows(), str(entry.path), [], empty, empty, [], None)
 
-    def _compress_work(self, lm, name: str, text: str, folder: Path) -> Callable:
-        def work(report: Callable[[Any], None]) -> DocumentEntry:
+    def _compress_work(self, lm, name: str, text: str, folder: Path) -> Callable[[Job], DocumentEntry]:
+        def work(job: Job) -> DocumentEntry:
             numbers = {}
             for mode in ("anchor", "full"):
                 if mode == "full":
-                    report(("full", 0, numbers["anchor"].tokens))  # the same tokens, in one pass
+                    job.report(("full", 0, numbers["anchor"].tokens))  # the same tokens, in one pass
                 t0 = time.perf_counter()
                 try:
                     session = compress(
                         lm,
                         text,
                         mode,
-                        on_chunk=lambda d, n, m=mode: report((m, d, n)),
+                        on_chunk=lambda d, n, m=mode: job.report((m, d, n)),
                         chunk_size=0 if mode == "full" else None,  # a full cache is prefilled in one pass
                     )
-                except _TimeUp:
-                    if mode == "anchor":
+                except TimeUp:
+                    if mode == "anchor" or job.stopping:
                         raise
                     return DocumentEntry(name, folder, numbers["anchor"], None, "ran past the time limit")
                 seconds = time.perf_counter() - t0
@@ -365,8 +307,7 @@ class DocumentHandlers:
             )
         else:
             parts.append(f"full cache not measured ({entry.full_note})")
-        note = "" if lm.anchor_trained else " · note: the model is not anchor-trained (see the model panel)"
-        return " · ".join(parts) + " · now ask questions below" + note
+        return " · ".join(parts) + " · now ask questions below" + trained_note(lm)
 
     # -- ask ----------------------------------------------------------------------------------------------------
     def ask(
@@ -381,12 +322,7 @@ class DocumentHandlers:
         """
         skip = gr.skip()
         try:
-            if not isinstance(question, str) or not question.strip():
-                raise AnLLMError("the question is empty: type a question about the document")
-            if len(question) > MAX_PROMPT_CHARS:
-                raise AnLLMError(
-                    f"the question has {len(question):,} characters; this app accepts {MAX_PROMPT_CHARS:,}"
-                )
+            check_text(question, "question", "the question is empty: type a question about the document")
             entry = self.store.get(session_key(request))
             if entry is None or not entry.path.is_file():
                 raise AnLLMError(
@@ -444,7 +380,7 @@ class DocumentHandlers:
             first = False
 
     @staticmethod
-    def _ask_rows(state, entry: DocumentEntry, shared: dict) -> list[list]:
+    def _ask_rows(state: CompareState, entry: DocumentEntry, shared: dict) -> list[list]:
         rows = []
         for mode, numbers in (("full", entry.full), ("anchor", entry.anchor)):
             run = state.run(mode)
@@ -471,7 +407,7 @@ class DocumentHandlers:
         return rows
 
     @staticmethod
-    def _remember(entry: DocumentEntry, state, question: str) -> None:
+    def _remember(entry: DocumentEntry, state: CompareState, question: str) -> None:
         firsts = {}
         for mode in ("anchor", "full"):
             run = state.run(mode)
@@ -483,7 +419,7 @@ class DocumentHandlers:
         entry.first_token_s.append((a, f))
 
     @staticmethod
-    def _ask_status(state, entry: DocumentEntry, lm) -> str:
+    def _ask_status(state: CompareState, entry: DocumentEntry, lm) -> str:
         errors = [f"**{r.mode}**: {public_text(r.error)}" for r in state.runs if r.error]
         if errors:
             return "⚠️ " + " · ".join(errors)
@@ -491,14 +427,87 @@ class DocumentHandlers:
         a, f, speedup, same = row[2], row[3], row[4], row[5]
         n_full = state.run("full").last.prompt_tokens
         agree = "the answers agree" if same else "the answers differ"
-        note = "" if lm.anchor_trained else " · note: the model is not anchor-trained (see the model panel)"
+        note = trained_note(lm)
         return (
             f"✅ question {row[0]} ({public_text(row[1])}): first token after **{a:.2f} s** from the saved anchor file "
             f"vs **{f:.2f} s** re-prefilling {n_full:,} tokens with a full cache ({speedup}) · {agree}{note}"
         )
 
+    # -- layout -------------------------------------------------------------------------------------------------
+    def build(self, demo: gr.Blocks, model: gr.Dropdown) -> None:
+        """Place the tab's components (inside ``gr.Tab``) and wire them (``/compress``, ``/ask``); a closed
+        browser tab drops its session's document."""
+        gr.Markdown(
+            f"Paste or upload a text (up to **{self.max_chars:,} characters**) and press **Compress**: the "
+            "model reads it once with the anchor cache, which is saved to a file you can download (`anllm "
+            "generate --cache FILE --prompt QUESTION` continues it). Then ask questions: each answer continues "
+            "a fresh load of that file, next to a full cache that re-reads document + question. Greedy "
+            "decoding; the first-token times include loading the file and re-prefilling.",
+            elem_id="doc-help",
+        )
+        with gr.Row(equal_height=False):
+            text = gr.Textbox(
+                label=f"Document (up to {self.max_chars:,} characters)",
+                lines=8,
+                max_lines=16,
+                placeholder="Paste a text here, or upload a .txt / .md file",
+                elem_id="doc-text",
+                scale=4,
+            )
+            with gr.Column(scale=1, min_width=200):
+                upload = gr.File(
+                    label="Upload (UTF-8 .txt / .md)",
+                    file_types=[".txt", ".md"],
+                    type="filepath",
+                    height=120,
+                    elem_id="doc-upload",
+                )
+                go = gr.Button("Compress", variant="primary", elem_id="doc-compress")
+                stop = gr.Button("Stop", variant="stop", elem_id="doc-stop")
+        status = gr.Markdown("", elem_id="doc-status")
+        with gr.Row(equal_height=False):
+            sizes = gr.Dataframe(
+                headers=SIZE_HEADERS,
+                interactive=False,
+                label="The document read once: full vs anchor cache",
+                elem_id="doc-sizes",
+                scale=3,
+            )
+            file = gr.File(label="Saved anchor cache (safetensors)", interactive=False, elem_id="doc-file", scale=1)
+        with gr.Row():
+            question = gr.Textbox(label="Question about the document", lines=1, elem_id="doc-question", scale=4)
+            with gr.Column(scale=1, min_width=200):
+                ask = gr.Button("Ask", variant="primary", elem_id="doc-ask")
+                max_new = gr.Slider(1, MAX_ANSWER_TOKENS, 48, step=1, label="Max new tokens", elem_id="doc-max-new")
+        ask_status = gr.Markdown("", elem_id="doc-ask-status")
+        with gr.Row(equal_height=False):
+            full_out = token_panel("Full KV cache: re-reads document + question", "doc-out-full")
+            anchor_out = token_panel("Anchor cache: continues the saved file", "doc-out-anchor")
+        ask_stats = gr.Dataframe(
+            headers=ASK_HEADERS, interactive=False, label="This question, per cache", elem_id="doc-stats"
+        )
+        with gr.Row(equal_height=False):
+            history = gr.Dataframe(
+                headers=HISTORY_HEADERS,
+                interactive=False,
+                label="Questions asked of this document",
+                elem_id="doc-history",
+                scale=3,
+            )
+            plot = gr.Plot(label="Time to first token", elem_id="doc-plot", scale=2)
 
-def _running(state) -> str:
+        upload.upload(self.read_upload, upload, [text, status], api_name=False, queue=False)
+        outputs = [status, sizes, file, history, full_out, anchor_out, ask_stats, plot]
+        ev_compress = go.click(maybe_gpu(self.compress), [model, text], outputs, api_name="compress", **MODEL_SLOT)
+        run = dict(fn=maybe_gpu(self.ask), inputs=[model, question, max_new], **MODEL_SLOT)
+        run["outputs"] = [full_out, anchor_out, ask_stats, history, plot, ask_status]
+        ev_ask = ask.click(api_name="ask", **run)
+        ev_ask_submit = question.submit(api_name=False, **run)
+        stop.click(None, cancels=[ev_compress, ev_ask, ev_ask_submit])
+        demo.unload(self.forget)  # a closed tab's document files go at once
+
+
+def _running(state: CompareState) -> str:
     run = state.runs[state.active]
     what = "answering from the saved anchor file" if run.mode == "anchor" else "re-prefilling with a full cache"
     return f"⏳ {what}… {len(run.responses)} tokens"
