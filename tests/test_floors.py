@@ -92,7 +92,7 @@ def _root(name: str) -> str:
 
 
 def test_the_walk_sees_the_package():
-    assert {"anllm.cache", "anllm.ui.handlers", "anllm.train.loop", "anllm.commands.app"} <= set(MODULES)
+    assert {"anllm.cache", "anllm.ui.runtime", "anllm.train.loop", "anllm.commands.app"} <= set(MODULES)
     assert ("anllm.train.config", True) in GRAPH["anllm.train.loop"]
     assert ("anllm.train.checkpoint", False) in GRAPH["anllm.train.loop"]  # `from anllm.train import checkpoint`
     assert layer("anllm.masks") == "core" and layer("anllm.train.data") == "library" and layer("anllm.ui") == "ui"
@@ -178,7 +178,7 @@ def test_no_import_cycles(lazy):
         ("import anllm, anllm.cache, anllm.generation", ("gradio", "plotly")),
         ("import anllm.evaluation, anllm.train, anllm.bench, anllm.ablations, anllm.explorer", ("gradio", "plotly")),
         ("import anllm.cli; anllm.cli.build_parser()", ("gradio", "plotly")),
-        ("import anllm.ui.handlers", ("gradio",)),
+        ("import anllm.ui.runtime, anllm.ui.render", ("gradio",)),
     ],
 )
 def test_importing_leaves_out_the_optional_packages(statement, absent):

@@ -8,7 +8,8 @@ from anllm.chat import ChatSession
 from anllm.config import AnLLMError, GenerationConfig
 from anllm.generation import encode_prompt, generate, make_cache, stream_generate
 from anllm.stats import RunStats, decode_rate
-from anllm.ui.handlers import ModeRun
+from anllm.ui.render import stats_row
+from anllm.ui.runtime import ModeRun
 from tests.conftest import make_lm
 from tests.reference import expected_kept
 
@@ -60,7 +61,7 @@ def test_generation_numbers_come_from_one_stats_object():
 def test_the_app_row_and_the_chat_line_read_the_stats():
     lm = make_lm()
     run = ModeRun("anchor", list(stream_generate(lm, PROMPT, "anchor", gen())))
-    row, s = run.stats_row(), run.last.stats
+    row, s = stats_row(run), run.last.stats
     assert row[3:7] == [s.new_tokens, s.kv_entries, s.kv_full_entries, round(s.kv_bytes / 1e6, 4)]
     assert row[7] == f"{s.kv_reduction:.1%}" and row[2] == round(s.tokens_per_s, 1)
     session = ChatSession(lm, "anchor", gen=gen(max_new_tokens=4), chat=False)
