@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from anllm.ui import registry as app_registry
 from anllm.ui.explorer_tab import ExplorerTab
 from anllm.ui.generate_tab import GenerateTab
 from anllm.ui.registry import ModelRegistry, model_choices
-from anllm.ui.runtime import compare_stream, make_generation_config, maybe_gpu
+from anllm.ui.runtime import Worker, compare_stream, make_generation_config, maybe_gpu
 
 PROMPT = "Hello there. How are you? I am fine!"
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +136,43 @@ def test_modes_run_sequentially(registry):
             assert full.done, "the anchor run started before the full run finished"
         seen.append((len(full.responses), len(anchor.responses)))
     assert seen[-1] == (30, 30)
+
+
+def test_the_worker_hands_over_every_report_then_how_it_ended(registry):
+    model = registry.get().model
+
+    def count(job):
+        for k in range(50):
+            job.report(k)
+        return "result"
+
+    for _ in range(20):  # the outcome never overtakes a report, however the threads interleave
+        worker = Worker(model, count)
+        seen = [k for batch in worker.batches(wait_s=0.0) for k in batch]
+        assert seen == list(range(50)) and (worker.outcome.kind, worker.outcome.value) == ("done", "result")
+    failing = Worker(model, lambda job: 1 / 0, what="dividing")
+    assert list(failing.batches()) == [[]] and failing.outcome.kind == "error"
+    assert str(failing.outcome.value) == "dividing failed: ZeroDivisionError: division by zero"
+    with Worker(model, lambda job: model(torch.zeros(1, 8, dtype=torch.long)), time_limit_s=1e-9) as late:
+        assert list(late.batches()) == [[]] and late.outcome.kind == "time_up"
+    assert not any(m._forward_pre_hooks for m in model.modules())  # the deadline checks are gone
+
+
+def test_closing_the_worker_stops_its_job(registry):
+    model = registry.get().model
+    started = threading.Event()
+
+    def endless(job):
+        while True:
+            started.set()
+            job.report("tick")
+
+    worker = Worker(model, endless)
+    assert started.wait(30)
+    worker.close()  # Stop / a closed tab: the next report raises inside the job, and close waits for it
+    assert not worker._thread.is_alive()
+    ticks = [k for batch in worker.batches() for k in batch]  # what it reported before it stopped, then the end
+    assert set(ticks) == {"tick"} and worker.outcome.kind == "stopped"
 
 
 def test_plot_updates_are_throttled(registry):

@@ -40,10 +40,9 @@ from anllm.ui.runtime import (
     make_generation_config,
     maybe_gpu,
 )
-from anllm.zerogpu import gpu_duration
+from anllm.zerogpu import NO_PEER, gpu_duration  # NO_PEER: the picker's "no third column"
 
 BASE_MODES = ("full", "anchor")
-NO_PEER = "none"
 DEFAULT_PROMPT = "Explain in three short sentences why the sky is blue. Then say what changes at sunset."
 MEMORY_FACT = "The code for the blue door is 4821."
 MEMORY_QUESTION = "What is the code for the blue door? Answer with the number only."

@@ -180,9 +180,6 @@ class Outcome:
     value: Any = None
 
 
-_FINISHED = object()
-
-
 class Worker:
     """``work(job)`` in a daemon thread, the model's decoder layers checking the job's deadline.
 
@@ -207,7 +204,7 @@ class Worker:
     ) -> None:
         self.job = Job(time_limit_s)
         self.interrupt, self.what = interrupt, what
-        self.outcome: Outcome | None = None  # set once the job has ended, before its last batch is read
+        self.outcome: Outcome | None = None  # set by batches() with the last batch, once the job has ended
         self._model, self._work = model, work
         self._hooks = time_limit_s is not None or interrupt  # else work installs none of its own either
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -215,27 +212,28 @@ class Worker:
 
     def _run(self) -> None:
         job = self.job
+        outcome = Outcome("error", AnLLMError(f"{self.what} was interrupted"))  # unless set below
         try:
             with deadline_hooks(self._model, job) if self._hooks else contextlib.nullcontext():
-                self.outcome = Outcome("done", self._work(job))
+                outcome = Outcome("done", self._work(job))
         except Stopped:
-            self.outcome = Outcome("stopped")
+            outcome = Outcome("stopped")
         except TimeUp:
-            self.outcome = Outcome("stopped" if job.stopping else "time_up")
+            outcome = Outcome("stopped" if job.stopping else "time_up")
         except AnLLMError as e:
-            self.outcome = Outcome("error", e)
+            outcome = Outcome("error", e)
         except Exception as e:  # noqa: BLE001 - reported to the UI; the traceback goes to the log only
             logger.exception("%s failed", self.what)
-            self.outcome = Outcome("error", AnLLMError(f"{self.what} failed: {type(e).__name__}: {e}"))
+            outcome = Outcome("error", AnLLMError(f"{self.what} failed: {type(e).__name__}: {e}"))
         finally:
-            job.reports.put(_FINISHED)
+            job.reports.put(outcome)  # the last item, after every report
 
     def batches(self, wait_s: float | None = None) -> Iterator[list]:
         """Yield what the job reported since the last batch, oldest first; an empty batch when ``wait_s`` passed
-        without a report (``None``: wait for one). The last batch comes once the job has ended (``outcome`` set).
+        without a report (``None``: wait for one). The last batch, with every report left, comes once the job has
+        ended, with :attr:`outcome` set.
         """
-        finished = False
-        while not finished:
+        while self.outcome is None:
             try:
                 items = [self.job.reports.get(timeout=wait_s)]
             except queue.Empty:
@@ -245,8 +243,9 @@ class Worker:
                     items.append(self.job.reports.get_nowait())
                 except queue.Empty:
                     break
-            finished = _FINISHED in items
-            yield [it for it in items if it is not _FINISHED]
+            if items and isinstance(items[-1], Outcome):
+                self.outcome = items.pop()
+            yield items
 
     def close(self) -> None:
         """Stop the job (at its next report, or its next decoder layer with ``interrupt``) and wait for it."""
