@@ -72,8 +72,12 @@ def build_demo(
         registry, max_documents=max_documents, max_chars=max_document_chars, files_dir=documents_dir, **streaming
     )
     chats = ChatTab(registry, max_chats=max_chats, interval_s=interval_s, max_request_s=max_request_s)
-    tabs = [("Generate", "generate", generate), ("Document", "document", documents), ("Chat", "chat", chats)]
-    tabs.append(("Mask explorer", "masks", ExplorerTab(registry)))
+    tabs = [  # (label, elem_id suffix, tab)
+        ("Generate", "generate", generate),
+        ("Document", "document", documents),
+        ("Chat", "chat", chats),
+        ("Mask explorer", "masks", ExplorerTab(registry)),
+    ]
     if analytics_enabled is None:
         analytics_enabled = os.environ.get("GRADIO_ANALYTICS_ENABLED") == "True"
     limit_note = f" Each request may compute for {max_request_s:g} s at most." if max_request_s else ""
