@@ -1,4 +1,5 @@
-"""Fixtures shared by the app's tests: the tiny model's registry, the app served on 127.0.0.1, a Chromium page.
+"""Fixtures shared by the app's tests: the tiny model's registry, the app served on 127.0.0.1, a Chromium page
+(and ``visible_text``, what an output column shows).
 
 A test module loads them with ``pytest_plugins = ["tests.app_fixtures"]`` (allowed in test modules; only a
 non-root ``conftest.py`` may not). Every fixture is module-scoped: each test module gets its own registry and app.
@@ -6,7 +7,9 @@ non-root ``conftest.py`` may not). Every fixture is module-scoped: each test mod
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import shutil
 
 import pytest
@@ -24,6 +27,12 @@ LAUNCH_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+def visible_text(html_value: str) -> str:
+    """The generated text shown in an output column (placeholders left out)."""
+    html_value = re.sub(r'<span class="anllm-placeholder">.*?</span>', "", html_value)
+    return html.unescape(re.sub(r"<[^>]+>", "", html_value))
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from anllm.ui.explorer_tab import ExplorerTab
 from anllm.ui.generate_tab import GenerateTab
 from anllm.ui.registry import ModelRegistry, model_choices
 from anllm.ui.runtime import Worker, compare_stream, make_generation_config, maybe_gpu
+from tests.app_fixtures import visible_text
 
 PROMPT = "Hello there. How are you? I am fine!"
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,12 +61,6 @@ def run_handler(h, **kw):
         shown = [old if is_skip(new) else new for old, new in zip(shown, values)]
         out.append(tuple(shown))
     return out
-
-
-def visible_text(html_value: str) -> str:
-    """The generated text shown in an output column (placeholders left out)."""
-    html_value = re.sub(r'<span class="anllm-placeholder">.*?</span>', "", html_value)
-    return html.unescape(re.sub(r"<[^>]+>", "", html_value))
 
 
 def as_figure(value) -> go.Figure | None:

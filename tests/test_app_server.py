@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import gc
-import html
 import json
-import re
 import threading
 import time
 import uuid
@@ -17,6 +15,7 @@ from anllm.config import GenerationConfig
 from anllm.generation import stream_generate
 from anllm.ui.blocks import build_demo
 from anllm.ui.registry import ModelRegistry
+from tests.app_fixtures import visible_text
 from tests.app_launch import launch
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -37,11 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def client(served):
     return Client(served[1], verbose=False)
-
-
-def visible_text(html_value: str) -> str:
-    html_value = re.sub(r'<span class="anllm-placeholder">.*?</span>', "", html_value)
-    return html.unescape(re.sub(r"<[^>]+>", "", html_value))
 
 
 def rss_mb() -> float:

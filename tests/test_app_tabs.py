@@ -4,7 +4,6 @@ limit, escaping, per-session stores with their files cleaned up, Stop and the ti
 
 from __future__ import annotations
 
-import html
 import re
 import types
 from pathlib import Path
@@ -22,6 +21,7 @@ from anllm.ui.chat_tab import ChatTab
 from anllm.ui.document_tab import ANCHOR_FILE, DocumentTab
 from anllm.ui.render import public_text
 from anllm.ui.sessions import SessionStore
+from tests.app_fixtures import visible_text
 
 pytest_plugins = ["tests.app_fixtures"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -34,11 +34,6 @@ HOSTILE = "<img src=x onerror=alert(1)> [click](javascript:alert(1)) ![p](http:/
 def session(name: str) -> types.SimpleNamespace:
     """A stand-in for the ``gr.Request`` gradio passes (only ``session_hash`` is read)."""
     return types.SimpleNamespace(session_hash=name)
-
-
-def visible_text(html_value: str) -> str:
-    html_value = re.sub(r'<span class="anllm-placeholder">.*?</span>', "", html_value)
-    return html.unescape(re.sub(r"<[^>]+>", "", html_value))
 
 
 def is_skip(value) -> bool:

@@ -3,8 +3,6 @@ endpoints, the downloaded cache file answering like the app, per-session state k
 
 from __future__ import annotations
 
-import html
-import re
 import types
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from anllm.chat import ChatSession
 from anllm.cli import main
 from anllm.config import GenerationConfig
 from anllm.ui.render import public_text
+from tests.app_fixtures import visible_text
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
@@ -32,11 +31,6 @@ def clients(served):
     yield made
     for c in made:
         c.close()
-
-
-def visible_text(html_value: str) -> str:
-    html_value = re.sub(r'<span class="anllm-placeholder">.*?</span>', "", html_value)
-    return html.unescape(re.sub(r"<[^>]+>", "", html_value))
 
 
 def unload(demo):
