@@ -1,38 +1,17 @@
-"""Fixtures shared by the app's tests: the tiny model's registry, the app served on 127.0.0.1, a Chromium page
-(and ``visible_text``, what an output column shows).
+"""Fixtures shared by the app's tests: the tiny model's registry, the app served on 127.0.0.1, a Chromium page.
 
 A test module loads them with ``pytest_plugins = ["tests.app_fixtures"]`` (allowed in test modules; only a
-non-root ``conftest.py`` may not). Every fixture is module-scoped: each test module gets its own registry and app.
+non-root ``conftest.py`` may not), and imports nothing else from it: plain helpers are in ``tests/app_launch.py``.
+Every fixture is module-scoped: each test module gets its own registry and app.
 """
 
 from __future__ import annotations
-
-import html
-import os
-import re
-import shutil
 
 import pytest
 
 from anllm.ui.blocks import build_demo
 from anllm.ui.registry import ModelRegistry
-from tests.app_launch import launch
-
-CHROMIUM = os.environ.get("ANLLM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def visible_text(html_value: str) -> str:
-    """The generated text shown in an output column (placeholders left out)."""
-    html_value = re.sub(r'<span class="anllm-placeholder">.*?</span>', "", html_value)
-    return html.unescape(re.sub(r"<[^>]+>", "", html_value))
+from tests.app_launch import CHROMIUM, LAUNCH_ARGS, launch
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,27 @@
-"""Launching the app on a free loopback port, shared by the server and browser tests."""
+"""Helpers of the app tests: launching the app on a free loopback port, the Chromium to drive it with, and what an
+output column shows. (The fixtures built on them are in ``tests/app_fixtures.py``.)"""
 
+import html
+import os
+import re
+import shutil
 import socket
+
+CHROMIUM = os.environ.get("ANLLM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def visible_text(html_value: str) -> str:
+    """The generated text shown in an output column (placeholders left out)."""
+    html_value = re.sub(r'<span class="anllm-placeholder">.*?</span>', "", html_value)
+    return html.unescape(re.sub(r"<[^>]+>", "", html_value))
 
 
 def free_port() -> int:

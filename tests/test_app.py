@@ -30,7 +30,7 @@ from anllm.ui.explorer_tab import ExplorerTab
 from anllm.ui.generate_tab import GenerateTab
 from anllm.ui.registry import ModelRegistry, model_choices
 from anllm.ui.runtime import Worker, compare_stream, make_generation_config, maybe_gpu
-from tests.app_fixtures import visible_text
+from tests.app_launch import visible_text
 
 PROMPT = "Hello there. How are you? I am fine!"
 ROOT = Path(__file__).resolve().parent.parent

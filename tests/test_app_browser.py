@@ -15,8 +15,7 @@ import pytest
 from anllm.models import load_model
 from anllm.ui.blocks import build_demo
 from anllm.ui.registry import ModelRegistry
-from tests.app_fixtures import CHROMIUM
-from tests.app_launch import launch
+from tests.app_launch import CHROMIUM, launch
 
 if not Path(CHROMIUM).is_file():
     pytest.skip("Debian chromium is not installed (run .ci/extra-setup.sh)", allow_module_level=True)

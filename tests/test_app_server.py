@@ -15,8 +15,7 @@ from anllm.config import GenerationConfig
 from anllm.generation import stream_generate
 from anllm.ui.blocks import build_demo
 from anllm.ui.registry import ModelRegistry
-from tests.app_fixtures import visible_text
-from tests.app_launch import launch
+from tests.app_launch import launch, visible_text
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402

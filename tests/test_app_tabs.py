@@ -21,7 +21,7 @@ from anllm.ui.chat_tab import ChatTab
 from anllm.ui.document_tab import ANCHOR_FILE, DocumentTab
 from anllm.ui.render import public_text
 from anllm.ui.sessions import SessionStore
-from tests.app_fixtures import visible_text
+from tests.app_launch import visible_text
 
 pytest_plugins = ["tests.app_fixtures"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -13,7 +13,7 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
-from tests.app_fixtures import CHROMIUM
+from tests.app_launch import CHROMIUM
 
 if not Path(CHROMIUM).is_file():
     pytest.skip("Debian chromium is not installed (run .ci/extra-setup.sh)", allow_module_level=True)

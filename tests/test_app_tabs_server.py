@@ -12,7 +12,7 @@ from anllm.chat import ChatSession
 from anllm.cli import main
 from anllm.config import GenerationConfig
 from anllm.ui.render import public_text
-from tests.app_fixtures import visible_text
+from tests.app_launch import visible_text
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
