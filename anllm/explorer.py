@@ -1,7 +1,7 @@
 """The mask explorer's computation: a text's tokens and anchors, its AnSAN and causal masks, and the KV-drop
 schedule of the anchor cache (arXiv 2402.07616 §3), as plain arrays.
 
-The app's "Mask explorer" tab (:mod:`anllm.ui.handlers`) and the notebooks call :func:`explore_masks`; the figures
+The app's "Mask explorer" tab (:mod:`anllm.ui.explorer_tab`) and the notebooks call :func:`explore_masks`; the figures
 of a :class:`MaskView` are :func:`anllm.plots.mask_figure` and :func:`anllm.plots.schedule_figure`. No model is run.
 """
 

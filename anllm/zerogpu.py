@@ -3,7 +3,7 @@
 On ZeroGPU a GPU is attached only while a function decorated with ``@spaces.GPU(duration=...)`` runs, and a
 shorter ``duration`` puts the visitor earlier in the queue; ``duration`` may be a callable that receives the
 handler's own arguments and returns seconds (huggingface.co/docs/hub/spaces-zerogpu). :func:`gpu_duration` builds
-that callable for :meth:`anllm.ui.handlers.AppHandlers.generate`: the estimate grows with the prompt, the requested
+that callable for :meth:`anllm.ui.generate_tab.GenerateTab.generate`: the estimate grows with the prompt, the requested
 ``max new tokens`` and the number of cache modes, and never exceeds the request's own time limit (plus the attach
 overhead). Pure arithmetic: nothing here imports ``spaces`` or touches a device (see ``app/app.py`` for that).
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from anllm.config import AnLLMError
 
-NO_PEER = "none"  # the peer picker's "no third column" (anllm.ui.handlers.NO_PEER)
+NO_PEER = "none"  # the peer picker's "no third column" (the Generate tab imports it from here)
 
 
 @dataclass(frozen=True)
