@@ -154,6 +154,8 @@ def save_cache(cache: PolicyCache, lm, path: str | os.PathLike, extra: dict | No
     path = Path(path)
     if not path.parent.is_dir():
         raise AnLLMError(f"cannot write {path}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise AnLLMError(f"cannot write {path}: it is a directory; give a file name such as doc.kv")
     tensors = cache.to_tensors()
     record = {
         "format": FORMAT,
@@ -201,6 +203,8 @@ class SavedCache:
 
 def _read(path: Path, device: torch.device) -> tuple[dict, dict[str, Tensor]]:
     """The JSON record and tensors of a cache file; any unreadable or inconsistent file raises AnLLMError."""
+    if path.is_dir():
+        raise AnLLMError(f"cache file {path} is a directory; give the path of a file written by anllm compress")
     if not path.is_file():
         raise AnLLMError(f"cache file {path} does not exist")
     bad = f"{path} is not a readable anllm cache file"
@@ -235,6 +239,15 @@ def _upgrade(record: dict) -> dict:
         model = {**{k: v for k, v in model.items() if k != "anchor_mode"}, "anchor_kind": model["anchor_mode"]}
         record = {**record, "model": model}
     return record
+
+
+def verify_cache_file(path: str | os.PathLike) -> dict:
+    """The JSON record of the cache file at ``path`` once its header and checksum are verified (no model needed).
+
+    Raises:
+        AnLLMError: missing, a directory, truncated, corrupt, edited, or not an anllm cache of this version.
+    """
+    return _read(Path(path), torch.device("cpu"))[0]
 
 
 @renamed_kwargs(mode="policy")

@@ -31,8 +31,15 @@ def version_line() -> str:
     return f"anllm {__version__} ({', '.join(deps)}, Python {platform.python_version()})"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (``anllm generate: error: ...``) instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anllm", description="Anchor-based LLMs: AnSAN masks and anchor KV caches")
+    parser = Parser(prog="anllm", description="Anchor-based LLMs: AnSAN masks and anchor KV caches")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,12 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; a bad value is one line on stderr and exit 2, found before any model loads."""
+    from anllm.commands.checks import check_args
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        check_args(parser, args)  # every path, number, name and address, before the slow part
         return int(args.func(args) or 0)
     except AnLLMError as e:
-        print(f"anllm {args.command}: error: {e}", file=sys.stderr)
+        print(f"anllm {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the system refused (permissions, a full disk): the user's to fix
+        if args.verbose:
+            raise
+        what = f"{e.strerror or e}" + (f": {e.filename}" if getattr(e, "filename", None) else "")
+        print(f"anllm {args.command}: error: {what}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:
         extra = EXTRAS.get((e.name or "").split(".")[0])
@@ -67,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -6,14 +6,20 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -254,6 +260,121 @@ def merge_anchor(base: AnchorConfig, overrides: dict | None) -> AnchorConfig:
     return base.replace(**changes) if changes else base
 
 
+# -- checking a name without loading it ----------------------------------------------------------------------
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")  # org/name, as the Hub allows
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
+_MODEL_FOLDER = "a model folder holds config.json, the weights (*.safetensors) and the tokenizer files"
+# transformers 4.5x warns on every load of a model with gradient checkpointing support; nothing a user can act on
+QUIET_WARNINGS = r".*`?is_gradient_checkpointing`? is deprecated"
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub endpoint accepts a TCP connection within ``timeout_s`` (DNS included)."""
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    ok = threading.Event()
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                ok.set()
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
+    t.start()
+    t.join(timeout_s)
+    return ok.is_set()
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds ``repo_id``'s config.json (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed id is simply not cached
+        return False
+
+
+def _path_state(name: str) -> Path | None:
+    """``Path(name)`` when it exists here, None when not; a name the file system cannot hold is an error."""
+    try:
+        p = Path(name).expanduser()
+        return p if p.exists() else None
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise AnLLMError(
+                f"model name of {len(name)} characters is too long for a path or a Hub id (org/name, at most 96 "
+                "characters each): give a shorter name"
+            ) from None
+        raise AnLLMError(f"model {name[:80]!r}: cannot look it up ({e.strerror or e})") from None
+    except ValueError as e:  # a NUL byte
+        raise AnLLMError(f"model name {name[:80]!r} is not a valid name ({e})") from None
+
+
+def check_model_folder(path: Path) -> None:
+    """Raise :class:`AnLLMError` unless ``path`` looks like a transformers model folder (read: config.json only)."""
+    if not path.is_dir():
+        raise AnLLMError(f"model {str(path)!r} is a file, not a model folder; {_MODEL_FOLDER}")
+    config = path / "config.json"
+    if not config.is_file():
+        raise AnLLMError(f"model folder {path} has no config.json, so it is not a model; {_MODEL_FOLDER}")
+    try:
+        data = json.loads(config.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        raise AnLLMError(f"model folder {path}: config.json is not valid JSON ({e}); {_MODEL_FOLDER}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise AnLLMError(f"model folder {path}: config.json names no model_type, so it is not a transformers model")
+    names = [f.name for f in path.iterdir()]
+    if not any(n.endswith(WEIGHT_SUFFIXES) for n in names):
+        raise AnLLMError(f"model folder {path} has no weights (*.safetensors or *.bin); {_MODEL_FOLDER}")
+    if not any(n in TOKENIZER_FILES for n in names):
+        raise AnLLMError(f"model folder {path} has no tokenizer files (tokenizer.json, ...); {_MODEL_FOLDER}")
+
+
+def check_model_name(name: str, *, network_timeout_s: float = 3.0) -> None:
+    """Fail at once, with one line, for a model name :func:`load_model` could not load; loads nothing.
+
+    Checks: an empty or overlong name, a local folder that is not a model (no or a junk config.json, no weights, no
+    tokenizer), an unknown bare name, and a Hub id that is neither in the local cache nor reachable (offline, or the
+    Hub not answering within ``network_timeout_s``; the message names ``HF_HUB_OFFLINE=1``).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise AnLLMError("no model given: use --model default, smollm2-135m, tiny-random, a preset or a hub id")
+    if name in BUILTIN_MODELS:
+        return
+    shown = name if len(name) <= 100 else f"{name[:60]}... ({len(name)} characters)"
+    preset = preset_for(name)
+    if preset is None:
+        path = _path_state(name)
+        if path is not None:
+            check_model_folder(path)
+            return
+        if "/" not in name and os.sep not in name:
+            raise AnLLMError(
+                f"unknown model {shown!r}: use one of {', '.join(BUILTIN_MODELS)}, a preset "
+                f"({', '.join(PRESETS)}), a hub id (org/name) or a local directory"
+            )
+        if not HUB_ID.match(name):
+            raise AnLLMError(f"model {shown!r}: no such folder here, and not a Hub id (org/name)")
+    repo = preset.hub_id if preset is not None else name
+    if in_hub_cache(repo):
+        return
+    shown = repo if preset is not None else shown
+    if _hub_offline():
+        raise AnLLMError(
+            f"model {shown!r} is not a local folder and not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 "
+            "is set: download it once with network access, or name a local model folder"
+        )
+    if not hub_reachable(network_timeout_s):
+        raise AnLLMError(
+            f"model {shown!r} is not in the local Hugging Face cache and the Hub is unreachable from here; "
+            "set HF_HUB_OFFLINE=1 to skip the network, or use default, smollm2-135m or tiny-random"
+        )
+
+
 # -- entry point ------------------------------------------------------------------------------------------------
 def load_model(
     name: str = "default",
@@ -278,10 +399,15 @@ def load_model(
             ``--positions`` and ``--chunk-size`` give), so an override keeps the rest of the model's own setting.
         trust_remote_code: passed to transformers; never on unless asked for.
     """
+    check_model_name(name)  # one line for a folder that is no model, an overlong name, an unreachable hub id
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=QUIET_WARNINGS, category=FutureWarning)
+        return _load_model(name, anchor, anchor_overrides, dtype, device, trust_remote_code, attn_implementation)
+
+
+def _load_model(name, anchor, anchor_overrides, dtype, device, trust_remote_code, attn_implementation) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not name or not name.strip():
-        raise AnLLMError("no model given: use --model default, smollm2-135m, tiny-random, a preset or a hub id")
     notes: list[str] = []
     adapter_anchor: AnchorConfig | None = None  # the default's adapter brings the anchor settings it was trained with
     preset = preset_for(name)
@@ -295,11 +421,6 @@ def load_model(
             model, adapter_anchor = _apply_adapter(model, ADAPTER_DIR, notes)
     else:
         source = preset.hub_id if preset is not None else name
-        if preset is None and not Path(name).exists() and "/" not in name:
-            raise AnLLMError(
-                f"unknown model {name!r}: use one of {', '.join(BUILTIN_MODELS)}, a preset "
-                f"({', '.join(PRESETS)}), a hub id (org/name) or a local directory"
-            )
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(
@@ -308,6 +429,8 @@ def load_model(
         except OSError as e:
             hint = " (the Hub is unreachable here: HF_HUB_OFFLINE=1)" if _hub_offline() else ""
             raise AnLLMError(f"could not load model {source!r}{hint}: {e}".split("\n")[0]) from e
+        except Exception as e:  # noqa: BLE001 - a junk folder fails in many ways inside transformers/tokenizers
+            raise AnLLMError(f"could not load model {source!r}: {type(e).__name__}: {e}".split("\n")[0]) from e
         if preset is not None and preset.pad_id is not None and tokenizer.pad_token_id is None:
             tokenizer.pad_token_id = preset.pad_id
     if tokenizer.pad_token_id is None:

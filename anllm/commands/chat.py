@@ -49,7 +49,7 @@ def run(args) -> int:
     print(f"anllm chat ({lm.name}, {_kv_line(session.stats())}); {HELP}", file=sys.stderr)
     while True:
         print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
+        line = _read_line()
         if not line:
             return 0
         line = line.strip()
@@ -70,6 +70,20 @@ def run(args) -> int:
         sys.stdout.write("\n")
         turn = session.turns[-1]
         print(f"{_kv_line(session.stats())}; turn {turn.turn}: {turn.seconds:.2f} s", file=sys.stderr)
+
+
+def _read_line() -> str:
+    """One line of stdin; bytes that are not UTF-8 are one error line (exit 2), not a tokenizer traceback."""
+    fix = "send UTF-8 (in a terminal: a UTF-8 locale such as LANG=C.UTF-8)"
+    try:
+        line = sys.stdin.readline()
+    except UnicodeDecodeError as e:
+        raise AnLLMError(f"stdin is not valid UTF-8 (byte 0x{e.object[e.start]:02x}): {fix}") from None
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as e:  # undecodable bytes kept as surrogates (a C/POSIX locale)
+        raise AnLLMError(f"stdin is not valid UTF-8 (byte 0x{ord(line[e.start]) & 0xFF:02x}): {fix}") from None
+    return line
 
 
 def _command(session, line: str) -> bool:

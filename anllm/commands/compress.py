@@ -26,7 +26,7 @@ def run(args) -> int:
 
     from anllm.chat import compress
 
-    text = read_text(None, args.text_file)
+    text = read_text(None, args.text_file, "text")
     lm = load_from_args(args)
     policy = args.policy or lm.default_mode
     if policy == "full" and args.policy is None:

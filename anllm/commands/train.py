@@ -29,7 +29,8 @@ tiny-pretrain-ep.yaml (seconds on a CPU), sft-alpaca-ac.yaml, sft-translation-ep
 for several GPUs). Checkpoints, logs and the final model go to output_dir. docs/training.md explains the keys."""
 
 EPILOG = """\
-examples:
+examples (from the source repository's root; the first command writes the tiny config's data, once):
+  python -m anllm.train.corpus --out runs/corpus-synth --sources synthetic
   anllm train --config configs/tiny-pretrain-ep.yaml
   anllm train --config configs/tiny-pretrain-ep.yaml --set max_steps=50 --set anchors=ac --print-config
   accelerate launch --config_file configs/accelerate/fsdp.yaml -m anllm train --config configs/paper-cpt-ep-7b.yaml"""
@@ -62,6 +63,9 @@ def run(args) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    from anllm.commands.checks import check_train
+
+    check_train(cfg)  # the model name, data files and output_dir, before a model loads
     from anllm.train.loop import train
 
     result = train(cfg, resume=args.resume)

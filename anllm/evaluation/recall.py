@@ -220,6 +220,12 @@ def builtin_items(
     filler: str | None = None,
 ) -> list[MemoryItem]:
     """The benchmark's generated items for ``lm``'s tokenizer (distances in its tokens)."""
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    if limit is not None and distances and max(distances) >= limit:  # before building megabytes of filler
+        d = max(distances)
+        raise AnLLMError(
+            f"distance {d} needs more than {d} positions but the model supports {limit}; use shorter --distances"
+        )
     filler = filler if filler is not None else DEFAULT_FILLER.read_text(encoding="utf-8")
     fewshot = None
     if "fewshot" in families:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
+from anllm import models
 from anllm.config import PRESETS, AnLLMError
-from anllm.models import BUILTIN_MODELS, LoadedModel, load_model
+from anllm.models import BUILTIN_MODELS, HUB_ID, LoadedModel, hub_reachable, in_hub_cache, load_model
+
+_in_hub_cache = in_hub_cache  # the former name
+__all__ = ["ModelRegistry", "allowed_models_from_env", "hub_reachable", "model_choices", "visitor_name_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,46 +25,42 @@ def model_choices() -> list[str]:
     return ["default", "smollm2-135m", *PRESETS, "tiny-random"]
 
 
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub endpoint accepts a TCP connection within ``timeout_s`` (DNS included)."""
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    ok = threading.Event()
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                ok.set()
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
-    t.start()
-    t.join(timeout_s)
-    return ok.is_set()
-
-
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
 
 
-def _in_hub_cache(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
+def allowed_models_from_env(default: str, host: str | None = None) -> tuple[str, ...] | None:
+    """The models visitors may load: ``$ANLLM_ALLOWED_MODELS`` (comma-separated; ``*`` = any, the host's explicit
+    opt-out), else only the default where the app is reachable from a network: on a Hugging Face Space (``$SPACE_ID``)
+    or bound to anything but localhost (``host``, default ``$GRADIO_SERVER_NAME``); else any (``None``)."""
+    from anllm.ui.launch import is_loopback
 
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:  # noqa: BLE001 - a malformed id is simply not cached
-        return False
-
-
-def allowed_models_from_env(default: str) -> tuple[str, ...] | None:
-    """The models visitors may load: ``$ANLLM_ALLOWED_MODELS`` (comma-separated; ``*`` = any), else only the
-    default on a Hugging Face Space (``$SPACE_ID`` set), else any (``None``)."""
     raw = os.environ.get("ANLLM_ALLOWED_MODELS")
     if raw is None:
-        return (default,) if os.environ.get("SPACE_ID") else None
+        public = os.environ.get("SPACE_ID") or not is_loopback(host or os.environ.get("GRADIO_SERVER_NAME"))
+        return (default,) if public else None
     names = tuple(n.strip() for n in raw.split(",") if n.strip())
     return None if "*" in names else tuple(dict.fromkeys((default, *names)))
+
+
+def visitor_name_problem(name: str) -> str | None:
+    """Why a visitor may not ask for ``name`` (None if they may): only built-in names, presets and Hub ids, never
+    a local path, whatever the allowlist says; the host names local folders with --model or ANLLM_ALLOWED_MODELS."""
+    if name in BUILTIN_MODELS or name.lower() in PRESETS:
+        return None
+    if len(name) > 200:
+        return f"a model name of {len(name)} characters is too long; a Hub id is org/name, at most 96 characters each"
+    local = name.startswith(("/", ".", "~", "\\")) or "\\" in name or os.sep != "/" and os.sep in name
+    try:
+        local = local or Path(name).exists()
+    except (OSError, ValueError):
+        local = True
+    if local or not HUB_ID.match(name):
+        return (
+            f"model {name[:100]!r} is not a built-in model, a preset or a Hub id (org/name); this app does not load "
+            "local folders for visitors (the host can name one with --model or ANLLM_ALLOWED_MODELS)"
+        )
+    return None
 
 
 class ModelRegistry:
@@ -107,9 +105,13 @@ class ModelRegistry:
         name = (name or "").strip() or self.default
         if self.allowed is not None and name not in self.allowed:
             raise AnLLMError(
-                f"this app serves only {', '.join(self.allowed)}; model {name!r} is not among them "
+                f"this app serves only {', '.join(self.allowed)}; model {name[:100]!r} is not among them "
                 "(the host chooses with ANLLM_ALLOWED_MODELS)"
             )
+        operator_named = name == self.default or name in (self.allowed or ())
+        problem = None if operator_named else visitor_name_problem(name)
+        if problem is not None:
+            raise AnLLMError(problem)
         with self._lock:
             if name in self._models:
                 self._models[name] = self._models.pop(name)  # most recent last
@@ -131,12 +133,13 @@ class ModelRegistry:
 
     @staticmethod
     def _check_source(name: str) -> None:
-        """Fail fast, with a message, for a hub id that cannot be fetched (instead of waiting on the network)."""
-        if name in BUILTIN_MODELS or Path(name).exists() or _offline():
+        """Fail fast, with a message, for a hub id that cannot be fetched (instead of waiting on the network); the
+        loader (:func:`anllm.models.load_model`) checks local folders and names itself."""
+        if name in BUILTIN_MODELS or _offline() or models._path_state(name) is not None:
             return  # offline, load_model itself fails at once with a clear message
         preset = PRESETS.get(name.lower())
         repo = preset.hub_id if preset is not None else name
-        if "/" in repo and not _in_hub_cache(repo) and not hub_reachable():
+        if "/" in repo and not in_hub_cache(repo) and not hub_reachable():
             raise AnLLMError(
                 f"model {name!r} is not in the local Hugging Face cache and the Hub is unreachable from here; "
                 "use default, smollm2-135m or tiny-random offline"
