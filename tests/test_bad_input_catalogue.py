@@ -519,3 +519,142 @@ def test_a_real_process_refuses_to_overwrite_its_input(tmp_path):
         "choose another output name (nothing was written)"
     ]
     assert doc.read_text(encoding="utf-8") == "The user's only copy. Of a document!\n"
+
+
+# -- the app's named endpoints -----------------------------------------------------------------------------------
+def bad_visitor_models(root: Path) -> dict[str, str]:
+    junk, empty = root / "notmodel", root / "adir"
+    junk.mkdir(exist_ok=True)
+    (junk / "config.json").write_text("{junk", encoding="utf-8")
+    empty.mkdir(exist_ok=True)
+    return {
+        "junk-folder": str(junk),
+        "empty-folder": str(empty),
+        "300-char-name": LONG,
+        "300-char-hub-id": f"org/{LONG}",
+        "absolute-path": "/etc",
+        "parent-path": "../../etc",
+        "relative-folder": "tests",  # a folder next to the server's working directory
+        "home": "~",
+        "uncached-hub-id": "someone/not-on-this-machine",
+        "unknown-name": "no-such-model",
+    }
+
+
+@pytest.fixture(scope="module")
+def app_client(tmp_path_factory):
+    pytest.importorskip("gradio_client")
+    from gradio_client import Client
+
+    from anllm.models import load_model
+    from anllm.ui.blocks import build_demo
+    from anllm.ui.registry import ModelRegistry
+    from tests.app_launch import launch
+
+    tried = []
+
+    def loader(name, **kw):  # what the server actually tries to load
+        tried.append(name)
+        return load_model(name, **kw)
+
+    registry = ModelRegistry("tiny-random", loader=loader)  # allowlist off: the widest a visitor can get
+    demo = build_demo(registry, max_request_s=None)
+    url = launch(demo)
+    yield Client(url, verbose=False), registry, tried, tmp_path_factory.mktemp("visitor")
+    demo.close()
+
+
+def _endpoint_args(params: list[dict], model: str) -> list:
+    out = []
+    for p in params:
+        if p["parameter_name"] == "model_name":
+            out.append(model)
+        elif p.get("parameter_has_default"):
+            out.append(p["parameter_default"])
+        else:
+            out.append("Hello there. How are you?")
+    return out
+
+
+def test_app_endpoints_answer_a_bad_model_with_its_line(app_client):
+    """Every named endpoint that takes a model, with every bad name: the registry's one line, never gradio's generic
+    error, and the server never tries a local path a visitor typed."""
+    import html
+    import json
+
+    from gradio_client.exceptions import AppError
+
+    from anllm.config import AnLLMError
+
+    client, registry, tried, root = app_client
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    takes_model = {
+        name for name, ep in api.items() if any(p["parameter_name"] == "model_name" for p in ep["parameters"])
+    }
+    endpoints = {name: api[name]["parameters"] for name in sorted(takes_model)}
+    # the two that may answer otherwise: /ask says first that no document was compressed in this session, and
+    # /explorer_setting leaves the explorer as it is when the model cannot be loaded
+    other_answer = {"/ask", "/explorer_setting"}
+    assert len(endpoints) >= 5, sorted(api)
+    n = 0
+    cwd = os.getcwd()
+    os.chdir(root.parent)  # "tests", "../../etc" resolve against the server's working directory
+    try:
+        for label, bad in bad_visitor_models(root).items():
+            with pytest.raises(AnLLMError) as e:
+                registry.get(bad)
+            line = str(e.value)
+            assert "\n" not in line and len(line) < 600, (label, line)
+            for name, params in endpoints.items():
+                try:
+                    result = client.predict(*_endpoint_args(params, bad), api_name=name)
+                    text = html.unescape(json.dumps(result, ensure_ascii=False))
+                    skipped = all(isinstance(v, dict) and v.get("__type__") == "update" for v in result)
+                except AppError as err:
+                    text, skipped = str(err), False
+                assert "upstream" not in text.lower(), (name, label, text[:300])
+                shown = line in text.replace('\\"', '"')
+                assert shown or (name in other_answer and (skipped or "⚠️" in text)), (name, label, line, text[:500])
+                n += 1
+    finally:
+        os.chdir(cwd)
+    local = [t for t in tried if t not in ("tiny-random",) and (t.startswith(("/", ".", "~")) or Path(t).exists())]
+    assert not local, local
+    assert n >= 50
+
+
+def test_the_allowlist_is_on_when_the_app_binds_a_network(monkeypatch):
+    from anllm.ui.launch import is_loopback, network_allowlist
+    from anllm.ui.registry import allowed_models_from_env
+
+    for var in ("ANLLM_ALLOWED_MODELS", "SPACE_ID", "GRADIO_SERVER_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    assert [is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "192.168.1.5", "example.org")] == [
+        True, True, True, False, False, False,
+    ]  # fmt: skip
+    assert allowed_models_from_env("default", host="127.0.0.1") is None
+    assert allowed_models_from_env("default", host="0.0.0.0") == ("default",)
+    network_allowlist("0.0.0.0", allow_any=False)  # what anllm app does with --host
+    assert allowed_models_from_env("default") == ("default",)
+    monkeypatch.setenv("ANLLM_ALLOWED_MODELS", "tiny-random")
+    assert allowed_models_from_env("default") == ("default", "tiny-random")
+    network_allowlist("0.0.0.0", allow_any=True)  # --allow-any-model: the explicit opt-out
+    assert allowed_models_from_env("default") is None
+
+
+def test_visitors_never_reach_a_local_path_even_with_the_allowlist_off(tmp_path):
+    from anllm.config import AnLLMError
+    from anllm.models import tiny_model, tiny_tokenizer
+    from anllm.ui.registry import ModelRegistry
+
+    model_dir = tmp_path / "my-model"  # a real model folder on the server
+    tiny_model().save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    tried = []
+    registry = ModelRegistry("tiny-random", allowed=None, loader=lambda name, **kw: tried.append(name))
+    with pytest.raises(AnLLMError, match="does not load local folders"):
+        registry.get(str(model_dir))
+    assert tried == []
+    operator = ModelRegistry("tiny-random", allowed=[str(model_dir)], loader=lambda name, **kw: tried.append(name))
+    operator.get(str(model_dir))  # the host named it: allowed
+    assert tried == [str(model_dir)]
