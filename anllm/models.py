@@ -365,13 +365,13 @@ def check_model_name(name: str, *, network_timeout_s: float = 3.0) -> None:
     shown = repo if preset is not None else shown
     if _hub_offline():
         raise AnLLMError(
-            f"model {shown!r} is not a local folder and not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 "
-            "is set: download it once with network access, or name a local model folder"
+            f"could not load model {shown!r}: it is not a local folder nor in the local Hugging Face cache, and "
+            "HF_HUB_OFFLINE=1 is set: download it once with network access, or name a local model folder"
         )
     if not hub_reachable(network_timeout_s):
         raise AnLLMError(
-            f"model {shown!r} is not in the local Hugging Face cache and the Hub is unreachable from here; "
-            "set HF_HUB_OFFLINE=1 to skip the network, or use default, smollm2-135m or tiny-random"
+            f"could not load model {shown!r}: it is not in the local Hugging Face cache and the Hub is unreachable "
+            "from here; set HF_HUB_OFFLINE=1 to skip the network, or use default, smollm2-135m or tiny-random"
         )
 
 

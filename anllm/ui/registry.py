@@ -55,7 +55,7 @@ def visitor_name_problem(name: str) -> str | None:
         local = local or Path(name).exists()
     except (OSError, ValueError):
         local = True
-    if local or not HUB_ID.match(name):
+    if local or ("/" in name and not HUB_ID.match(name)):  # a bare unknown name: load_model says it is unknown
         return (
             f"model {name[:100]!r} is not a built-in model, a preset or a Hub id (org/name); this app does not load "
             "local folders for visitors (the host can name one with --model or ANLLM_ALLOWED_MODELS)"
