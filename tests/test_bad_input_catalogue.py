@@ -300,6 +300,8 @@ def make_cases() -> list:
             elif kind in BAD_VALUES:
                 for label, v in BAD_VALUES[kind].items():
                     add(leaf, action, label, v if callable(v) else (lambda f, v=v: v))
+                bad = "lr=caf\udce9" if kind == "set" else "caf\udce9"  # bytes that are not UTF-8, as Python keeps them
+                add(leaf, action, "non-utf8-argument", lambda f, bad=bad: bad)
         # the same path as an input and an output: the input must survive
         for out in [a for a in options(leaf) if kind_of(command, a)[1] == "out-file"]:
             for inp, kind in inputs:

@@ -117,6 +117,21 @@ OPTIONS: dict[str, Number | Ints | str] = {
 }
 
 INPUT_KINDS = ("text-in", "jsonl-in", "task", "config-in", "cache-in")
+PATH_KINDS = (*INPUT_KINDS, "out-file", "model")  # a file name may hold any bytes; text and names may not
+
+
+def _check_utf8(value: Any, flag: str) -> None:
+    """A text argument with bytes that are not UTF-8 (kept by Python as surrogates) is one line, not a traceback."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                byte = ord(v[e.start]) & 0xFF
+                raise AnLLMError(
+                    f"{flag}: the value is not valid UTF-8 (byte 0x{byte:02x} at character {e.start}): "
+                    "type it in a UTF-8 terminal, or put the text in a UTF-8 file"
+                ) from None
 
 
 def command_path(parser: argparse.ArgumentParser) -> str:
@@ -452,6 +467,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for _, kind, spec, action in sorted(todo, key=lambda t: t[0]):
         value = getattr(args, action.dest, None)
         flag = flag_name(action)
+        if kind not in PATH_KINDS:
+            _check_utf8(value, flag)
         if kind == "number":
             spec.check(flag, value)
         elif value is not None:
