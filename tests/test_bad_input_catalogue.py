@@ -114,6 +114,7 @@ def _cache_flipped(f: Files) -> Path:
 def bad_input_files(kind: str) -> dict[str, callable]:
     """``label -> make(files) -> path`` of the bad files for an input kind."""
     common = {
+        "empty-name": lambda f: "",
         "missing": lambda f: f.root / "no-such-file.txt",
         "directory": lambda f: f.empty_dir,
         "non-utf8": lambda f: f.bad(NON_UTF8, ".txt"),
@@ -479,6 +480,15 @@ def test_the_issues_cases_are_generated():
 
 
 # -- what needs a process or a REPL ------------------------------------------------------------------------------
+def test_a_recall_distance_beyond_the_model_is_refused_before_the_filler(capsys, tmp_path):
+    """The hang of issue 26 below the catalogue's range: the model's 4,096 positions are checked before building
+    half a million tokens of filler."""
+    line = run_refused(
+        capsys, tmp_path, ["eval", "recall", "--model", "tiny-random", "--distances", "500000", "--families", "single"]
+    )
+    assert "distance 500000 needs more than 500000 positions but the model supports 4096" in line
+
+
 def test_app_port_in_use_is_one_line(capsys, files, tripwires):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -536,7 +546,7 @@ def bad_visitor_models(root: Path) -> dict[str, str]:
         "300-char-hub-id": f"org/{LONG}",
         "absolute-path": "/etc",
         "parent-path": "../../etc",
-        "relative-folder": "tests",  # a folder next to the server's working directory
+        "relative-folder": "notmodel",  # a bare name that is a folder in the server's working directory
         "home": "~",
         "uncached-hub-id": "someone/not-on-this-machine",
         "unknown-name": "no-such-model",
@@ -600,7 +610,7 @@ def test_app_endpoints_answer_a_bad_model_with_its_line(app_client):
     assert len(endpoints) >= 5, sorted(api)
     n = 0
     cwd = os.getcwd()
-    os.chdir(root.parent)  # "tests", "../../etc" resolve against the server's working directory
+    os.chdir(root)  # "notmodel", "../../etc" resolve against the server's working directory
     try:
         for label, bad in bad_visitor_models(root).items():
             with pytest.raises(AnLLMError) as e:
@@ -618,10 +628,10 @@ def test_app_endpoints_answer_a_bad_model_with_its_line(app_client):
                 shown = line in text.replace('\\"', '"')
                 assert shown or (name in other_answer and (skipped or "⚠️" in text)), (name, label, line, text[:500])
                 n += 1
+        local = [t for t in tried if t != "tiny-random" and (t.startswith(("/", ".", "~")) or Path(t).exists())]
+        assert not local, local
     finally:
         os.chdir(cwd)
-    local = [t for t in tried if t not in ("tiny-random",) and (t.startswith(("/", ".", "~")) or Path(t).exists())]
-    assert not local, local
     assert n >= 50
 
 
@@ -660,3 +670,34 @@ def test_visitors_never_reach_a_local_path_even_with_the_allowlist_off(tmp_path)
     operator = ModelRegistry("tiny-random", allowed=[str(model_dir)], loader=lambda name, **kw: tried.append(name))
     operator.get(str(model_dir))  # the host named it: allowed
     assert tried == [str(model_dir)]
+
+
+def _bad_numbers_for(param: dict) -> dict[str, object]:
+    kind = param["python_type"]["type"]
+    if kind not in ("float", "int"):
+        return {}
+    return {"zero": 0, "negative": -1, "huge": 10**12}  # (JSON cannot carry NaN)
+
+
+def test_app_endpoints_answer_bad_numbers_with_a_line(app_client):
+    """Every number an endpoint takes, out of range: a line naming it (the handler's or gradio's own for a slider's
+    bounds), never gradio's generic "upstream app raised an exception"."""
+    from gradio_client.exceptions import AppError
+
+    client, _, _, _ = app_client
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    n = 0
+    for name, ep in sorted(api.items()):
+        params = ep["parameters"]
+        for i, p in enumerate(params):
+            for label, bad in _bad_numbers_for(p).items():
+                values = _endpoint_args(params, "tiny-random")
+                values[i] = bad
+                try:
+                    result = client.predict(*values, api_name=name)
+                    text = str(result)
+                except AppError as err:
+                    text = str(err)
+                assert "upstream" not in text.lower() and "Traceback" not in text, (name, p["label"], label, text)
+                n += 1
+    assert n >= 20

@@ -186,6 +186,8 @@ def _is_dir(p: Path) -> bool:
 
 def _existing_file(value: str, flag: str, what: str) -> Path:
     """``value`` as the path of an existing regular file, or one line saying what it is instead."""
+    if not value.strip():
+        raise AnLLMError(f"{flag} is empty: give the path of a {what} file")
     p = Path(value)
     try:
         exists = p.exists()
@@ -225,6 +227,8 @@ def check_task(value, flag, ctx) -> None:
 
     if value in LOCAL_TASKS or value in HUB_TASKS:
         return
+    if not value.strip():
+        raise AnLLMError(f"{flag} is empty: give a task name ({', '.join(LOCAL_TASKS)}, ...) or a .jsonl file")
     p = Path(value)
     if value.endswith((".jsonl", ".json")) or _is_dir(p) or p.exists():
         ctx.inputs[flag] = _existing_file(value, flag, "task")
