@@ -14,9 +14,6 @@ from anllm import models
 from anllm.config import PRESETS, AnLLMError
 from anllm.models import BUILTIN_MODELS, HUB_ID, LoadedModel, hub_reachable, in_hub_cache, load_model
 
-_in_hub_cache = in_hub_cache  # the former name
-__all__ = ["ModelRegistry", "allowed_models_from_env", "hub_reachable", "model_choices", "visitor_name_problem"]
-
 logger = logging.getLogger(__name__)
 
 
