@@ -190,6 +190,7 @@ BAD_VALUES = {
     "prompt": {"empty": "", "blank": "   "},
     "stop": {"empty": ""},
     "set": {"no-equals": "lr", "no-key": "=1", "bad-yaml": "lr=[1,", "unknown-key": "lrr=0.1"},
+    "removed": {"any-value": "ep"},
 }
 
 

@@ -103,9 +103,10 @@ OPTIONS: dict[str, Number | Ints | str] = {
     "--model": "model",
     "--device": "device",
     "--host": "host",
-    "--mode": "mode",
-    "--modes": "modes",
-    "bench --modes": "bench-modes",
+    "--policy": "mode",
+    "--policies": "modes",
+    "bench --policies": "bench-modes",
+    "verify --mode": "removed",
     "--budget": "budget",
     "eval recall --budget": "budget-mode",
     "--families": "families",
@@ -353,7 +354,9 @@ def check_budget(value, flag, ctx) -> None:
         check_budget_mode(value, flag, ctx)
         return
     if not 1 <= n <= MAX_TOKENS:
-        raise AnLLMError(f"{flag} must be KV entries >= 1 and <= {MAX_TOKENS:,} or a mode among --modes, got {value!r}")
+        raise AnLLMError(
+            f"{flag} must be KV entries >= 1 and <= {MAX_TOKENS:,} or a policy among --policies, got {value!r}"
+        )
 
 
 def check_budget_mode(value, flag, ctx) -> None:
@@ -362,9 +365,11 @@ def check_budget_mode(value, flag, ctx) -> None:
 
     if value is None or value.strip().lower() == "none":
         return
-    modes = split_modes(getattr(ctx.args, "modes", "") or "")
+    modes = split_modes(getattr(ctx.args, "policies", None) or getattr(ctx.args, "modes", None) or "")
     if value.strip().replace(";", ",") not in modes:
-        raise AnLLMError(f"{flag} {value!r} must be one of the modes {list(modes)} (its cache size is matched) or none")
+        raise AnLLMError(
+            f"{flag} {value!r} must be one of the policies {list(modes)} (its cache size is matched) or none"
+        )
 
 
 def check_families(value, flag, ctx) -> None:
@@ -417,6 +422,14 @@ def check_set(value, flag, ctx) -> None:
             raise AnLLMError(f"--set expects key=value, got {item!r}")
 
 
+REMOVED = {"verify --mode": "verify --mode was removed: give the anchor kind as --anchors {value}"}
+
+
+def check_removed(value, flag, ctx) -> None:
+    """An option kept only to be refused (so that it is not read as a prefix of another)."""
+    raise AnLLMError(REMOVED.get(f"{ctx.command} {flag}", f"{flag} was removed (see --help)").format(value=value))
+
+
 CHECKS = {
     "text-in": check_text_in,
     "jsonl-in": check_jsonl_in,
@@ -438,11 +451,12 @@ CHECKS = {
     "prompt": check_prompt,
     "stop": check_stop,
     "set": check_set,
+    "removed": check_removed,
 }
 # the order kinds are checked in: cheap formats first, inputs before the outputs compared with them, the model (which
 # may probe the network for a moment) and the server's address last
 ORDER = (
-    "number", "prompt", "stop", "set", "template", "mode", "modes", "bench-modes", "budget", "budget-mode",
+    "number", "removed", "prompt", "stop", "set", "template", "mode", "modes", "bench-modes", "budget", "budget-mode",
     "families", "scorers", "device", "text-in", "jsonl-in", "task", "config-in", "cache-in", "out-file", "model",
     "host",
 )  # fmt: skip
