@@ -202,3 +202,21 @@ def test_verify_decode_logits_returns_what_it_says():
     ids = lm.tokenizer("One. Two", return_tensors="pt")["input_ids"]
     logits, cache = decode_logits(lm, ids, None, 3, AnchorPolicy.from_config(lm.anchor))
     assert logits.shape[:2] == ids.shape and isinstance(cache, PolicyCache)
+
+
+def test_train_help_example_names_the_command_that_writes_its_data(capsys):
+    """``anllm train --help``'s example works as written: the command before it writes the data its config reads."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    corpus = next(line for line in lines if line.startswith("python -m anllm.train.corpus"))
+    config = next(line for line in lines if line.startswith("anllm train --config")).split()[-1]
+    assert lines.index(corpus) < lines.index(f"anllm train --config {config}")
+    out = Path(corpus.split("--out ")[1].split()[0])
+    cfg = yaml.safe_load((root / config).read_text(encoding="utf-8"))
+    assert all(Path(f).parent == out for f in cfg["train_files"]) and Path(cfg["eval_file"]).parent == out

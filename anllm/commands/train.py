@@ -24,7 +24,7 @@ anchor cache that keeps only the anchors and the open sentence.
 Every option is a key of one YAML/JSON config, flat (lr: 2.0e-5) or in sections (model, anchor, data, loss, optim,
 run: optim: {lr: 2.0e-5}); --set takes either (--set max_steps=50, --set optim.lr=1e-4). configs/ (in the source
 repository) holds working ones:
-tiny-pretrain-ep.yaml (seconds on a CPU), sft-alpaca-ac.yaml, sft-translation-ep.yaml, smollm2-anchor-adapter.yaml
+tiny-pretrain-ep.yaml (a minute on a CPU), sft-alpaca-ac.yaml, sft-translation-ep.yaml, smollm2-anchor-adapter.yaml
 (the default model's adapter) and the paper's 7B runs (paper-*.yaml, with configs/accelerate/ and configs/deepspeed/
 for several GPUs). Checkpoints, logs and the final model go to output_dir. docs/training.md explains the keys."""
 
