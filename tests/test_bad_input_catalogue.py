@@ -702,3 +702,15 @@ def test_app_endpoints_answer_bad_numbers_with_a_line(app_client):
                 assert "upstream" not in text.lower() and "Traceback" not in text, (name, p["label"], label, text)
                 n += 1
     assert n >= 20
+
+
+def test_a_hub_id_without_network_is_one_line_naming_hf_hub_offline(capsys, tmp_path, tripwires, monkeypatch):
+    """Online settings but no network: a probe of a few seconds, then the hint, instead of ~50 s of retries."""
+    import anllm.models
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    probes = []
+    monkeypatch.setattr(anllm.models, "hub_reachable", lambda timeout_s=3.0: probes.append(timeout_s) or False)
+    line = run_refused(capsys, tmp_path, ["generate", "--model", "someone/not-cached-here", "--prompt", "Hi."])
+    assert "the Hub is unreachable from here; set HF_HUB_OFFLINE=1" in line and probes == [3.0]
