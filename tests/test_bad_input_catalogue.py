@@ -100,6 +100,12 @@ NON_UTF8 = b"Caf\xe9 au lait. Na\xefve!\n"
 CORRUPT_YAML = "lr: [1,\n  x: : y\n"
 
 
+def _config_with_data(f: Files, data: str | bytes) -> Path:
+    """A training config whose data file is bad: refused before the model loads, not after."""
+    jsonl = f.bad(data, ".jsonl")
+    return f.bad(f"model: tiny-random\ntrain_files: [{jsonl}]\noutput_dir: {f.out}\n", ".yaml")
+
+
 def _cache_truncated(f: Files) -> Path:
     data = f.good_kv.read_bytes()
     return f.write(f"cut{f.n}.kv", data[: len(data) // 2])
@@ -139,6 +145,9 @@ def bad_input_files(kind: str) -> dict[str, callable]:
             "empty-model-folder": lambda f: f.bad(f"model: {f.empty_dir}\ntrain_files: [{f.good_txt}]\n", ".yaml"),
             "300-char-model": lambda f: f.bad(f"model: {LONG}\ntrain_files: [{f.good_txt}]\n", ".yaml"),
             "missing-data": lambda f: f.bad(f"model: tiny-random\ntrain_files: [{f.root}/corpus-x/t.jsonl]\n", ".yaml"),
+            "data-wrong-type": lambda f: _config_with_data(f, '{"text": "ok."}\n{"text": 5}\n'),
+            "data-truncated": lambda f: _config_with_data(f, '{"text": "ok."}\n{"text": "cut'),
+            "data-non-utf8": lambda f: _config_with_data(f, b'{"text": "caf\xe9."}\n'),
         }
     if kind == "cache-in":
         return {

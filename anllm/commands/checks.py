@@ -522,3 +522,24 @@ def check_train(cfg) -> None:
     out = Path(cfg.run.output_dir)
     if out.exists() and not out.is_dir():
         raise AnLLMError(f"output_dir {out} is a file; give a folder for checkpoints and the final model")
+    _scan_records(cfg, [f for key, f in files if key == "train_files"])
+
+
+def _scan_records(cfg, files: list[str]) -> None:
+    """Every record of the (local, not huge) training files read once as training will: a malformed line, a
+    non-UTF-8 byte or a record without its text is named now rather than after the model has loaded."""
+    from anllm.textio import MAX_TEXT_BYTES
+    from anllm.train.data import document_text, read_records, sft_pair
+
+    for f in files:
+        if Path(f).stat().st_size > MAX_TEXT_BYTES:
+            continue  # a large corpus is streamed by training itself
+        for n, record in enumerate(read_records(str(f), cfg)):
+            if "segments" in record:
+                continue
+            if cfg.data.objective == "sft":
+                sft_pair(record, cfg, where=f"{f}: ")
+            else:
+                document_text(record, cfg, where=f"{f}: ")
+            if cfg.data.max_examples and n + 1 >= cfg.data.max_examples:
+                break
