@@ -649,8 +649,9 @@ def test_the_allowlist_is_on_when_the_app_binds_a_network(monkeypatch):
     from anllm.ui.launch import is_loopback, network_allowlist
     from anllm.ui.registry import allowed_models_from_env
 
-    for var in ("ANLLM_ALLOWED_MODELS", "SPACE_ID", "GRADIO_SERVER_NAME"):
-        monkeypatch.delenv(var, raising=False)
+    for var in ("ANLLM_ALLOWED_MODELS", "SPACE_ID", "GRADIO_SERVER_NAME"):  # network_allowlist sets two of them
+        monkeypatch.setenv(var, "")  # recorded, so that the teardown restores the variable even when it was unset
+        monkeypatch.delenv(var)
     assert [is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "192.168.1.5", "example.org")] == [
         True, True, True, False, False, False,
     ]  # fmt: skip
