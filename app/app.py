@@ -42,7 +42,13 @@ import gradio as gr  # noqa: E402
 from anllm.config import AnLLMError  # noqa: E402
 from anllm.devices import default_device  # noqa: E402
 from anllm.ui.blocks import build_demo, serve  # noqa: E402
-from anllm.ui.launch import add_app_args, default_model_name, max_request_seconds  # noqa: E402
+from anllm.ui.launch import (  # noqa: E402
+    add_app_args,
+    check_bind,
+    default_model_name,
+    max_request_seconds,
+    network_allowlist,
+)
 from anllm.ui.registry import ModelRegistry, allowed_models_from_env  # noqa: E402
 from anllm.ui.runtime import MAX_REQUEST_S  # noqa: E402
 
@@ -64,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="anllm demo: full vs anchor KV cache, side by side")
     add_app_args(parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parser.parse_args(argv)
     try:
-        return serve(parser.parse_args(argv))
+        check_bind(args.host, args.port)  # before a model loads: a bad address or a port in use is one line
+        network_allowlist(args.host, args.allow_any_model)  # a public --host turns the model allowlist on
+        return serve(args)
     except AnLLMError as e:  # e.g. a --device this machine does not have
         print(f"app: error: {e}", file=sys.stderr)
         return 2

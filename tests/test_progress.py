@@ -13,7 +13,7 @@ def test_train_help_explains_training(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0
-    for words in ("AnSAN", "mode: pretrain", "mode: sft", "loss on the response only", "loss: lm", "configs/",
+    for words in ("AnSAN", "objective: pretrain", "objective: sft", "loss on the response only", "loss: lm", "configs/",
                   "tiny-pretrain-ep.yaml", "docs/training.md"):  # fmt: skip
         assert words in out, words
 

@@ -95,6 +95,8 @@ def check_bind(host: str, port: int | None) -> None:
     """
     if not host or not host.strip():
         raise AnLLMError("--host is empty: use 127.0.0.1 (this machine) or 0.0.0.0 (every interface)")
+    if port is not None and not 1 <= port <= 65535:
+        raise AnLLMError(f"--port {port} is not a TCP port: pick one from 1024 to 65535 (default 7860)")
     try:
         infos = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError, ValueError):
