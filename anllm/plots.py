@@ -7,13 +7,11 @@ records with the fields of :class:`anllm.generation.GenerationResponse` (``step`
 
 from __future__ import annotations
 
-import base64
 import importlib.util
 import math
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +21,6 @@ from plotly.subplots import make_subplots
 from anllm.config import AnLLMError
 
 MB = 1e6
-PLOTLY_MIME = "application/vnd.plotly.v1+json"
 _CHROMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 MODE_COLORS = {"full": "#64748b", "anchor": "#ea580c"}
 _ABLATION_PALETTE = ("#ea580c", "#2563eb", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#64748b")
@@ -529,35 +526,3 @@ def notebook_renderer() -> str:
     Without: the JSON plus a small HTML loader taking plotly.js from the CDN.
     """
     return "plotly_mimetype+png" if static_export_available() else "plotly_mimetype+notebook_connected"
-
-
-def add_static_images(path: str | Path, to_png: Callable[[dict], bytes] | None = None) -> int:
-    """Give every plotly figure saved in notebook ``path`` the output :func:`notebook_renderer` writes with kaleido.
-
-    Each figure output keeps its plotly JSON, gains an ``image/png`` rendered from it and loses the ``text/html``
-    loader (GitHub would show that, blank, instead of the image), so committed outputs look as a re-run with kaleido
-    would leave them, without re-running. ``to_png`` maps a figure dict to PNG bytes (default: plotly's ``png``
-    renderer, which needs kaleido). Returns how many outputs changed; figures that already have a PNG are left alone.
-    """
-    import nbformat
-
-    if to_png is None:
-        import plotly.io as pio
-
-        def to_png(fig: dict) -> bytes:
-            return base64.b64decode(pio.renderers["png"].to_mimebundle(fig)["image/png"])
-
-    path = Path(path)
-    nb = nbformat.read(path, as_version=4)
-    changed = 0
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            data = out.get("data", {})
-            if PLOTLY_MIME not in data or "image/png" in data:
-                continue
-            data["image/png"] = base64.b64encode(to_png(data[PLOTLY_MIME])).decode("ascii")
-            data.pop("text/html", None)
-            changed += 1
-    if changed:
-        nbformat.write(nb, path)
-    return changed

@@ -129,10 +129,16 @@ def test_notebook_runs_in_smoke_mode(name, tmp_path, monkeypatch):
 
 
 def test_add_static_images_gives_each_figure_a_png(tmp_path, monkeypatch):
+    import importlib.util
+
     import plotly.graph_objects as go
     import plotly.io as pio
 
     from anllm import plots
+
+    spec = importlib.util.spec_from_file_location("add_static_images", NOTEBOOK_DIR / "tools" / "add_static_images.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
 
     fig = go.Figure(go.Scatter(y=[1, 3, 2]), layout={"title": {"text": "t"}})
     bundle = {**pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict()), "text/html": "<div>loader</div>"}
@@ -143,11 +149,11 @@ def test_add_static_images_gives_each_figure_a_png(tmp_path, monkeypatch):
     nbformat.write(nb, path)
     seen = []
     fake_png = b"\x89PNG\r\n\x1a\nfake"
-    assert plots.add_static_images(path, to_png=lambda f: seen.append(f) or fake_png) == 1
+    assert tool.add_static_images(path, to_png=lambda f: seen.append(f) or fake_png) == 1
     data = nbformat.read(path, as_version=4).cells[0].outputs[0].data
     assert sorted(data) == ["application/vnd.plotly.v1+json", "image/png"]
     assert base64.b64decode(data["image/png"]) == fake_png and seen == [bundle["application/vnd.plotly.v1+json"]]
-    assert plots.add_static_images(path, to_png=lambda f: fake_png) == 0  # already done: left alone
+    assert tool.add_static_images(path, to_png=lambda f: fake_png) == 0  # already done: left alone
 
     monkeypatch.setattr(plots.importlib.util, "find_spec", lambda name: None)  # no kaleido
     assert plots.notebook_renderer() == "plotly_mimetype+notebook_connected"
