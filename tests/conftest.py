@@ -72,9 +72,40 @@ def _restore_default_dtype():
 # WHERE TO ADD A NEW ONE: put a slow or integration test here, in SLOW or INTEGRATION, by file ("test_x.py": every
 # test in it) or by test ("test_x.py::test_name": every parametrization of it), with the reason. One table for the
 # whole suite, so that the tiers can be read and changed in one place. A name that no longer exists fails the run.
+# Seconds are one whole-suite run on 2 shared cores (load average 6-14, so roughly 3x an idle machine), 2026-12-07.
 SLOW = {
+    # the real SmolLM2 (also marked in their files)
+    "test_smollm2.py": "the embedded SmolLM2 and the default model's adapter",
+    "test_custom_generate_default.py": "model.generate on the default model",
+    "test_cache_io.py::test_default_model_loaded_cache_is_exact_float64": "the default model in float64",
+    "test_peers_format.py::test_question_start_on_the_default_chat_template": "the default model's chat template",
+    # over ~5 s on the tiny model
+    "test_bench.py::test_prefill_is_set_against_the_backbone_limit_and_one_pass": "151 s: every mode and both limits",
+    "test_bench.py::test_bench_rows_hold_the_expected_caches": "55 s",
+    "test_bench.py::test_best_of_repeats": "33 s",
+    "test_bench.py::test_cli_bench_json_and_plot": "24 s",
+    "test_flex.py::test_flex_attention_matches_dense_mask_on_cpu": "87 s: FlexAttention compiled on CPU",
+    "test_progress.py::test_eval_qa_and_bench_show_progress": "32 s",
+    "test_training.py::test_loss_decreases": "12-38 s each",
+    "test_training.py::test_eval_logged_and_anchor_ppl_improves": "26 s",
+    "test_training.py::test_kill_after_checkpoint_and_resume_matches_unbroken_run": "10-20 s each",
+    "test_training.py::test_bf16_autocast_on_cpu": "17 s",
+    "test_training.py::test_gradient_accumulation_equals_one_big_batch": "17 s",
 }
 INTEGRATION = {
+    "test_notebooks.py::test_notebook_runs_in_smoke_mode": "a Jupyter kernel per notebook (34-96 s each)",
+    "test_space_deploy.py": "a fresh venv, and the Space's app.py as a server",
+    "test_app_server.py": "the app served on a local port, driven by gradio_client",
+    "test_app_tabs_server.py": "the app served on a local port, driven by gradio_client",
+    "test_app_browser.py": "Chromium driven by Playwright",
+    "test_app_tabs_browser.py": "Chromium driven by Playwright",
+    "test_training_dist.py": "accelerate launch with two processes",
+    "test_gpu_check.py::test_dry_run_writes_one_summary": "bench/gpu_check.sh --dry-run (60 s)",
+    "test_cli.py::test_python_dash_m_help": "python -m anllm in a subprocess",
+    "test_bad_inputs.py::test_a_real_process_prints_one_line_and_no_traceback": "the CLI in a subprocess",
+    "test_floors.py::test_importing_leaves_out_the_optional_packages": "a fresh interpreter per import (7-13 s each)",
+    "test_peers_format.py::test_report_cli_prints_the_table_or_one_error_line": "bench/peers/report.py (20 s)",
+    "test_recall.py::test_cli_recall_json_and_plot": "anllm eval recall in a subprocess (29 s)",
 }
 
 
