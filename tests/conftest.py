@@ -52,6 +52,20 @@ def one_torch_thread():
 
 
 @pytest.fixture(autouse=True)
+def _one_thread_unless_slow(request):
+    """Every test but the `slow` ones (the real SmolLM2) runs torch on one thread, as `one_torch_thread` does for
+    whole modules: on a busy 2-core machine test_cache.py's 16 exactness tests took 94 s on torch's default two
+    threads and 6.5 s on one (2026-12-07, load average 10)."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
 def _restore_default_dtype():
     dtype = torch.get_default_dtype()
     yield
