@@ -116,6 +116,11 @@ INTEGRATION = {
     "test_floors.py::test_importing_leaves_out_the_optional_packages": "a fresh interpreter per import (7-13 s each)",
     "test_peers_format.py::test_report_cli_prints_the_table_or_one_error_line": "bench/peers/report.py (20 s)",
     "test_recall.py::test_cli_recall_json_and_plot": "anllm eval recall in a subprocess (29 s)",
+    "test_bad_input_catalogue.py::test_chat_stdin_not_utf8_is_one_error_line": "anllm chat in a subprocess",
+    "test_bad_input_catalogue.py::test_chat_save_to_a_directory_stays_in_the_repl": "anllm chat in a subprocess",
+    "test_bad_input_catalogue.py::test_a_real_process_refuses_to_overwrite_its_input": "the CLI in a subprocess",
+    "test_bad_input_catalogue.py::test_app_endpoints_answer_a_bad_model_with_its_line": "the app on a local port",
+    "test_bad_input_catalogue.py::test_app_endpoints_answer_bad_numbers_with_a_line": "the app on a local port",
 }
 
 
