@@ -125,6 +125,6 @@ def test_cli_reports_errors(tmp_path, capsys):
     f = tmp_path / "t.txt"
     f.write_text(TEXT)
     assert main(["eval", "ppl", "--model", "tiny-random", "--text-file", str(f), "--budget", "0"]) == 2
-    assert "budget must be >= 1" in capsys.readouterr().err
+    assert "--budget must be KV entries >= 1" in capsys.readouterr().err
     assert main(["eval", "ppl", "--model", "tiny-random", "--text-file", str(tmp_path / "none.txt")]) == 2
     assert "does not exist" in capsys.readouterr().err

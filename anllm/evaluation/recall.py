@@ -220,7 +220,8 @@ def builtin_items(
     filler: str | None = None,
 ) -> list[MemoryItem]:
     """The benchmark's generated items for ``lm``'s tokenizer (distances in its tokens)."""
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    config = getattr(getattr(lm, "model", None), "config", None)  # a tokenizer-only stand-in has no model
+    limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and distances and max(distances) >= limit:  # before building megabytes of filler
         d = max(distances)
         raise AnLLMError(
