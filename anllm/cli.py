@@ -15,7 +15,7 @@ import sys
 from anllm import __version__
 from anllm.config import AnLLMError
 
-COMMANDS = ("generate", "compress", "chat", "verify", "train", "eval", "bench", "app")
+COMMANDS = ("generate", "compress", "chat", "verify", "train", "eval", "bench", "app", "export")
 # optional packages -> the pyproject extra that installs them (tests/test_packaging.py checks they agree)
 EXTRAS = {"gradio": "app", "plotly": "app", "accelerate": "train", "sacrebleu": "eval", "lm_eval": "harness"}
 
