@@ -1,0 +1,164 @@
+"""Parity of vLLM + the anllm plugin against anllm's own ``PolicyCache`` anchor mode (milestone 1, docs/serving.md).
+
+    .venv-vllm/bin/python bench/vllm/parity.py --model-dir DIR [--prompt-tokens 1000 --new-tokens 100 --requests 4]
+
+Run with the vLLM venv's python (``bash bench/vllm/setup_venv.sh``). DIR is an ``anllm export`` folder. Requests
+have different anchor layouts (prose, no punctuation at all = forced anchors only, questions and exclamations,
+short lines) and arrive at different engine steps; every one is greedy with ``ignore_eos``. Prints one JSON line:
+tokens equal per request and the largest |logprob difference| over all generated tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+WORDS = (
+    "river stone light morning garden window paper music winter summer silver forest city harbor engine market "
+    "letter bridge mountain cloud story answer number table kitchen signal orange yellow quiet rapid gentle "
+    "ancient modern simple careful bright narrow open hidden"
+).split()
+
+
+def layout_text(kind: str, n_words: int, seed: int) -> str:
+    """Synthetic text whose anchors fall differently: prose, none (forced only), questions, short lines."""
+    rng = random.Random(seed)
+    out, since = [], 0
+    for _ in range(n_words):
+        out.append(rng.choice(WORDS))
+        since += 1
+        if kind == "prose" and since >= rng.randint(6, 14):
+            out[-1] += "."
+            since = 0
+        elif kind == "questions" and since >= rng.randint(3, 9):
+            out[-1] += rng.choice(["?", "!", "?!"])
+            since = 0
+        elif kind == "lines" and since >= rng.randint(2, 5):
+            out[-1] += rng.choice([";\n", ":\n", ".\n"])
+            since = 0
+    return " ".join(out).replace("\n ", "\n")
+
+
+LAYOUTS = ("prose", "none", "questions", "lines")
+
+
+def make_prompts(tokenizer, n_requests: int, prompt_tokens: int) -> list[list[int]]:
+    prompts = []
+    for i in range(n_requests):
+        kind = LAYOUTS[i % len(LAYOUTS)]
+        ids: list[int] = []
+        words = max(8, prompt_tokens // 2)
+        while len(ids) < prompt_tokens:
+            ids = tokenizer(layout_text(kind, words, seed=i), add_special_tokens=False)["input_ids"]
+            words = int(words * 1.3) + 1
+        prompts.append(ids[: prompt_tokens + 13 * i])  # different lengths too
+    return prompts
+
+
+def reference(model_dir: str, prompts: list[list[int]], new_tokens: int, chunk_size: int = 256):
+    """anllm's PolicyCache anchor mode, one request at a time: greedy tokens and their logprobs (float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from anllm.cache import PolicyCache
+    from anllm.generation import decode_step, prefill
+    from anllm.policies import AnchorPolicy
+    from anllm.serving.export import read_served_anchor
+
+    served = read_served_anchor(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    policy = AnchorPolicy(anchors_see_anchors=served.anchors_see_anchors, n_sink=served.n_sink, window=served.window)
+    results = []
+    with torch.inference_mode():
+        for ids in prompts:
+            cache = PolicyCache(model.config, policy, served.anchor_ids, served.position_policy, served.max_segment)
+            logits = prefill(model, cache, torch.tensor([ids]), chunk_size=chunk_size)
+            tokens, logprobs = [], []
+            for _ in range(new_tokens):
+                lp = torch.log_softmax(logits.float(), -1)[0]
+                t = int(lp.argmax())
+                tokens.append(t)
+                logprobs.append(float(lp[t]))
+                logits = decode_step(model, cache, torch.tensor([t]))
+            results.append((tokens, logprobs, int(cache.n_kept()[0])))
+    return results
+
+
+def run_vllm(model_dir: str, prompts: list[list[int]], new_tokens: int, arrive_every: int = 3, **engine):
+    """vLLM + the plugin: request ``i`` is added after ``i * arrive_every`` engine steps; greedy, ignore_eos."""
+    from vllm import LLM, SamplingParams
+
+    from anllm.serving.vllm import ENGINE_ARGS
+
+    args = dict(
+        model=model_dir, dtype="float32", max_model_len=4096, gpu_memory_utilization=0.1, max_num_seqs=8,
+        max_num_batched_tokens=512, seed=0, **ENGINE_ARGS,
+    )  # fmt: skip
+    args.update(engine)
+    llm = LLM(**args)
+    eng = llm.llm_engine
+    params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True, logprobs=0)
+    outputs, pending, steps = {}, list(enumerate(prompts)), 0
+    while pending or eng.has_unfinished_requests():
+        while pending and steps >= pending[0][0] * arrive_every:
+            i, ids = pending.pop(0)
+            eng.add_request(str(i), {"prompt_token_ids": ids}, params)
+        for out in eng.step():
+            if out.finished:
+                outputs[int(out.request_id)] = out
+        steps += 1
+    results = []
+    for i in range(len(prompts)):
+        o = outputs[i].outputs[0]
+        results.append((list(o.token_ids), [float(d[t].logprob) for t, d in zip(o.token_ids, o.logprobs)]))
+    return results, steps
+
+
+def compare(ref, got) -> dict:
+    per = []
+    for (rt, rl, kept), (vt, vl) in zip(ref, got):
+        same = rt == vt
+        n = len(rt) if same else next(j for j, (a, b) in enumerate(zip(rt, vt)) if a != b)
+        diff = max((abs(a - b) for a, b in zip(rl[:n], vl[:n])), default=0.0)
+        per.append({"tokens_equal": same, "first_mismatch": None if same else n, "max_logprob_diff": diff,
+                    "n_new": len(vt), "anllm_kept_entries": kept})  # fmt: skip
+    return {
+        "all_tokens_equal": all(p["tokens_equal"] for p in per),
+        "max_logprob_diff": max(p["max_logprob_diff"] for p in per),
+        "requests": per,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--prompt-tokens", type=int, default=1000)
+    p.add_argument("--new-tokens", type=int, default=100)
+    p.add_argument("--requests", type=int, default=4)
+    p.add_argument("--arrive-every", type=int, default=3)
+    p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    args = p.parse_args(argv)
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    from transformers import AutoTokenizer
+
+    prompts = make_prompts(AutoTokenizer.from_pretrained(args.model_dir), args.requests, args.prompt_tokens)
+    t0 = time.perf_counter()
+    got, steps = run_vllm(args.model_dir, prompts, args.new_tokens, args.arrive_every,
+                          max_num_batched_tokens=args.max_num_batched_tokens)  # fmt: skip
+    t1 = time.perf_counter()
+    ref = reference(args.model_dir, prompts, args.new_tokens)
+    t2 = time.perf_counter()
+    report = compare(ref, got)
+    report.update(prompt_tokens=[len(x) for x in prompts], engine_steps=steps, vllm_s=round(t1 - t0, 1),
+                  anllm_s=round(t2 - t1, 1))  # fmt: skip
+    print(json.dumps(report))
+    return 0 if report["all_tokens_equal"] and report["max_logprob_diff"] <= 1e-4 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
