@@ -39,15 +39,15 @@ class ServedAnchor:
         if self.kind not in ("ep", "ac"):
             raise AnLLMError(f"{ANCHOR_FILE}: kind must be 'ep' or 'ac', got {self.kind!r}")
         if not self.anchor_ids or any(not isinstance(i, int) or i < 0 for i in self.anchor_ids):
-            raise AnLLMError(f"{ANCHOR_FILE}: anchor_ids must be a non-empty list of token ids, got {self.anchor_ids!r}")
+            raise AnLLMError(f"{ANCHOR_FILE}: anchor_ids must be a non-empty list of token ids, got {self.anchor_ids}")
         for name in ("n_sink", "window", "max_segment"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise AnLLMError(f"{ANCHOR_FILE}: {name} must be an integer >= 0, got {v!r}")
         if not isinstance(self.anchors_see_anchors, bool):
-            raise AnLLMError(f"{ANCHOR_FILE}: anchors_see_anchors must be true or false, got {self.anchors_see_anchors!r}")
+            raise AnLLMError(f"{ANCHOR_FILE}: anchors_see_anchors must be true or false, not {self.anchors_see_anchors}")
         if self.position_policy not in ("true", "compact"):
-            raise AnLLMError(f"{ANCHOR_FILE}: position_policy must be 'true' or 'compact', got {self.position_policy!r}")
+            raise AnLLMError(f"{ANCHOR_FILE}: position_policy must be 'true' or 'compact', not {self.position_policy}")
 
     def to_dict(self) -> dict:
         return {

@@ -53,7 +53,7 @@ def check_engine_config(vllm_config) -> ServedAnchor:
     archs = tuple(getattr(model_config, "architectures", None) or ())
     if not archs or any(a not in SUPPORTED_ARCHITECTURES for a in archs):
         raise AnchorServingError(
-            f"architecture {', '.join(archs) or 'unknown'} of {model} is not supported (supported: "
+            f"architecture {', '.join(archs) or 'unknown'} is not supported ({model}; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}): serve an exported default model, or turn the plugin off with {OFF}"
         )
     cache_config = vllm_config.cache_config
@@ -64,7 +64,7 @@ def check_engine_config(vllm_config) -> ServedAnchor:
     if getattr(vllm_config, "speculative_config", None) is not None:
         raise AnchorServingError("speculative decoding is on: turn it off (drop --speculative-config)")
     if str(getattr(cache_config, "cache_dtype", "auto")) != "auto":
-        raise AnchorServingError(f"kv cache dtype {cache_config.cache_dtype!r}: use the default (--kv-cache-dtype auto)")
+        raise AnchorServingError(f"kv cache dtype {cache_config.cache_dtype!r}: use the default, --kv-cache-dtype auto")
     parallel = vllm_config.parallel_config
     if getattr(parallel, "tensor_parallel_size", 1) != 1 or getattr(parallel, "pipeline_parallel_size", 1) != 1:
         raise AnchorServingError("tensor/pipeline parallelism is not supported yet: use one worker (-tp 1 -pp 1)")

