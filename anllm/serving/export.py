@@ -45,7 +45,7 @@ class ServedAnchor:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise AnLLMError(f"{ANCHOR_FILE}: {name} must be an integer >= 0, got {v!r}")
         if not isinstance(self.anchors_see_anchors, bool):
-            raise AnLLMError(f"{ANCHOR_FILE}: anchors_see_anchors must be true or false, not {self.anchors_see_anchors}")
+            raise AnLLMError(f"{ANCHOR_FILE}: anchors_see_anchors must be true or false: {self.anchors_see_anchors}")
         if self.position_policy not in ("true", "compact"):
             raise AnLLMError(f"{ANCHOR_FILE}: position_policy must be 'true' or 'compact', not {self.position_policy}")
 
