@@ -118,6 +118,18 @@ def run_vllm(model_dir: str, prompts: list[list[int]], new_tokens: int, arrive_e
     return results, steps
 
 
+def full_cache_logprobs(model_dir: str, prompt: list[int], tokens: list[int]) -> list[float]:
+    """Logprobs of ``tokens`` after ``prompt`` under a plain full cache (the control: the anchor rule must matter)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([prompt + tokens[:-1]])).logits[0, len(prompt) - 1 :]
+    lp = torch.log_softmax(logits.float(), -1)
+    return lp.gather(1, torch.tensor(tokens)[:, None])[:, 0].tolist()
+
+
 def compare(ref, got) -> dict:
     per = []
     for (rt, rl, kept), (vt, vl) in zip(ref, got):
@@ -141,6 +153,7 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=4)
     p.add_argument("--arrive-every", type=int, default=3)
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument("--control", action="store_true", help="also score request 0's tokens under a full cache")
     args = p.parse_args(argv)
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -154,6 +167,9 @@ def main(argv=None) -> int:
     ref = reference(args.model_dir, prompts, args.new_tokens)
     t2 = time.perf_counter()
     report = compare(ref, got)
+    if args.control:
+        full = full_cache_logprobs(args.model_dir, prompts[0], got[0][0])
+        report["control_full_cache_logprob_diff"] = max(abs(a - b) for a, b in zip(full, got[0][1]))
     report.update(prompt_tokens=[len(x) for x in prompts], engine_steps=steps, vllm_s=round(t1 - t0, 1),
                   anllm_s=round(t2 - t1, 1))  # fmt: skip
     print(json.dumps(report))
