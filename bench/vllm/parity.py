@@ -69,6 +69,7 @@ def reference(model_dir: str, prompts: list[list[int]], new_tokens: int, chunk_s
     from anllm.policies import AnchorPolicy
     from anllm.serving.export import read_served_anchor
 
+    torch.set_num_threads(os.cpu_count() or 1)  # vLLM may have cut this process to one thread
     served = read_served_anchor(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
     policy = AnchorPolicy(anchors_see_anchors=served.anchors_see_anchors, n_sink=served.n_sink, window=served.window)
