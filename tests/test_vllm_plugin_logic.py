@@ -192,3 +192,12 @@ def test_the_core_never_imports_the_plugin():
 
 
 
+
+
+def test_export_command_refuses_a_model_not_trained_for_anchors(tmp_path, capsys):
+    from anllm.cli import main
+
+    assert main(["export", "--model", "tiny-random", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("anllm export: error: ") and "not trained for anchors" in err
+    assert not (tmp_path / "m").exists()
