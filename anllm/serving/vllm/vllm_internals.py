@@ -23,15 +23,18 @@ NAMES: tuple[tuple[str, str, str, bool], ...] = (
     ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionMetadataBuilder", "base class of the metadata builder", True),
     ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackendImpl", "base class of the attention impl", True),
     ("vllm.v1.attention.backend", "CommonAttentionMetadata", "per-step query_start_loc / seq_lens / block table", True),
+    ("vllm.v1.attention.backend", "AttentionType.DECODER", "the only attention type served", True),
     ("vllm.v1.worker.cpu_worker", "CPUWorker", "base class of the anchor worker (worker_cls)", True),
     ("vllm.v1.worker.cpu_worker", "CPUWorker.init_device", "where the worker builds its model runner", True),
+    ("vllm.v1.worker.cpu_worker", "CPUWorker.execute_model", "one engine step (the step context's bounds)", True),
     ("vllm.v1.worker.cpu_model_runner", "CPUModelRunner", "the V1 runner CPU uses", True),
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner._prepare_inputs", "hooked: token ids of the step", True),
     ("vllm.v1.worker.gpu_input_batch", "InputBatch", "req_ids / token_ids_cpu / num_computed_tokens_cpu", True),
 )
 
 # attributes of live objects (checked on a running engine by the parity test, not importable)
-RUNNER_ATTRS = ("input_batch", "query_start_loc", "_prepare_inputs")
+WORKER_ATTRS = ("model_runner", "use_v2_model_runner")
+RUNNER_ATTRS = ("input_batch", "_prepare_inputs")
 INPUT_BATCH_ATTRS = ("req_ids", "token_ids_cpu", "num_computed_tokens_cpu", "num_reqs")
 
 
