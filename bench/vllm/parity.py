@@ -116,7 +116,10 @@ def run_vllm(model_dir: str, prompts: list[list[int]], new_tokens: int, arrive_e
     for i in range(len(prompts)):
         o = outputs[i].outputs[0]
         results.append((list(o.token_ids), [float(d[t].logprob) for t, d in zip(o.token_ids, o.logprobs)]))
-    return results, steps
+    preemptions = None
+    if not args.get("disable_log_stats", True):
+        preemptions = sum(int(getattr(m, "value", 0)) for m in llm.get_metrics() if "num_preemptions" in m.name)
+    return results, steps, preemptions
 
 
 def full_cache_logprobs(model_dir: str, prompt: list[int], tokens: list[int]) -> list[float]:
@@ -155,6 +158,9 @@ def main(argv=None) -> int:
     p.add_argument("--arrive-every", type=int, default=3)
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
     p.add_argument("--control", action="store_true", help="also score request 0's tokens under a full cache")
+    p.add_argument("--num-blocks", type=int, default=None, help="KV blocks in all (small: forces preemption)")
+    p.add_argument("--block-size", type=int, default=None, help="KV block size (CPU: a multiple of 32)")
+    p.add_argument("--max-model-len", type=int, default=4096)
     args = p.parse_args(argv)
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -162,8 +168,12 @@ def main(argv=None) -> int:
 
     prompts = make_prompts(AutoTokenizer.from_pretrained(args.model_dir), args.requests, args.prompt_tokens)
     t0 = time.perf_counter()
-    got, steps = run_vllm(args.model_dir, prompts, args.new_tokens, args.arrive_every,
-                          max_num_batched_tokens=args.max_num_batched_tokens)  # fmt: skip
+    engine = dict(max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len)
+    if args.num_blocks:
+        engine.update(num_gpu_blocks_override=args.num_blocks, disable_log_stats=False)
+    if args.block_size:
+        engine.update(block_size=args.block_size)
+    got, steps, preemptions = run_vllm(args.model_dir, prompts, args.new_tokens, args.arrive_every, **engine)
     t1 = time.perf_counter()
     ref = reference(args.model_dir, prompts, args.new_tokens)
     t2 = time.perf_counter()
@@ -171,8 +181,8 @@ def main(argv=None) -> int:
     if args.control:
         full = full_cache_logprobs(args.model_dir, prompts[0], got[0][0])
         report["control_full_cache_logprob_diff"] = max(abs(a - b) for a, b in zip(full, got[0][1]))
-    report.update(prompt_tokens=[len(x) for x in prompts], engine_steps=steps, vllm_s=round(t1 - t0, 1),
-                  anllm_s=round(t2 - t1, 1))  # fmt: skip
+    report.update(prompt_tokens=[len(x) for x in prompts], engine_steps=steps, preemptions=preemptions,
+                  vllm_s=round(t1 - t0, 1), anllm_s=round(t2 - t1, 1))  # fmt: skip
     print(json.dumps(report))
     return 0 if report["all_tokens_equal"] and report["max_logprob_diff"] <= 1e-4 else 1
 
