@@ -101,6 +101,21 @@ def test_parity_with_the_anchor_cache_on_the_default_model(exported):
 
 
 @pytest.mark.slow
+def test_parity_survives_preemption_and_recompute(exported):
+    """A KV pool of 21 blocks of 32 rows for 4 requests of ~300 + 60 tokens: vLLM preempts a request and recomputes
+    it later; its tokens and logprobs still equal anllm's."""
+    p = run(["bench/vllm/parity.py", "--model-dir", str(exported), "--prompt-tokens", "300", "--new-tokens", "60",
+             "--requests", "4", "--arrive-every", "0", "--num-blocks", "21", "--block-size", "32",
+             "--max-model-len", "512", "--max-num-batched-tokens", "256"], timeout=1800, check=False)  # fmt: skip
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"no report (exit {p.returncode}):\n{p.stderr[-6000:]}"
+    report = json.loads(lines[-1])
+    assert report["preemptions"] >= 1, report  # the scenario really preempts
+    assert report["all_tokens_equal"] and report["max_logprob_diff"] <= 1e-4, report
+    assert p.returncode == 0
+
+
+@pytest.mark.slow
 def test_a_folder_without_the_anchor_setting_is_refused_at_start_up():
     """The base SmolLM2 folder (a real model, no anllm_anchor.json): the engine refuses it with the one line."""
     code = (
