@@ -99,6 +99,7 @@ OPTIONS: dict[str, Number | Ints | str] = {
     # files the command writes
     "--output": "out-file",
     "--plot": "out-file",
+    "export --out": "out-file",  # a new folder: the same rules as a new file (not an existing directory)
     # names and formats
     "--model": "model",
     "--device": "device",

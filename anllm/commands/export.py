@@ -10,7 +10,7 @@ def register(sub) -> None:
         "export", help="write a plain HF model folder (adapter merged) + anllm_anchor.json, for vLLM (docs/serving.md)"
     )
     add_model_args(p)
-    p.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    p.add_argument("--out", required=True, help="the folder to write (a new one)")
     p.set_defaults(func=run)
 
 
