@@ -95,8 +95,11 @@ def test_export_writes_a_plain_folder_with_the_anchor_setting(tmp_path):
     assert (served.n_sink, served.window, served.max_segment) == (1, 24, 48)
     assert served.position_policy == "true" and not served.anchors_see_anchors
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    with pytest.raises(AnLLMErrorType, match="not empty"):
+    with pytest.raises(AnLLMErrorType, match="not an empty folder"):
         export_model(lm, out)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(AnLLMErrorType, match="not an empty folder"):
+        export_model(lm, tmp_path / "f")
 
 
 def test_export_refuses_a_model_not_trained_for_anchors(tmp_path):

@@ -127,8 +127,8 @@ def export_model(lm, out: str | Path, *, source: str = "") -> Path:
         )
     served = ServedAnchor.from_loaded(lm)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise AnLLMError(f"{out} exists and is not empty: give a new folder to --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AnLLMError(f"{out} exists and is not an empty folder: give a new folder to --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is read by the serving user
