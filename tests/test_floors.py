@@ -7,11 +7,12 @@ Floors, bottom to top (README "Where things live"):
 * **library layers**: ``anllm.evaluation``, ``anllm.train``, ``anllm.bench``, ``anllm.ablations``,
   ``anllm.attention_maps``, ``anllm.explorer``, ``anllm.plots``. They import the core and each other, never the
   CLI (``anllm.commands``, ``anllm.cli``) or the app (``anllm.ui``).
-* **outer layers**: ``anllm.ui`` (the Gradio app) and the CLI. The app does not import the CLI; the CLI may start
-  the app.
+* **outer layers**: ``anllm.ui`` (the Gradio app), ``anllm.serving`` (the vLLM plugin) and the CLI. Neither the app
+  nor the plugin imports the CLI; the CLI may start the app and export for the plugin.
 
 Figures are made in ``anllm.plots`` only (the one module that imports plotly); gradio is imported only in
-``anllm.ui``. A new module is core unless it is added to a layer here, so it starts on the strictest floor.
+``anllm.ui``, vllm only in ``anllm.serving``. A new module is core unless it is added to a layer here, so it
+starts on the strictest floor.
 
 The cache owns its state: no module but ``anllm.cache`` touches a private attribute of ``PolicyCache`` or assigns
 one of its state fields (the metadata and counters).
@@ -35,6 +36,7 @@ LIBRARY = ("anllm.evaluation", "anllm.train", "anllm.bench", "anllm.ablations", 
 LIBRARY += ("anllm.explorer", "anllm.plots")
 CLI = ("anllm.commands", "anllm.cli", "anllm.__main__")
 UI = ("anllm.ui",)
+SERVING = ("anllm.serving",)  # the vLLM plugin (docs/serving.md): an outer layer, the only place vllm is imported
 # call-time imports that close a cycle, each with its reason; module-level cycles are never allowed
 LAZY_CYCLE_EDGES: set[tuple[str, str]] = set()
 
@@ -48,6 +50,8 @@ def layer(module: str) -> str:
         return "cli"
     if _in(module, UI):
         return "ui"
+    if _in(module, SERVING):
+        return "serving"
     return "library" if _in(module, LIBRARY) else "core"
 
 
@@ -101,14 +105,21 @@ def test_the_walk_sees_the_package():
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if layer(m) == "core"))
 def test_core_imports_only_the_core(module):
     bad = sorted({n for n, _ in GRAPH[module] if _root(n) == "anllm" and layer(n) != "core"})
-    bad += sorted({n for n, _ in GRAPH[module] if _root(n) in ("gradio", "plotly")})
+    bad += sorted({n for n, _ in GRAPH[module] if _root(n) in ("gradio", "plotly", "vllm")})
     assert not bad, f"core module {module} imports {bad}"
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if layer(m) == "library"))
 def test_library_layers_import_neither_cli_nor_ui(module):
-    bad = sorted({n for n, _ in GRAPH[module] if _in(n, CLI + UI) or _root(n) == "gradio"})
+    bad = sorted({n for n, _ in GRAPH[module] if _in(n, CLI + UI + SERVING) or _root(n) in ("gradio", "vllm")})
     assert not bad, f"library module {module} imports {bad}"
+
+
+def test_the_serving_plugin_imports_neither_cli_nor_app_and_only_it_imports_vllm():
+    bad = {(m, n) for m in MODULES if layer(m) == "serving" for n, _ in GRAPH[m] if _in(n, CLI + UI)}
+    assert not bad, bad
+    vllm = sorted({m for m in MODULES for n, _ in GRAPH[m] if _root(n) == "vllm"})
+    assert vllm and all(layer(m) == "serving" for m in vllm), vllm
 
 
 def test_the_app_does_not_import_the_cli():
