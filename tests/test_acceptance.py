@@ -77,7 +77,7 @@ def test_fewshot_recall_items_show_worked_answers_then_ask():
         assert it.question.startswith("Q: ") and it.question.endswith("\nA:")
         demos = re.findall(r"Q: (.+)\nA: (.+)", it.context)
         assert 2 <= len(demos) <= 3
-        for q, a in demos:
+        for _q, a in demos:
             assert a in it.context.split("\n\n")[0]  # every worked answer is a fact stated before the filler
         assert it.answer in it.context.split("\n\n")[0] and it.answer not in [a for _, a in demos]
 
