@@ -291,7 +291,12 @@ def acceptance_figure(
         raise AnLLMError("acceptance_figure needs at least one cell")
     fillers = list(dict.fromkeys(c["filler"] for c in cells))
     rows = list(dict.fromkeys(c["row"] for c in cells))
-    fig = make_subplots(rows=1, cols=len(fillers), subplot_titles=[f"{f} filler" for f in fillers], shared_yaxes=True)
+    fig = make_subplots(
+        rows=1,
+        cols=len(fillers),
+        subplot_titles=["both fillers" if f == "all" else f"{f} filler" for f in fillers],
+        shared_yaxes=True,
+    )
     for k, f in enumerate(fillers):
         for i, row in enumerate(rows):
             sel = sorted((c for c in cells if c["filler"] == f and c["row"] == row), key=lambda c: c["distance"])

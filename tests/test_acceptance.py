@@ -210,7 +210,13 @@ def test_summary_counts_only_items_every_row_finished():
     recs.append({**recs[0], "id": "single-40-9", "row": "base:full"})  # the anchor row never ran on it
     s = summarise(recs, n_boot=500)
     assert s["items_complete"] == 4
-    cell = next(c for c in s["cells"] if c["row"] == "anchor")
+    assert {c["filler"] for c in s["cells"]} == {"literary", "all"}
+    cell = next(c for c in s["cells"] if c["row"] == "anchor" and c["filler"] == "literary")
+    assert {k: v for k, v in cell.items() if k != "filler"} == {
+        k: v
+        for k, v in next(c for c in s["cells"] if c["row"] == "anchor" and c["filler"] == "all").items()
+        if k != "filler"
+    }  # one filler: the pooled cell is the same
     assert cell["n"] == 4 and cell["em"] == 0.75 and cell["lo"] <= 0.75 <= cell["hi"]
     assert next(c for c in s["cells"] if c["row"] == "base:full")["n"] == 4
     assert {c["family"] for c in s["by_family"]} == {"single"}

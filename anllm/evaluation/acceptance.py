@@ -32,6 +32,7 @@ ACCEPTANCE_FAMILIES = ("single", "multi", "chat", "fewshot-recall")
 FILLERS = {"literary": KJV_GENESIS, "technical": NETTLE_PROSE}  # both held out from every training corpus
 PEERS = ("full", "anchor", "streaming", "sepllm")
 REFERENCE = "base:full"
+POOLED = "all"  # the filler name of cells pooling both fillers
 
 
 @dataclass(frozen=True)
@@ -204,8 +205,9 @@ class Cell:
 
 
 def summarise(records: list[dict], *, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Cells per (filler, distance, row) and per (filler, distance, row, family): EM with 95 % percentile-bootstrap
-    intervals over items (seeded), mean KV entries and prompt tokens; only items every row finished are counted."""
+    """Cells per (filler, distance, row) — and with filler ``"all"`` both fillers pooled — and per (filler, distance,
+    row, family): EM with 95 % percentile-bootstrap intervals over items (seeded), mean KV entries and prompt tokens;
+    only items every row finished are counted."""
     rows = list(dict.fromkeys(r["row"] for r in records))
     done: dict[tuple, set] = {}
     for r in records:
@@ -216,6 +218,7 @@ def summarise(records: list[dict], *, n_boot: int = 2000, seed: int = 0) -> dict
         if (r["filler"], r["id"]) in complete:
             groups.setdefault((r["filler"], r["distance"], r["row"]), []).append(r)
             groups.setdefault((r["filler"], r["distance"], r["row"], r["family"]), []).append(r)
+            groups.setdefault((POOLED, r["distance"], r["row"]), []).append(r)
 
     def cell(key: tuple, rs: list[dict]) -> dict:
         ci = bootstrap_interval([float(r["em"]) for r in rs], n_boot=n_boot, seed=seed)
