@@ -28,6 +28,7 @@ _CHROMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 MODE_COLORS = {"full": "#64748b", "anchor": "#ea580c"}
 _ABLATION_PALETTE = ("#ea580c", "#2563eb", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#64748b")
 _PALETTE = ("#2563eb", "#16a34a", "#9333ea", "#db2777", "#0891b2")
+_SWEEP_COLORS = {"anchor": "#ea580c", "streaming": "#16a34a", "sepllm": "#9333ea"}
 
 
 def mode_color(mode: str, index: int = 0) -> str:
@@ -303,7 +304,7 @@ def acceptance_figure(
             color = "#111827" if row == "base:full" else mode_color(row.split(":")[0], i)
             fig.add_trace(
                 go.Scatter(
-                    x=[c["distance"] for c in sel],
+                    x=[c["distance"] * (1 + 0.025 * (i - (len(rows) - 1) / 2)) for c in sel],  # error bars apart
                     y=[100 * c["em"] for c in sel],
                     error_y={
                         "type": "data",
@@ -323,8 +324,11 @@ def acceptance_figure(
                 col=k + 1,
             )
         fig.update_xaxes(title_text="distance fact -> question (tokens)", type="log", row=1, col=k + 1)
-    fig.update_yaxes(title_text="exact match (%)", range=[0, 100], row=1, col=1)
-    return _layout(fig, title, height, "acceptance")
+    fig.update_yaxes(title_text="exact match (%)", range=[-2, 100], row=1, col=1)
+    _layout(fig, title, height, "acceptance")
+    fig.update_layout(legend={"orientation": "h", "y": -0.22, "yanchor": "top", "x": 0, "xanchor": "left"})
+    fig.update_layout(margin={"b": 90})
+    return fig
 
 
 def sweep_figure(summary: Mapping[str, Any], *, title: str = "KV budget sweep", height: int = 440) -> go.Figure:
@@ -340,7 +344,10 @@ def sweep_figure(summary: Mapping[str, Any], *, title: str = "KV budget sweep", 
     keys = list(dict.fromkeys((p["method"], p["weights"]) for p in recall + ppl))
     for i, (method, weights) in enumerate(keys):
         name = f"{method} ({weights})"
-        line = {"color": mode_color(method, i), "dash": "dot" if weights == "base" else "solid"}
+        line = {
+            "color": _SWEEP_COLORS.get(method, mode_color(method, i)),
+            "dash": "dot" if weights == "base" else "solid",
+        }
         sel = sorted(
             (p for p in recall if (p["method"], p["weights"]) == (method, weights)), key=lambda p: p["kv_frac"]
         )
@@ -388,7 +395,10 @@ def sweep_figure(summary: Mapping[str, Any], *, title: str = "KV budget sweep", 
         fig.update_xaxes(title_text="KV entries kept (% of the context)", row=1, col=c)
     fig.update_yaxes(title_text="exact match (%)", range=[0, 100], row=1, col=1)
     fig.update_yaxes(title_text="perplexity (log)", type="log", row=1, col=2)
-    return _layout(fig, title, height, "sweep")
+    _layout(fig, title, height, "sweep")
+    fig.update_layout(legend={"orientation": "h", "y": -0.22, "yanchor": "top", "x": 0, "xanchor": "left"})
+    fig.update_layout(margin={"b": 110})
+    return fig
 
 
 # -- attention maps, ablations, benchmarks ------------------------------------------------------------------------
