@@ -197,7 +197,112 @@ TRAIN_TEMPLATES: tuple[Template, ...] = (
 CHAT_OPENERS_EVAL = ("Please keep this in mind: ", "A quick note before we start: ")
 CHAT_OPENERS_TRAIN = ("Remember this for later: ", "Note this down: ", "Just so you know, ", "Keep in mind that ",
                       "For the record, ", "Here is something important: ")  # fmt: skip
-FAMILIES = ("single", "multi", "chat", "fewshot")
+FAMILIES = ("single", "multi", "chat", "fewshot", "fewshot-recall")
+
+# -- the acceptance harness's held-out forms (anllm/evaluation/acceptance.py): never trained on either -------------
+PHRASES = (
+    "under the loose floorboard", "behind the grandfather clock", "inside the blue teapot", "beneath the stone bench",
+    "on top of the wardrobe", "in the pocket of the grey coat", "between two dictionaries", "at the bottom of the well",
+)  # fmt: skip
+TITLES = ("The Quiet Harbour", "Winter Orchard", "A Map of Salt", "The Glass Meridian", "Northern Lanterns",
+          "The Copper Tide", "Seven Paper Boats", "The Last Ferryman")  # fmt: skip
+STREETS = ("Alder Lane", "Mill Road", "Quarry Street", "Rowan Avenue", "Harbour Walk", "Chapel Row", "Ferry Lane")
+INSTRUMENTS = ("cello", "oboe", "harp", "trumpet", "accordion", "clarinet", "banjo", "viola")
+UNITS = ("kilograms", "litres", "metres", "kilometres")
+
+
+def _form_values(rng: random.Random) -> dict[str, str]:
+    """The extra slots of :data:`FORM_TEMPLATES` (dates, decimals, times, codes, phrases, titles)."""
+    return {
+        "date": f"{rng.randint(1, 28)} {rng.choice(MONTHS)} {rng.randint(1890, 2020)}",
+        "decimal": f"{rng.randint(1, 40)}.{rng.randint(10, 95)}",
+        "clock": f"{rng.randint(5, 11)}:{rng.choice(('05', '15', '20', '35', '40', '50'))}",
+        "code": f"{rng.choice('BDFHKMRTVX')}{rng.choice('ACEGLNPSWZ')}-{rng.randint(1000, 9999)}",
+        "phrase": rng.choice(PHRASES),
+        "city2": rng.choice(CITIES),
+        "title": rng.choice(TITLES),
+        "street": rng.choice(STREETS),
+        "instrument": rng.choice(INSTRUMENTS),
+        "amount": f"{rng.randint(13, 480)} {rng.choice(UNITS)}",
+        "person": f"{rng.choice(FIRST_NAMES)} {rng.choice(SURNAMES)}",
+    }
+
+
+@dataclass(frozen=True)
+class FormTemplate:
+    """A statement with one or several facts; ``asks`` = (question, answer slot) pairs, paraphrases included, of
+    which one is drawn per item. Answers take many forms: names, dates, decimals, times, codes, phrases, titles."""
+
+    kind: str
+    statement: str
+    asks: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        if not self.asks:
+            raise AnLLMError(f"FormTemplate {self.statement!r} asks nothing")
+
+    @property
+    def questions(self) -> tuple[str, ...]:
+        return tuple(q for q, _ in self.asks)
+
+    def fill(self, values: dict[str, str], pick: int = 0) -> tuple[str, str, str]:
+        """(statement, question ``pick``, its answer) with ``values`` substituted."""
+        question, slot = self.asks[pick]
+        return self.statement.format(**values), question.format(**values), values[slot]
+
+
+def _f(kind: str, statement: str, *asks: tuple[str, str]) -> FormTemplate:
+    return FormTemplate(kind, statement, tuple(asks))
+
+
+# Held out from every training template (tests/test_recall.py): the acceptance harness's items.
+FORM_TEMPLATES: tuple[FormTemplate, ...] = (
+    _f("date", "The treaty between the two valleys was signed on {date}.",
+       ("On what date was the treaty between the valleys signed?", "date"),
+       ("When exactly did the two valleys sign their treaty?", "date")),
+    _f("name", "The night watchman at the observatory is {person}.",
+       ("Who is the observatory's night watchman?", "person"),
+       ("Name the person who keeps watch at the observatory at night.", "person")),
+    _f("decimal", "The recipe calls for {decimal} grams of saffron.",
+       ("How many grams of saffron does the recipe need?", "decimal"),
+       ("What amount of saffron, in grams, goes into the recipe?", "decimal")),
+    _f("time", "The ferry to {city} casts off at {clock} sharp.",
+       ("At what time does the ferry to {city} cast off?", "clock"),
+       ("When does the {city} ferry leave the pier?", "clock")),
+    _f("code", "The archive box for the {colour} folders is labelled {code}.",
+       ("What label is on the archive box for the {colour} folders?", "code"),
+       ("Which label marks the box that holds the {colour} folders?", "code")),
+    _f("phrase", "Grandmother kept the spare ring {phrase}.",
+       ("Where did grandmother keep the spare ring?", "phrase"),
+       ("In what spot was the spare ring kept?", "phrase")),
+    _f("title", "The novel that {name} is writing is called {title}.",
+       ("What is the title of the novel {name} is writing?", "title"),
+       ("What did {name} call the novel in progress?", "title")),
+    _f("multi", "{name} plays the {instrument} and lives on {street}.",
+       ("Which instrument does {name} play?", "instrument"),
+       ("On which street does {name} live?", "street"),
+       ("What is the name of the street where {name} lives?", "street")),
+    _f("multi", "The expedition left {city} on {date} carrying {amount} of rope.",
+       ("From which city did the expedition set out?", "city"),
+       ("On what date did the expedition leave?", "date"),
+       ("How much rope did the expedition carry?", "amount")),
+    _f("multi", "Doctor {surname} sees patients in room {room} every {day}.",
+       ("In which room does Doctor {surname} see patients?", "room"),
+       ("On which weekday does Doctor {surname} see patients?", "day")),
+    _f("number", "The orchard produced {num4} crates of pears this autumn.",
+       ("How many crates of pears did the orchard produce?", "num4"),
+       ("What was this autumn's pear harvest, in crates?", "num4")),
+    _f("place", "The choir's summer concert moved from {city} to {city2}.",
+       ("To which city was the summer concert moved?", "city2"),
+       ("Where will the choir's summer concert now be held?", "city2")),
+    _f("attribute", "The lantern above the tavern door is made of {material} and painted {colour}.",
+       ("What material is the tavern's lantern made of?", "material"),
+       ("What colour is the lantern above the tavern door?", "colour")),
+    _f("name", "The {animal} that lives in the bell tower answers to {name}.",
+       ("What name does the {animal} in the bell tower answer to?", "name"),
+       ("How is the bell tower's {animal} called?", "name")),
+)  # fmt: skip
+ACCEPTANCE_OPENERS = ("Before we go on, one detail to hold on to: ", "Here is a fact I will ask about later: ")
 
 _SENTENCE = re.compile(r"[^.!?]*[.!?]+[\"')\]]*\s*")
 
@@ -242,7 +347,7 @@ class MemoryItem:
         ``Question: ... Answer:`` (a question already ending in ``Answer:``, as few-shot items do, is kept as is)."""
         body = "\n".join(f"{r}: {x}" for r, x in self.turns[:-1]) if self.turns else self.context
         question = self.turns[-1][1] if self.turns else self.question
-        tail = question if question.rstrip().endswith("Answer:") else f"Question: {question}\nAnswer:"
+        tail = question if question.rstrip().endswith(("Answer:", "A:")) else f"Question: {question}\nAnswer:"
         return f"{body}\n\n{tail}".strip()
 
 
@@ -270,9 +375,13 @@ def leaks(answer: str, question: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(answer.lower())}(?!\w)", question.lower()) is not None
 
 
-def _fact(template: Template, rng: random.Random) -> tuple[str, str, str]:
+def _fact(template: Template | FormTemplate, rng: random.Random) -> tuple[str, str, str]:
     while True:  # redraw until the answer is not in the question (e.g. a name asked about itself)
-        statement, question, answer = template.fill(_values(rng))
+        if isinstance(template, FormTemplate):  # extra draws only here: the older templates' items are unchanged
+            values = {**_values(rng), **_form_values(rng)}
+            statement, question, answer = template.fill(values, rng.randrange(len(template.questions)))
+        else:
+            statement, question, answer = template.fill(_values(rng))
         if not leaks(answer, question):
             return statement, question, answer
 
@@ -324,6 +433,8 @@ def make_items(
                     items.append(_multi(item_id, d, templates, rng, fill))
                 elif family == "chat":
                     items.append(_chat(item_id, d, templates, rng, fill, chat_openers))
+                elif family == "fewshot-recall":
+                    items.append(_fewshot_recall(item_id, d, templates, rng, fill))
                 else:
                     items.append(_fewshot(item_id, d, fewshot_items, rng, count_tokens))
     return items
@@ -383,3 +494,15 @@ def _fewshot(item_id, d, mc_items, rng, count_tokens) -> MemoryItem:
     context = "\n\n".join(demos)
     question = query.contexts[query.label]
     return MemoryItem(item_id, "fewshot", d, context, question, query.choices[query.label], "fewshot", -1)
+
+
+def _fewshot_recall(item_id, d, templates, rng, fill) -> MemoryItem:
+    """Several facts, ``d`` filler tokens, then worked questions about the other facts (question, answer) and last
+    the question about the asked one: the few-shot format of the paper with the answers to recall in the context."""
+    facts = _distinct_facts(templates, rng, rng.choice((3, 4)))
+    asked = rng.randrange(len(facts))
+    t, fact, question, answer = facts[asked]
+    demos = "\n".join(f"Q: {q}\nA: {a}" for k, (_, _, q, a) in enumerate(facts) if k != asked)
+    context = " ".join(f[1] for f in facts) + " " + fill.take(d) + "\n\n" + demos
+    return MemoryItem(item_id, "fewshot-recall", d, context, f"Q: {question}\nA:", answer, templates[t].kind, t,
+                      fact=fact)  # fmt: skip

@@ -25,6 +25,7 @@ _CHROMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 MODE_COLORS = {"full": "#64748b", "anchor": "#ea580c"}
 _ABLATION_PALETTE = ("#ea580c", "#2563eb", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#64748b")
 _PALETTE = ("#2563eb", "#16a34a", "#9333ea", "#db2777", "#0891b2")
+_SWEEP_COLORS = {"anchor": "#ea580c", "streaming": "#16a34a", "sepllm": "#9333ea"}
 
 
 def mode_color(mode: str, index: int = 0) -> str:
@@ -270,6 +271,131 @@ def recall_figure(
     fig.update_xaxes(title="distance between the fact and the question (tokens)", type="log")
     fig.update_yaxes(title="exact match (%)", range=[0, 100])
     return _layout(fig, title, height, "recall")
+
+
+def acceptance_figure(
+    cells: Sequence[Mapping[str, Any]],
+    *,
+    title: str = "Recall acceptance: exact match with 95% intervals",
+    height: int = 420,
+) -> go.Figure:
+    """Exact match vs distance per row (the base reference, full, anchor, peers), one panel per filler, with the
+    bootstrap interval of each cell as error bars.
+
+    ``cells`` are :func:`anllm.evaluation.acceptance.summarise` cells (``filler``, ``distance``, ``row``, ``em``,
+    ``lo``, ``hi``, ``n``).
+    """
+    if not cells:
+        raise AnLLMError("acceptance_figure needs at least one cell")
+    fillers = list(dict.fromkeys(c["filler"] for c in cells))
+    rows = list(dict.fromkeys(c["row"] for c in cells))
+    fig = make_subplots(
+        rows=1,
+        cols=len(fillers),
+        subplot_titles=["both fillers" if f == "all" else f"{f} filler" for f in fillers],
+        shared_yaxes=True,
+    )
+    for k, f in enumerate(fillers):
+        for i, row in enumerate(rows):
+            sel = sorted((c for c in cells if c["filler"] == f and c["row"] == row), key=lambda c: c["distance"])
+            color = "#111827" if row == "base:full" else mode_color(row.split(":")[0], i)
+            fig.add_trace(
+                go.Scatter(
+                    x=[c["distance"] * (1 + 0.025 * (i - (len(rows) - 1) / 2)) for c in sel],  # error bars apart
+                    y=[100 * c["em"] for c in sel],
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [100 * (c["hi"] - c["em"]) for c in sel],
+                        "arrayminus": [100 * (c["em"] - c["lo"]) for c in sel],
+                    },
+                    customdata=[c["n"] for c in sel],
+                    hovertemplate="%{x} tokens: %{y:.1f}% (n=%{customdata})<extra>" + row + "</extra>",
+                    mode="lines+markers",
+                    name=row,
+                    legendgroup=row,
+                    showlegend=k == 0,
+                    line={"color": color, "dash": "dash" if row == "base:full" else "solid"},
+                ),
+                row=1,
+                col=k + 1,
+            )
+        fig.update_xaxes(title_text="distance fact -> question (tokens)", type="log", row=1, col=k + 1)
+    fig.update_yaxes(title_text="exact match (%)", range=[-2, 100], row=1, col=1)
+    _layout(fig, title, height, "acceptance")
+    fig.update_layout(legend={"orientation": "h", "y": -0.22, "yanchor": "top", "x": 0, "xanchor": "left"})
+    fig.update_layout(margin={"b": 90})
+    return fig
+
+
+def sweep_figure(summary: Mapping[str, Any], *, title: str = "KV budget sweep", height: int = 440) -> go.Figure:
+    """The Pareto figure: recall exact match (with 95% intervals) and held-out perplexity against the KV entries
+    kept (% of the context, counted through the real caches), one line per method and weights.
+
+    ``summary`` is :func:`anllm.evaluation.sweep.summarise_sweep`'s dict (``recall`` and ``ppl`` points).
+    """
+    recall, ppl = list(summary.get("recall", ())), [p for p in summary.get("ppl", ()) if p["method"] != "full"]
+    if not recall and not ppl:
+        raise AnLLMError("sweep_figure needs recall or perplexity points")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["recall (higher is better)", "perplexity (lower is better)"])
+    keys = list(dict.fromkeys((p["method"], p["weights"]) for p in recall + ppl))
+    for i, (method, weights) in enumerate(keys):
+        name = f"{method} ({weights})"
+        line = {
+            "color": _SWEEP_COLORS.get(method, mode_color(method, i)),
+            "dash": "dot" if weights == "base" else "solid",
+        }
+        sel = sorted(
+            (p for p in recall if (p["method"], p["weights"]) == (method, weights)), key=lambda p: p["kv_frac"]
+        )
+        if sel:
+            fig.add_trace(
+                go.Scatter(
+                    x=[100 * p["kv_frac"] for p in sel],
+                    y=[100 * p["em"] for p in sel],
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [100 * (p["hi"] - p["em"]) for p in sel],
+                        "arrayminus": [100 * (p["em"] - p["lo"]) for p in sel],
+                    },
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    line=line,
+                ),
+                row=1,
+                col=1,
+            )
+        for j, filler in enumerate(dict.fromkeys(p["filler"] for p in ppl)):
+            sel = sorted(
+                (p for p in ppl if (p["method"], p["weights"], p["filler"]) == (method, weights, filler)),
+                key=lambda p: p["kv_frac"],
+            )
+            if sel:
+                fig.add_trace(
+                    go.Scatter(
+                        x=[100 * p["kv_frac"] for p in sel],
+                        y=[p["ppl"] for p in sel],
+                        mode="lines+markers",
+                        marker={"symbol": ("circle", "square", "diamond")[j % 3]},
+                        name=f"{name}, {filler}",
+                        legendgroup=name,
+                        showlegend=not recall,
+                        line=line,
+                        hovertemplate=f"{filler}: " + "KV %{x:.1f}%, ppl %{y:.2f}<extra>" + name + "</extra>",
+                    ),
+                    row=1,
+                    col=2,
+                )
+    for c in (1, 2):
+        fig.update_xaxes(title_text="KV entries kept (% of the context)", row=1, col=c)
+    fig.update_yaxes(title_text="exact match (%)", range=[0, 100], row=1, col=1)
+    fig.update_yaxes(title_text="perplexity (log)", type="log", row=1, col=2)
+    _layout(fig, title, height, "sweep")
+    fig.update_layout(legend={"orientation": "h", "y": -0.22, "yanchor": "top", "x": 0, "xanchor": "left"})
+    fig.update_layout(margin={"b": 110})
+    return fig
 
 
 # -- attention maps, ablations, benchmarks ------------------------------------------------------------------------

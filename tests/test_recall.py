@@ -193,3 +193,21 @@ def test_memory_training_distance_range_is_checked(tmp_path):
         with pytest.raises(AnLLMError, match="min_distance <= max_distance"):
             build_memory_data(corpus, tmp_path / "m.jsonl", tiny_tokenizer(), n=3, min_distance=lo, max_distance=hi)
     assert not (tmp_path / "m.jsonl").exists()  # nothing written for a refused range
+
+
+def test_acceptance_forms_share_no_wording_with_training():
+    from anllm.memory import ACCEPTANCE_OPENERS, CHAT_OPENERS_TRAIN, FORM_TEMPLATES
+
+    def norm(x):
+        return re.sub(r"\{\w+\}", "{}", x).lower()
+
+    def grams(x, k=5):
+        w = re.findall(r"[\w{}']+", norm(x))
+        return {tuple(w[i : i + k]) for i in range(len(w) - k + 1)}
+
+    train = [t.statement for t in TRAIN_TEMPLATES] + [t.question for t in TRAIN_TEMPLATES]
+    held = [t.statement for t in FORM_TEMPLATES] + [q for t in FORM_TEMPLATES for q in t.questions]
+    assert not {norm(x) for x in train} & {norm(x) for x in held}
+    shared = set().union(*(grams(x) for x in train)) & set().union(*(grams(x) for x in held))
+    assert not shared, shared  # not even five words in a row
+    assert not {norm(x) for x in CHAT_OPENERS_TRAIN} & {norm(x) for x in ACCEPTANCE_OPENERS}

@@ -96,6 +96,10 @@ def register(sub) -> None:
     q.add_argument("--json", action="store_true", help='last line: {"<mode>": {"bleu", ...}}')
     q.set_defaults(func=run_bleu)
 
+    from anllm.commands.eval_acceptance import register_acceptance  # the recall acceptance harness, budget sweep
+
+    register_acceptance(ev)
+
 
 def run_ppl(args) -> int:
     from anllm.evaluation.ppl import perplexity_text

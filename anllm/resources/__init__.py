@@ -8,6 +8,7 @@ from pathlib import Path
 
 KJV_GENESIS = "kjv_genesis.txt"  # the built-in benchmark passage and recall filler
 HELDOUT_PROSE = "heldout_prose.txt"  # held-out English prose of the default model's evaluation
+NETTLE_PROSE = "nettle_manual_prose.txt"  # held-out technical prose (recall acceptance filler, never trained on)
 TOY_MC = "toy_mc.jsonl"  # `anllm eval qa --task toy`
 
 

@@ -1,0 +1,244 @@
+"""The recall acceptance harness: held-out item forms, the base reference row with the adapter disabled on the same
+model object, and the percentile bootstrap checked against an exact computation."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from anllm.config import AnLLMError
+from anllm.evaluation.acceptance import (
+    REFERENCE,
+    AcceptanceConfig,
+    acceptance_items,
+    adapter_disabled,
+    read_records,
+    run_acceptance,
+    summarise,
+)
+from anllm.evaluation.bootstrap import bootstrap_interval
+from anllm.evaluation.recall import evaluate_recall
+from anllm.memory import ACCEPTANCE_OPENERS, FORM_TEMPLATES, FormTemplate, leaks, make_items
+from anllm.models import LoadedModel
+from tests.conftest import make_lm
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+FILLER = " ".join(f"Line {i} of the manual explains how the parser reads its input." for i in range(300))
+FAMILIES = ("single", "multi", "chat", "fewshot-recall")
+
+
+def form_items(seed=3, n=6, distances=(40, 200)):
+    return make_items(
+        seed=seed,
+        distances=distances,
+        n_per_distance=n,
+        filler=FILLER,
+        count_tokens=len,
+        families=FAMILIES,
+        templates=FORM_TEMPLATES,
+        chat_openers=ACCEPTANCE_OPENERS,
+    )
+
+
+# -- items ------------------------------------------------------------------------------------------------------------
+def test_form_items_are_deterministic_and_leak_free():
+    a, b, c = form_items(3), form_items(3), form_items(4)
+    assert [i.to_dict() for i in a] == [i.to_dict() for i in b]
+    assert [i.to_dict() for i in a] != [i.to_dict() for i in c]
+    assert {i.family for i in a} == set(FAMILIES) and len(a) == 4 * 2 * 6
+    for it in form_items(5, n=25):
+        assert not leaks(it.answer, it.question), it
+        assert re.search(rf"(?<!\w){re.escape(it.answer)}(?!\w)", it.context), it  # the answer is stated
+        assert it.fact and it.answer in it.fact
+
+
+def test_form_items_cover_many_answer_forms_and_paraphrases():
+    its = form_items(1, n=40)
+    assert {"date", "decimal", "time", "code", "phrase", "title", "name", "multi"} <= {i.kind for i in its}
+    assert any(re.fullmatch(r"\d{1,2} [A-Z][a-z]+ \d{4}", i.answer) for i in its)  # dates
+    assert any(re.fullmatch(r"\d+\.\d+", i.answer) for i in its)  # decimals
+    assert any(re.fullmatch(r"[A-Z]{2}-\d{4}", i.answer) for i in its)  # codes
+    asked = {}
+    for i in its:
+        if i.family == "single":
+            asked.setdefault(i.template, set()).add(re.sub(r"\b[A-Z][a-z]+\b", "X", i.question))
+    assert any(len(v) >= 2 for v in asked.values())  # the same template asked with different wordings
+    several = [t for t in FORM_TEMPLATES if len({slot for _, slot in t.asks}) >= 2]
+    assert len(several) >= 3  # rows stating several facts, any of which is asked
+
+
+def test_fewshot_recall_items_show_worked_answers_then_ask():
+    for it in [i for i in form_items(2, n=10) if i.family == "fewshot-recall"]:
+        assert it.question.startswith("Q: ") and it.question.endswith("\nA:")
+        demos = re.findall(r"Q: (.+)\nA: (.+)", it.context)
+        assert 2 <= len(demos) <= 3
+        for _q, a in demos:
+            assert a in it.context.split("\n\n")[0]  # every worked answer is a fact stated before the filler
+        assert it.answer in it.context.split("\n\n")[0] and it.answer not in [a for _, a in demos]
+
+
+def test_form_templates_are_valid():
+    values = {k: "x" for k in re.findall(r"\{(\w+)\}", " ".join(t.statement for t in FORM_TEMPLATES))}
+    values.update({k: "x" for t in FORM_TEMPLATES for q, _ in t.asks for k in re.findall(r"\{(\w+)\}", q)})
+    for t in FORM_TEMPLATES:
+        for pick, (_, slot) in enumerate(t.asks):
+            assert "{" + slot + "}" in t.statement, t  # the asked slot is stated
+            t.fill(values, pick)
+    with pytest.raises(AnLLMError, match="asks nothing"):
+        FormTemplate("x", "A {name}.", ())
+
+
+# -- the base reference row: the adapter switched off on the same model --------------------------------------------
+def peft_lm(seed=0):
+    from peft import LoraConfig, get_peft_model
+
+    lm = make_lm("llama", "ep", dtype=torch.float32, n_sink=1, window=6, max_segment=40)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "up_proj"],
+                     init_lora_weights=False)  # fmt: skip
+    torch.manual_seed(seed)
+    model = get_peft_model(lm.model, cfg).eval()  # random A and B: the adapter changes the outputs
+    return LoadedModel(model, lm.tokenizer, lm.anchor, lm.anchor_ids, "tiny-peft", [], True)
+
+
+def test_adapter_disabled_gives_the_unadapted_model_on_the_same_object():
+    lm = peft_lm()
+    plain = make_lm("llama", "ep", dtype=torch.float32)  # the same seed: the weights before the adapter
+    ids = torch.tensor([[5, 17, 40, 33, 8, 71, 12]])
+    with torch.no_grad():
+        want = plain.model(ids).logits
+        adapted = lm.model(ids).logits
+        with adapter_disabled(lm) as same:
+            assert same is lm
+            off = lm.model(ids).logits
+        again = lm.model(ids).logits  # switched back on after the block
+    assert torch.equal(off, want)
+    assert (adapted - want).abs().max() > 1e-3
+    assert torch.equal(again, adapted)
+    with pytest.raises(AnLLMError, match="no switchable adapter"):
+        with adapter_disabled(plain):
+            pass
+
+
+def test_reference_row_is_the_base_model_and_other_rows_the_adapted_one(tmp_path):
+    lm = peft_lm()
+    cfg = AcceptanceConfig(distances=(40,), n=1, families=("single", "chat"), fillers=("literary",), max_new_tokens=2)
+    out = tmp_path / "acc.jsonl"
+    recs = run_acceptance(lm, cfg, out)
+    assert read_records(out) == recs  # appended as the run goes
+    items = [it for _, it in acceptance_items(lm, cfg)]
+    plain = make_lm("llama", "ep", dtype=torch.float32, n_sink=1, window=6, max_segment=40)
+    base = evaluate_recall(plain, items, ("full",), budget=None, max_new_tokens=2).items
+    adapted = evaluate_recall(lm, items, ("full", "anchor"), budget="anchor", max_new_tokens=2).items
+    by = {(r["id"], r["row"]): r for r in recs}
+    for b, a in zip(base, [r for r in adapted if r["mode"] == "full"]):
+        ref, full = by[(b["id"], REFERENCE)], by[(b["id"], "full")]
+        assert ref["logprob"] == pytest.approx(b["logprob"], abs=1e-5)  # base weights, not a second load's drift
+        assert full["logprob"] == pytest.approx(a["logprob"], abs=1e-5)
+        assert abs(ref["logprob"] - full["logprob"]) > 1e-3
+    for r in adapted:
+        if r["mode"] == "anchor":
+            assert by[(r["id"], "anchor")]["kv_entries"] == r["kv_entries"] < r["prompt_tokens"]
+    assert {r["row"] for r in recs} == {REFERENCE, "full", "anchor", "streaming", "sepllm"}
+
+
+def test_a_model_without_adapter_is_refused_before_running(tmp_path):
+    lm = make_lm("llama", "ep", dtype=torch.float32)
+    with pytest.raises(AnLLMError, match="unmerged adapter"):
+        run_acceptance(lm, AcceptanceConfig(distances=(40,), n=1), tmp_path / "x.jsonl")
+    assert not (tmp_path / "x.jsonl").exists()
+    recs = run_acceptance(lm, AcceptanceConfig(distances=(40,), n=1, families=("single",), fillers=("technical",),
+                                               reference=False, max_new_tokens=1))  # fmt: skip
+    assert REFERENCE not in {r["row"] for r in recs} and len(recs) == 4
+
+
+def test_config_is_validated():
+    for bad in (dict(n=0), dict(fillers=("legal",)), dict(families=("fewshot",)), dict(modes=("full",))):
+        with pytest.raises(AnLLMError):
+            AcceptanceConfig(**bad)
+
+
+# -- bootstrap --------------------------------------------------------------------------------------------------------
+def binomial_quantile(k: int, n: int, q: float) -> float:
+    """The q-quantile of Binomial(n, k/n) / n: the exact distribution of a bootstrap mean of k ones in n."""
+    p, cdf = k / n, 0.0
+    for j in range(n + 1):
+        cdf += math.comb(n, j) * p**j * (1 - p) ** (n - j)
+        if cdf >= q:
+            return j / n
+    return 1.0
+
+
+@pytest.mark.parametrize("k,n", [(7, 20), (45, 60), (2, 16)])
+def test_bootstrap_matches_the_exact_resampling_distribution(k, n):
+    values = [1.0] * k + [0.0] * (n - k)
+    ci = bootstrap_interval(values, n_boot=40000, seed=1)
+    assert ci.mean == k / n and ci.n == n and ci.level == 0.95
+    assert abs(ci.lo - binomial_quantile(k, n, 0.025)) <= 1 / n + 1e-12
+    assert abs(ci.hi - binomial_quantile(k, n, 0.975)) <= 1 / n + 1e-12
+
+
+def test_bootstrap_is_seeded_and_edge_cases():
+    x = [0.2, 1.5, 3.0, 0.1, 2.2, 0.7, 1.1]
+    assert bootstrap_interval(x, seed=4) == bootstrap_interval(x, seed=4)
+    assert bootstrap_interval(x, seed=4) != bootstrap_interval(x, seed=5)
+    a = bootstrap_interval(x, n_boot=3000, seed=0)
+    # independent: the same resamples drawn here, quantiles by sorting
+    rng = np.random.default_rng(0)
+    means = np.sort(np.asarray(x)[rng.integers(0, len(x), size=(3000, len(x)))].mean(1))
+    assert a.lo == pytest.approx(np.interp(0.025 * 2999, np.arange(3000), means))
+    assert a.hi == pytest.approx(np.interp(0.975 * 2999, np.arange(3000), means))
+    one = bootstrap_interval([1.0])
+    assert (one.mean, one.lo, one.hi) == (1.0, 1.0, 1.0)
+    for bad in ([], dict(n_boot=0), dict(level=1.0)):
+        with pytest.raises(AnLLMError):
+            bootstrap_interval(*(([0.0, 1.0],) if isinstance(bad, dict) else (bad,)),
+                               **(bad if isinstance(bad, dict) else {}))  # fmt: skip
+
+
+def test_summary_counts_only_items_every_row_finished():
+    recs = []
+    for i, em in enumerate([1, 0, 1, 1]):
+        for row in ("base:full", "anchor"):
+            recs.append({"filler": "literary", "id": f"single-40-{i}", "family": "single", "distance": 40,
+                         "row": row, "em": bool(em) if row == "anchor" else True, "kv_entries": 10,
+                         "prompt_tokens": 50, "seconds": 1.0})  # fmt: skip
+    recs.append({**recs[0], "id": "single-40-9", "row": "base:full"})  # the anchor row never ran on it
+    s = summarise(recs, n_boot=500)
+    assert s["items_complete"] == 4
+    assert {c["filler"] for c in s["cells"]} == {"literary", "all"}
+    cell = next(c for c in s["cells"] if c["row"] == "anchor" and c["filler"] == "literary")
+    assert {k: v for k, v in cell.items() if k != "filler"} == {
+        k: v
+        for k, v in next(c for c in s["cells"] if c["row"] == "anchor" and c["filler"] == "all").items()
+        if k != "filler"
+    }  # one filler: the pooled cell is the same
+    assert cell["n"] == 4 and cell["em"] == 0.75 and cell["lo"] <= 0.75 <= cell["hi"]
+    assert next(c for c in s["cells"] if c["row"] == "base:full")["n"] == 4
+    assert {c["family"] for c in s["by_family"]} == {"single"}
+
+
+def test_cli_acceptance_writes_jsonl_json_and_plot(tmp_path):
+    stem = tmp_path / "acc"
+    cmd = [sys.executable, "-m", "anllm", "eval", "acceptance", "--model", "tiny-random", "--no-reference",
+           "--out", str(stem), "--distances", "30", "--n", "1", "--families", "single,fewshot-recall",
+           "--fillers", "technical", "--modes", "full,anchor", "--max-new-tokens", "1"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {c["row"] for c in out["cells"]} == {"full", "anchor"} and out["items_complete"] == 2
+    summary = json.loads(stem.with_suffix(".json").read_text())
+    assert summary["config"]["fillers"] == ["technical"] and len(read_records(stem.with_suffix(".jsonl"))) == 4
+    assert "exact match" in stem.with_suffix(".html").read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "exists" in again.stderr
+    summ = subprocess.run(cmd + ["--summarise"], capture_output=True, text=True, timeout=300)
+    assert summ.returncode == 0, summ.stderr
+    bad_cmd = [c for c in cmd if c != "--no-reference"]
+    bad_cmd[bad_cmd.index("--out") + 1] = str(tmp_path / "b")
+    bad = subprocess.run(bad_cmd, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unmerged adapter" in bad.stderr  # tiny-random has no adapter to switch off
