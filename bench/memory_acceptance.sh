@@ -16,12 +16,12 @@ DAY=$(date -u +%F)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 mkdir -p "$OUT"
 PROSE=anllm/resources/heldout_prose.txt
-"$PY" -m anllm eval recall --model default --modes full,anchor,streaming,sepllm --budget anchor \
+"$PY" -m anllm eval recall --model default --policies full,anchor,streaming,sepllm --budget anchor \
     --distances 256,1024,2048 --n "$N" --seed "$SEED" --families single,multi,chat --plot "$OUT/recall-default-$DAY.html" --json \
     | tail -n 1 > "$OUT/recall-default-$DAY.json"
 for model in default smollm2-135m; do
     "$PY" -m anllm eval ppl --model "$model" --text-file "$PROSE" --max-tokens 2048 \
-        --modes full,anchor,streaming,sepllm --budget anchor --json | tail -n 1 > "$OUT/ppl-prose-$model-$DAY.json"
+        --policies full,anchor,streaming,sepllm --budget anchor --json | tail -n 1 > "$OUT/ppl-prose-$model-$DAY.json"
 done
 "$PY" - "$OUT/chat-default-$DAY.json" <<'PY'
 import json

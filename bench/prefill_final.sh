@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-out/prefill_final}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-"${PYTHON:-python3}" -m anllm bench --model default --context 8160 --modes full,anchor,streaming,sepllm,limit \
+"${PYTHON:-python3}" -m anllm bench --model default --context 8160 --policies full,anchor,streaming,sepllm,limit \
   --repeats 2 --stat best --roofline --json --plot "$OUT/prefill-8k.html" \
   2> >(tee "$OUT/prefill-8k.log" >&2) | tail -n 1 > "$OUT/prefill-8k.json"
 echo "wrote $OUT/prefill-8k.json, $OUT/prefill-8k.html and $OUT/prefill-8k.log" >&2

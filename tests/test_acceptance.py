@@ -157,7 +157,7 @@ def test_a_model_without_adapter_is_refused_before_running(tmp_path):
 
 
 def test_config_is_validated():
-    for bad in (dict(n=0), dict(fillers=("legal",)), dict(families=("fewshot",)), dict(modes=("full",))):
+    for bad in (dict(n=0), dict(fillers=("legal",)), dict(families=("fewshot",)), dict(policies=("full",))):
         with pytest.raises(AnLLMError):
             AcceptanceConfig(**bad)
 
@@ -226,7 +226,7 @@ def test_cli_acceptance_writes_jsonl_json_and_plot(tmp_path):
     stem = tmp_path / "acc"
     cmd = [sys.executable, "-m", "anllm", "eval", "acceptance", "--model", "tiny-random", "--no-reference",
            "--out", str(stem), "--distances", "30", "--n", "1", "--families", "single,fewshot-recall",
-           "--fillers", "technical", "--modes", "full,anchor", "--max-new-tokens", "1"]  # fmt: skip
+           "--fillers", "technical", "--policies", "full,anchor", "--max-new-tokens", "1"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])

@@ -195,6 +195,9 @@ BAD_VALUES = {
     "budget-mode": {"unknown-mode": "nosuch", "a-number": "5"},
     "families": {"unknown": "single,poems", "empty": ","},
     "scorers": {"unknown": "masked,bogus", "empty": ","},
+    "fillers": {"unknown": "literary,legal", "empty": ","},
+    "weights": {"unknown": "default,merged", "empty": ","},
+    "fractions": {"zero": "0", "one": "0.08,1", "negative": "-0.1", "not-a-number": "0.1,x", "nan": "nan"},
     "template": {"unknown-field": "{src} {bad}", "no-src": "no placeholder", "positional": "{src} {0}", "open": "{src"},
     "prompt": {"empty": "", "blank": "   "},
     "stop": {"empty": ""},
@@ -248,7 +251,7 @@ def baseline(leaf: argparse.ArgumentParser, f: Files) -> dict[argparse.Action, s
             out[a] = str(good_input(kind, f))
         elif isinstance(spec, Ints):
             out[a] = str(spec.lo if spec.lo > 0 else 8)
-        elif kind == "out-file":
+        elif kind in ("out-file", "out-stem"):
             out[a] = str(f.root / "new-output.kv")
         else:
             out[a] = GOOD_VALUES[kind]
@@ -304,10 +307,13 @@ def make_cases() -> list:
                 inputs.append((action, kind))
                 for label, make in bad_input_files(kind).items():
                     add(leaf, action, label, make)
-            elif kind == "out-file":
+            elif kind in ("out-file", "out-stem"):
                 add(leaf, action, "directory", lambda f: f.empty_dir)
                 add(leaf, action, "missing-folder", lambda f: f.root / "no-such-dir" / "x.out")
                 add(leaf, action, "trailing-slash", lambda f: f"{f.root}/new/")
+                if kind == "out-stem":  # an earlier run's records are never appended to or overwritten
+                    taken = lambda f: str(f.write("taken.jsonl", '{"a": 1}\n').with_suffix(""))  # noqa: E731
+                    add(leaf, action, "records-exist", taken)
             elif kind in BAD_VALUES:
                 for label, v in BAD_VALUES[kind].items():
                     add(leaf, action, label, v if callable(v) else (lambda f, v=v: v))
@@ -430,7 +436,7 @@ def test_every_option_has_a_kind():
             if action.nargs != 0 and action.choices is None:
                 assert spec is not None, (command, action.option_strings)
                 assert isinstance(spec, (Number, Ints)) or spec in BAD_VALUES or spec in (
-                    "text-in", "jsonl-in", "task", "config-in", "cache-in", "out-file",
+                    "text-in", "jsonl-in", "task", "config-in", "cache-in", "out-file", "out-stem",
                 ), f"no bad values for kind {spec!r} here"  # fmt: skip
     assert not missing, missing
     assert not [k for k in OPTIONS if k.split()[-1].startswith("--") and not _used(k)], "unused kinds in OPTIONS"

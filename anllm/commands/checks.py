@@ -85,6 +85,8 @@ OPTIONS: dict[str, Number | Ints | str] = {
     "--max-request-s": Number(0, 7 * 86400),
     "--context": Ints(1, MAX_TOKENS),
     "--distances": Ints(0, MAX_TOKENS),
+    "--ppl-tokens": Number(0, MAX_TOKENS),  # 0: the sweep's recall part only
+    "eval sweep --n": Number(0, 10_000),  # 0: the sweep's perplexity part only
     # files the command reads
     "--prompt-file": "text-in",
     "--text-file": "text-in",
@@ -99,7 +101,9 @@ OPTIONS: dict[str, Number | Ints | str] = {
     # files the command writes
     "--output": "out-file",
     "--plot": "out-file",
-    "export --out": "out-file",  # a new folder: the same rules as a new file (not an existing directory)
+    "export --out": "out-file",
+    "eval acceptance --out": "out-stem",  # STEM.jsonl, STEM.json and STEM.html
+    "eval sweep --out": "out-stem",  # a new folder: the same rules as a new file (not an existing directory)
     # names and formats
     "--model": "model",
     "--device": "device",
@@ -111,6 +115,10 @@ OPTIONS: dict[str, Number | Ints | str] = {
     "--budget": "budget",
     "eval recall --budget": "budget-mode",
     "--families": "families",
+    "--fillers": "fillers",
+    "--ppl-fillers": "fillers",
+    "--weights": "weights",
+    "--budgets": "fractions",
     "--scorers": "scorers",
     "--template": "template",
     "--prompt": "prompt",
@@ -382,6 +390,45 @@ def check_families(value, flag, ctx) -> None:
         raise AnLLMError(f"{flag}: unknown recall families {bad}; choose from {', '.join(FAMILIES)}")
 
 
+def _names(value: str, flag: str, known: tuple[str, ...], what: str) -> None:
+    names = [x.strip() for x in value.split(",") if x.strip()]
+    bad = [x for x in names if x not in known]
+    if not names or bad:
+        raise AnLLMError(f"{flag}: unknown {what} {bad}; choose from {', '.join(known)} (comma-separated)")
+
+
+def check_fillers(value, flag, ctx) -> None:
+    from anllm.evaluation.acceptance import FILLERS
+
+    _names(value, flag, tuple(FILLERS), "fillers")
+
+
+def check_weights(value, flag, ctx) -> None:
+    _names(value, flag, ("default", "base"), "weights")
+
+
+def check_fractions(value, flag, ctx) -> None:
+    try:
+        fractions = [float(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        fractions = []
+    if not fractions or any(not 0.0 < b < 1.0 for b in fractions):  # NaN fails the comparison too
+        raise AnLLMError(f"{flag} must be comma-separated fractions of the context in (0, 1), got {value!r}")
+
+
+def check_out_stem(value, flag, ctx) -> None:
+    """An output stem: STEM.jsonl is written item by item (or read back with --summarise), then .json and .html."""
+    check_out_file(value, flag, ctx)
+    jsonl = Path(value).with_suffix(".jsonl")
+    if getattr(ctx.args, "summarise", False):
+        if not jsonl.is_file():
+            raise AnLLMError(f"--summarise: {jsonl} does not exist (run without --summarise first)")
+    elif jsonl.exists():
+        raise AnLLMError(
+            f"{jsonl} exists: give another {flag}, or add --summarise to summarise it (nothing was written)"
+        )
+
+
 def check_scorers(value, flag, ctx) -> None:
     from anllm.evaluation.qa import SCORERS
 
@@ -447,6 +494,10 @@ CHECKS = {
     "budget": check_budget,
     "budget-mode": check_budget_mode,
     "families": check_families,
+    "fillers": check_fillers,
+    "weights": check_weights,
+    "fractions": check_fractions,
+    "out-stem": check_out_stem,
     "scorers": check_scorers,
     "template": check_template,
     "prompt": check_prompt,
@@ -458,8 +509,8 @@ CHECKS = {
 # may probe the network for a moment) and the server's address last
 ORDER = (
     "number", "removed", "prompt", "stop", "set", "template", "mode", "modes", "bench-modes", "budget", "budget-mode",
-    "families", "scorers", "device", "text-in", "jsonl-in", "task", "config-in", "cache-in", "out-file", "model",
-    "host",
+    "families", "fillers", "weights", "fractions", "scorers", "device", "text-in", "jsonl-in", "task", "config-in",
+    "cache-in", "out-file", "out-stem", "model", "host",
 )  # fmt: skip
 
 

@@ -6,17 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from anllm.commands.common import int_list
 from anllm.config import AnLLMError
-
-
-def _ints(s: str, flag: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        raise AnLLMError(f"{flag} must be comma-separated integers, got {s!r}") from None
-    if not out:
-        raise AnLLMError(f"{flag} is empty")
-    return out
 
 
 def _words(s: str) -> tuple[str, ...]:
@@ -41,7 +32,13 @@ def register_acceptance(ev) -> None:
     q.add_argument("--n", type=int, default=15, help="items per family, distance and filler (4 families)")
     q.add_argument("--families", default="single,multi,chat,fewshot-recall")
     q.add_argument("--fillers", default="literary,technical", help="literary (KJV Genesis), technical (Nettle)")
-    q.add_argument("--modes", default="full,anchor,streaming,sepllm", help="rows on the adapted weights")
+    q.add_argument(
+        "--policies",
+        "--modes",  # the former name, kept as an alias
+        dest="policies",
+        default="full,anchor,streaming,sepllm",
+        help="cache policies run on the adapted weights (must include anchor)",
+    )
     q.add_argument("--no-reference", action="store_true", help="skip the base model's full-cache row")
     q.add_argument("--seed", type=int, default=7)
     q.add_argument("--max-new-tokens", type=int, default=24)
@@ -61,7 +58,7 @@ def register_acceptance(ev) -> None:
     q.add_argument("--budgets", default="0.04,0.08,0.16", help="KV budgets as fractions of the context")
     q.add_argument("--distances", default="1024", help="recall distances")
     q.add_argument("--n", type=int, default=2, help="recall items per family and distance (0: perplexity only)")
-    q.add_argument("--filler", default="literary", help="recall filler: literary or technical")
+    q.add_argument("--filler", default="literary", choices=("literary", "technical"), help="recall filler")
     q.add_argument("--ppl-fillers", default="literary,technical", help="held-out texts scored for perplexity")
     q.add_argument("--ppl-tokens", type=int, default=2048, help="tokens of each text scored (0: recall only)")
     q.add_argument("--weights", default="default,base", help="default and/or base (adapter disabled)")
@@ -113,11 +110,11 @@ def run_acceptance_cmd(args) -> int:
     stem = Path(args.out)
     jsonl = _fresh(stem, args.summarise)
     cfg = AcceptanceConfig(
-        distances=_ints(args.distances, "--distances"),
+        distances=int_list(args.distances, "--distances"),
         n=args.n,
         families=_words(args.families),
         fillers=_words(args.fillers),
-        modes=_words(args.modes),
+        policies=_words(args.policies),
         reference=not args.no_reference,
         seed=args.seed,
         max_new_tokens=args.max_new_tokens,
@@ -157,7 +154,7 @@ def run_sweep_cmd(args) -> int:
         raise AnLLMError(f"--budgets must be comma-separated fractions, got {args.budgets!r}") from None
     cfg = SweepConfig(
         budgets=budgets,
-        distances=_ints(args.distances, "--distances"),
+        distances=int_list(args.distances, "--distances"),
         n=args.n,
         filler=args.filler,
         ppl_fillers=_words(args.ppl_fillers),

@@ -43,7 +43,7 @@ class AcceptanceConfig:
     n: int = 15
     families: tuple[str, ...] = ACCEPTANCE_FAMILIES
     fillers: tuple[str, ...] = ("literary", "technical")
-    modes: tuple[str, ...] = PEERS
+    policies: tuple[str, ...] = PEERS
     reference: bool = True  # the base model's full cache, adapter disabled
     seed: int = 7
     max_new_tokens: int = 24
@@ -59,8 +59,8 @@ class AcceptanceConfig:
         bad = [f for f in self.families if f not in ACCEPTANCE_FAMILIES]
         if bad or not self.families:
             raise AnLLMError(f"acceptance: unknown families {bad}; choose from {', '.join(ACCEPTANCE_FAMILIES)}")
-        if "anchor" not in self.modes:
-            raise AnLLMError("acceptance: the modes must include anchor (the peers' budgets are matched to it)")
+        if "anchor" not in self.policies:
+            raise AnLLMError("acceptance: the policies must include anchor (the peers' budgets are matched to it)")
         if self.max_new_tokens < 1 or self.n_boot < 1:
             raise AnLLMError("acceptance: max_new_tokens and n_boot must be >= 1")
 
@@ -155,7 +155,7 @@ def run_acceptance(
             mine += _records(res.items, filler, it, time.perf_counter() - t0, row=REFERENCE)
         t0 = time.perf_counter()
         res = evaluate_recall(
-            lm, [it], cfg.modes, budget="anchor", chunk_size=cfg.chunk_size, max_new_tokens=cfg.max_new_tokens
+            lm, [it], cfg.policies, budget="anchor", chunk_size=cfg.chunk_size, max_new_tokens=cfg.max_new_tokens
         )
         mine += _records(res.items, filler, it, time.perf_counter() - t0)
         records += mine
@@ -177,7 +177,7 @@ def _records(items: list[dict], filler: str, it: MemoryItem, seconds: float, row
                 "kind": it.kind,
                 **{k: r[k] for k in ("id", "family", "distance", "spec", "em", "logprob", "kv_entries")},
                 **{k: r[k] for k in ("prompt_tokens", "answer", "output")},
-                "seconds": seconds / max(len(items), 1),  # the item's wall time shared among its modes
+                "seconds": seconds / max(len(items), 1),  # the item's wall time shared among its policies
             }
         )
     return out
