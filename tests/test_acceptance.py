@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from anllm.config import AnLLMError
+from anllm.evaluation import acceptance as acceptance_mod
 from anllm.evaluation.acceptance import (
+    CONFIG_KEY,
     REFERENCE,
     AcceptanceConfig,
     acceptance_items,
@@ -146,6 +148,72 @@ def test_reference_row_is_the_base_model_and_other_rows_the_adapted_one(tmp_path
     assert {r["row"] for r in recs} == {REFERENCE, "full", "anchor", "streaming", "sepllm"}
 
 
+def _strip(recs):  # records without their wall time, in a stable order
+    return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in recs), key=json.dumps)
+
+
+def _count_calls(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def counted(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_a_stopped_run_resumed_gives_the_unbroken_runs_records_running_only_the_missing(tmp_path, monkeypatch):
+    lm = peft_lm()
+    cfg = AcceptanceConfig(distances=(40,), n=2, families=("single", "chat"), fillers=("literary",), max_new_tokens=2)
+    full = tmp_path / "full.jsonl"
+    whole = run_acceptance(lm, cfg, full)
+    lines = full.read_text().splitlines()
+    assert json.loads(lines[0])[CONFIG_KEY]["max_new_tokens"] == 2 and len(lines) == 1 + 4 * 5  # 4 items, 5 rows
+    # stopped after 2 items, 2 rows of the third written and the next line cut mid-write
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("\n".join(lines[: 1 + 2 * 5 + 2]) + "\n" + lines[1 + 2 * 5 + 2][:25], encoding="utf-8")
+    calls = _count_calls(monkeypatch, acceptance_mod, "evaluate_recall")
+    with pytest.warns(UserWarning, match="truncated last line"):
+        resumed = run_acceptance(lm, cfg, cut, resume=True)
+    assert len(calls) == 2 * 2  # only the third and fourth items ran (reference row + the adapted rows each)
+    assert {c[1][0].id for c in calls} == {it.id for _, it in acceptance_items(lm, cfg)[2:]}
+    assert _strip(resumed) == _strip(whole)  # same records, same values
+    assert _strip(read_records(cut)) == _strip(whole)  # the file too: the unfinished item's lines were replaced
+    calls.clear()
+    again = run_acceptance(lm, cfg, cut, resume=True)  # complete: nothing runs
+    assert calls == [] and _strip(again) == _strip(whole)
+
+
+def test_resume_refuses_another_configuration_and_a_file_without_one(tmp_path):
+    lm = peft_lm()
+    cfg = AcceptanceConfig(distances=(40,), n=1, families=("single",), fillers=("literary",), max_new_tokens=2)
+    out = tmp_path / "acc.jsonl"
+    run_acceptance(lm, cfg, out)
+    before = out.read_text()
+    other = AcceptanceConfig(distances=(40,), n=1, families=("single",), fillers=("literary",), max_new_tokens=3)
+    with pytest.raises(AnLLMError, match=r"max_new_tokens=2.*max_new_tokens=3"):
+        run_acceptance(lm, other, out, resume=True)
+    assert out.read_text() == before  # nothing written
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text("".join(line + "\n" for line in before.splitlines()[1:]), encoding="utf-8")
+    with pytest.raises(AnLLMError, match="no configuration line"):
+        run_acceptance(lm, cfg, legacy, resume=True)
+    fresh = tmp_path / "new.jsonl"  # --resume without a file just starts
+    assert _strip(run_acceptance(lm, cfg, fresh, resume=True)) == _strip(read_records(out))
+
+
+def test_read_records_drops_only_a_truncated_last_line(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({CONFIG_KEY: {"n": 1}}) + '\n{"a": 1}\n{"a": 2}\n{"a": ', encoding="utf-8")
+    with pytest.warns(UserWarning, match="truncated"):
+        assert read_records(p) == [{"a": 1}, {"a": 2}]
+    p.write_text('{"a": 1}\n{"a": \n{"a": 2}\n', encoding="utf-8")
+    with pytest.raises(AnLLMError, match="line 2"):
+        read_records(p)
+
+
 def test_a_model_without_adapter_is_refused_before_running(tmp_path):
     lm = make_lm("llama", "ep", dtype=torch.float32)
     with pytest.raises(AnLLMError, match="unmerged adapter"):
@@ -235,7 +303,18 @@ def test_cli_acceptance_writes_jsonl_json_and_plot(tmp_path):
     assert summary["config"]["fillers"] == ["technical"] and len(read_records(stem.with_suffix(".jsonl"))) == 4
     assert "exact match" in stem.with_suffix(".html").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and "exists" in again.stderr
+    assert again.returncode == 2 and "exists" in again.stderr and "--resume" in again.stderr
+    jsonl = stem.with_suffix(".jsonl")
+    whole = read_records(jsonl)
+    jsonl.write_text("".join(x + "\n" for x in jsonl.read_text().splitlines()[:3]), encoding="utf-8")  # 1 item
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (
+        _strip(read_records(jsonl)) == _strip(whole) and json.loads(res.stdout.splitlines()[-1])["items_complete"] == 2
+    )
+    mism = [c if c != "30" else "31" for c in cmd]  # --distances 31
+    res = subprocess.run(mism + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "distances=[30]" in res.stderr and "distances=[31]" in res.stderr
     summ = subprocess.run(cmd + ["--summarise"], capture_output=True, text=True, timeout=300)
     assert summ.returncode == 0, summ.stderr
     bad_cmd = [c for c in cmd if c != "--no-reference"]

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from anllm.config import AnLLMError
+from anllm.evaluation import sweep as sweep_mod
+from anllm.evaluation.acceptance import CONFIG_KEY, read_records
 from anllm.evaluation.ppl import encode_text, perplexity
 from anllm.evaluation.sweep import (
     TOLERANCE,
@@ -21,7 +23,7 @@ from anllm.evaluation.sweep import (
     variant_lm,
 )
 from anllm.resources import read_resource
-from tests.test_acceptance import peft_lm
+from tests.test_acceptance import _count_calls, _strip, peft_lm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -67,7 +69,7 @@ def test_sweep_points_are_what_they_claim(tmp_path):
                       max_new_tokens=2)  # fmt: skip
     out = tmp_path / "sweep.jsonl"
     recs = run_sweep(lm, cfg, out)
-    assert [json.loads(x) for x in out.read_text().splitlines()] == recs
+    assert read_records(out) == recs and json.loads(out.read_text().splitlines()[0])[CONFIG_KEY]["n"] == 1
     ids = encode_text(lm, read_resource("nettle_manual_prose.txt"), 400)
     for r in recs:
         if r["method"] == "full":
@@ -103,6 +105,33 @@ def test_base_weights_are_the_adapter_disabled(tmp_path):
     assert abs(default["full"] - base["full"]) > 1e-3
 
 
+def test_a_stopped_sweep_resumed_gives_the_unbroken_runs_records_running_only_the_missing(tmp_path, monkeypatch):
+    lm = peft_lm()
+    cfg = SweepConfig(budgets=(0.08, 0.16), distances=(120,), n=1, families=("single",), ppl_tokens=300,
+                      ppl_fillers=("technical",), variants=((1, 0, 40), (1, 16, 40)), max_new_tokens=2)  # fmt: skip
+    full = tmp_path / "full.jsonl"
+    whole = run_sweep(lm, cfg, full)
+    lines = full.read_text().splitlines()
+    n_ppl = sum(r["part"] == "ppl" for r in whole)
+    assert len(lines) == 1 + len(whole) and n_ppl == 2 * (1 + 2 * 3)  # 2 weights x (full + 2 budgets x 3 methods)
+    k = 9  # stopped after 9 records (the default's 7 perplexity points and 2 recall points), the 10th cut mid-write
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("\n".join(lines[: 1 + k]) + "\n" + lines[1 + k][:30], encoding="utf-8")
+    ppl_calls = _count_calls(monkeypatch, sweep_mod, "perplexity")
+    recall_calls = _count_calls(monkeypatch, sweep_mod, "score_item")
+    with pytest.warns(UserWarning, match="truncated last line"):
+        resumed = run_sweep(lm, cfg, cut, resume=True)
+    missing = whole[k:]
+    assert len(ppl_calls) == sum(r["part"] == "ppl" for r in missing) == 7  # only the missing points ran
+    assert len(recall_calls) == sum(r["part"] == "recall" for r in missing) == 4 + 6
+    assert _strip(resumed) == _strip(whole) and _strip(read_records(cut)) == _strip(whole)
+    assert len(cut.read_text().splitlines()) == len(lines)  # the cut line replaced, nothing duplicated
+    ppl_calls.clear(), recall_calls.clear()
+    assert _strip(run_sweep(lm, cfg, cut, resume=True)) == _strip(whole) and not ppl_calls and not recall_calls
+    with pytest.raises(AnLLMError, match=r"budgets=\[0\.08, 0\.16\].*budgets=\[0\.08\]"):
+        run_sweep(lm, SweepConfig(**{**cfg.__dict__, "budgets": (0.08,)}), cut, resume=True)
+
+
 def test_config_is_validated():
     for bad in (dict(budgets=(0.0,)), dict(budgets=(1.5,)), dict(weights=("other",)), dict(filler="legal"),
                 dict(variants=((1, -1, 0),))):  # fmt: skip
@@ -120,3 +149,13 @@ def test_cli_sweep_writes_json_and_plot(tmp_path):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert {p["method"] for p in out["ppl"]} == {"full", "anchor", "streaming", "sepllm"}
     assert "perplexity" in stem.with_suffix(".html").read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "exists" in again.stderr
+    jsonl = stem.with_suffix(".jsonl")
+    whole = read_records(jsonl)
+    jsonl.write_text("".join(x + "\n" for x in jsonl.read_text().splitlines()[:3]), encoding="utf-8")  # 2 points
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert _strip(read_records(jsonl)) == _strip(whole)
+    res = subprocess.run(cmd + ["--resume", "--ppl-tokens", "150"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "ppl_tokens=200" in res.stderr and "ppl_tokens=150" in res.stderr

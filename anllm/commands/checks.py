@@ -417,15 +417,20 @@ def check_fractions(value, flag, ctx) -> None:
 
 
 def check_out_stem(value, flag, ctx) -> None:
-    """An output stem: STEM.jsonl is written item by item (or read back with --summarise), then .json and .html."""
+    """An output stem: STEM.jsonl is written item by item (or read back with --summarise, or continued with --resume),
+    then .json and .html."""
     check_out_file(value, flag, ctx)
     jsonl = Path(value).with_suffix(".jsonl")
     if getattr(ctx.args, "summarise", False):
         if not jsonl.is_file():
             raise AnLLMError(f"--summarise: {jsonl} does not exist (run without --summarise first)")
+    elif getattr(ctx.args, "resume", False):
+        if jsonl.exists() and not jsonl.is_file():
+            raise AnLLMError(f"--resume: {jsonl} is not a file")
     elif jsonl.exists():
         raise AnLLMError(
-            f"{jsonl} exists: give another {flag}, or add --summarise to summarise it (nothing was written)"
+            f"{jsonl} exists: give another {flag}, add --resume to continue it, or --summarise to summarise it "
+            "(nothing was written)"
         )
 
 

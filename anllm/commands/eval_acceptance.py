@@ -43,6 +43,11 @@ def register_acceptance(ev) -> None:
     q.add_argument("--seed", type=int, default=7)
     q.add_argument("--max-new-tokens", type=int, default=24)
     q.add_argument("--summarise", action="store_true", help="only summarise an existing OUT.jsonl (partial runs)")
+    q.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an existing OUT.jsonl (same settings): finished records are kept, the rest run and appended",
+    )
     q.set_defaults(func=run_acceptance_cmd)
 
     q = ev.add_parser(
@@ -65,6 +70,11 @@ def register_acceptance(ev) -> None:
     q.add_argument("--seed", type=int, default=11)
     q.add_argument("--max-new-tokens", type=int, default=24)
     q.add_argument("--summarise", action="store_true", help="only summarise an existing OUT.jsonl (partial runs)")
+    q.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an existing OUT.jsonl (same settings): finished records are kept, the rest run and appended",
+    )
     q.set_defaults(func=run_sweep_cmd)
 
 
@@ -78,14 +88,14 @@ def _load(args):
     return load_from_args(args)
 
 
-def _fresh(stem: Path, summarise: bool) -> Path:
+def _fresh(stem: Path, summarise: bool, resume: bool = False) -> Path:
     jsonl = stem.with_suffix(".jsonl")
     if not stem.parent.is_dir():
         raise AnLLMError(f"--out {stem}: the folder {stem.parent} does not exist")
     if summarise and not jsonl.is_file():
         raise AnLLMError(f"--summarise: {jsonl} does not exist")
-    if not summarise and jsonl.exists():
-        raise AnLLMError(f"{jsonl} exists: give another --out, or --summarise it")
+    if not summarise and not resume and jsonl.exists():
+        raise AnLLMError(f"{jsonl} exists: give another --out, --resume it, or --summarise it")
     return jsonl
 
 
@@ -108,7 +118,7 @@ def run_acceptance_cmd(args) -> int:
     from anllm.plots import acceptance_figure
 
     stem = Path(args.out)
-    jsonl = _fresh(stem, args.summarise)
+    jsonl = _fresh(stem, args.summarise, args.resume)
     cfg = AcceptanceConfig(
         distances=int_list(args.distances, "--distances"),
         n=args.n,
@@ -123,7 +133,7 @@ def run_acceptance_cmd(args) -> int:
     if not args.summarise:
         lm = _load(args)
         step, bars = _progress("acceptance")
-        run_acceptance(lm, cfg, jsonl, progress=step)
+        run_acceptance(lm, cfg, jsonl, progress=step, resume=args.resume)
         for b in bars:
             b.close()
     summary = {"config": {**cfg.__dict__}, "command": " ".join(sys.argv), **summarise(read_records(jsonl))}
@@ -147,7 +157,7 @@ def run_sweep_cmd(args) -> int:
     from anllm.plots import sweep_figure
 
     stem = Path(args.out)
-    jsonl = _fresh(stem, args.summarise)
+    jsonl = _fresh(stem, args.summarise, args.resume)
     try:
         budgets = tuple(float(x) for x in _words(args.budgets))
     except ValueError:
@@ -165,7 +175,7 @@ def run_sweep_cmd(args) -> int:
     )
     if not args.summarise:
         lm = _load(args)
-        run_sweep(lm, cfg, jsonl, progress=lambda s: print(s, file=sys.stderr, flush=True))
+        run_sweep(lm, cfg, jsonl, progress=lambda s: print(s, file=sys.stderr, flush=True), resume=args.resume)
     summary = {"config": {**cfg.__dict__}, "command": " ".join(sys.argv), **summarise_sweep(read_records(jsonl))}
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     sweep_figure(summary).write_html(stem.with_suffix(".html"), include_plotlyjs="cdn")

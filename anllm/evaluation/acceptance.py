@@ -9,14 +9,17 @@ Rows, all on one loaded model (the base with the anchor adapter attached, not me
 
 Items come from :data:`anllm.memory.FORM_TEMPLATES` (answers of many forms, paraphrased questions, several facts
 per row; never trained on) in the families single, multi, chat and fewshot-recall. Records are appended to a JSONL
-file item by item, so a partial run is usable (:func:`summarise` reads it back).
+file item by item, so a partial run is usable (:func:`summarise` reads it back) and can be continued
+(``resume=True``): its first line holds the run's configuration (:data:`CONFIG_KEY`), checked against the resumed run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ FILLERS = {"literary": KJV_GENESIS, "technical": NETTLE_PROSE}  # both held out 
 PEERS = ("full", "anchor", "streaming", "sepllm")
 REFERENCE = "base:full"
 POOLED = "all"  # the filler name of cells pooling both fillers
+CONFIG_KEY = "anllm_run_config"  # the first line of a run's JSONL: {CONFIG_KEY: {setting: value}}
 
 
 @dataclass(frozen=True)
@@ -133,18 +137,36 @@ def run_acceptance(
     out: str | Path | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """Every item through every row; returns the records and appends each item's records to ``out`` (JSONL).
 
     A record: ``filler``, ``row`` (``base:full`` or a mode), ``id``, ``family``, ``kind``, ``distance``, ``em``,
-    ``logprob``, ``kv_entries``, ``prompt_tokens``, ``spec``, ``answer``, ``output``, ``seconds``.
+    ``logprob``, ``kv_entries``, ``prompt_tokens``, ``spec``, ``answer``, ``output``, ``seconds``. An item is keyed by
+    :func:`item_key`; with ``resume``, the items ``out`` already holds with every row are kept, not run again (the
+    records returned include them), and the configuration in its first line must equal this run's.
     """
     pairs = acceptance_items(lm, cfg)
     if cfg.reference and getattr(lm.model, "disable_adapter", None) is None:  # refused before anything runs
         raise AnLLMError(f"{lm.name}: the base reference row needs an unmerged adapter (load with load_adapted)")
     path = Path(out) if out is not None else None
-    records: list[dict] = []
+    rows = ((REFERENCE,) if cfg.reference else ()) + tuple(cfg.policies)
+    wanted = {item_key(f, it) for f, it in pairs}
+
+    def complete(recs: list[dict]) -> list[dict]:  # records of planned items that have every row
+        by: dict[tuple, dict[str, dict]] = {}
+        for r in recs:
+            by.setdefault(item_key(r["filler"], r), {})[r["row"]] = r
+        return [r for k, rs in by.items() if k in wanted and set(rs) == set(rows) for r in rs.values()]
+
+    done = start_jsonl(path, run_config(lm, cfg), resume, complete) if path is not None else []
+    done_keys = {item_key(r["filler"], r) for r in done}
+    records: list[dict] = list(done)
     for i, (filler, it) in enumerate(pairs):
+        if item_key(filler, it) in done_keys:
+            if progress is not None:
+                progress(i + 1, len(pairs))
+            continue
         mine: list[dict] = []
         if cfg.reference:
             t0 = time.perf_counter()
@@ -167,6 +189,87 @@ def run_acceptance(
     return records
 
 
+def item_key(filler: str, item) -> tuple:
+    """The stable key of one acceptance item (a :class:`MemoryItem` or one of its records)."""
+    get = item.get if isinstance(item, dict) else lambda k: getattr(item, k)
+    return (filler, get("id"), get("family"), get("distance"))
+
+
+def run_config(lm: LoadedModel, cfg) -> dict:
+    """The settings a run's records depend on (JSON values), with the model's name: a resumed run must match them."""
+    conf = {k: v for k, v in asdict(cfg).items() if k != "n_boot"}  # n_boot only shapes the summary
+    return json.loads(json.dumps({"model": lm.name, **conf}))
+
+
+# -- the JSONL file: a configuration line, then records -----------------------------------------------------------
+def read_jsonl(path: str | Path) -> tuple[dict | None, list[dict]]:
+    """A run's JSONL: its configuration (None for a file without one) and its records. A truncated last line (a run
+    killed mid-write) is dropped with a warning.
+
+    Raises:
+        AnLLMError: a line other than the last is not JSON.
+    """
+    path = Path(path)
+    lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    config, records = None, []
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                warnings.warn(f"{path}: dropped a truncated last line (a run stopped mid-write)", stacklevel=2)
+                break
+            raise AnLLMError(f"{path}: line {i + 1} is not JSON (the file is damaged)") from None
+        if i == 0 and isinstance(rec, dict) and set(rec) == {CONFIG_KEY}:
+            config = rec[CONFIG_KEY]
+        else:
+            records.append(rec)
+    return config, records
+
+
+def start_jsonl(
+    path: Path, config: dict, resume: bool, complete: Callable[[list[dict]], list[dict]] = lambda rs: rs
+) -> list[dict]:
+    """Make ``path`` ready for appending; return the records a resumed run keeps (``[]`` for a new file).
+
+    A missing or empty file gets ``config`` as its first line. With ``resume``, an existing file's configuration must
+    equal ``config``; its records are filtered by ``complete`` (e.g. an item some rows of which a stop cut off), and
+    the file is rewritten with only those when anything was dropped. Without ``resume``, records are appended.
+
+    Raises:
+        AnLLMError: (resume) the file has no configuration line, or a setting differs (naming the first).
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        path.write_text(json.dumps({CONFIG_KEY: config}) + "\n", encoding="utf-8")
+        return []
+    if not resume:
+        return []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old, records = read_jsonl(path)
+    truncated = bool(caught)
+    for w in caught:
+        warnings.warn(str(w.message), stacklevel=2)
+    if old is None:
+        raise AnLLMError(
+            f"--resume: {path} has no configuration line (written before --resume existed): give another --out"
+        )
+    for k in sorted(set(old) | set(config)):
+        if old.get(k) != config.get(k):
+            raise AnLLMError(
+                f"--resume: {path} was written with {k}={old.get(k, '(unset)')!r}, this run has "
+                f"{k}={config.get(k, '(unset)')!r}: run with the same settings, or give another --out"
+            )
+    kept = complete(records)
+    if truncated or len(kept) != len(records):
+        if len(kept) != len(records):
+            warnings.warn(f"{path}: {len(records) - len(kept)} record(s) of unfinished items dropped", stacklevel=2)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in [{CONFIG_KEY: old}, *kept]), encoding="utf-8")
+        os.replace(tmp, path)
+    return kept
+
+
 def _records(items: list[dict], filler: str, it: MemoryItem, seconds: float, row: str | None = None) -> list[dict]:
     out = []
     for r in items:
@@ -184,9 +287,9 @@ def _records(items: list[dict], filler: str, it: MemoryItem, seconds: float, row
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """The records of a (possibly partial) run's JSONL file."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [json.loads(x) for x in lines if x.strip()]
+    """The records of a (possibly partial) run's JSONL file (its configuration line skipped, a truncated last line
+    dropped with a warning)."""
+    return read_jsonl(path)[1]
 
 
 @dataclass(frozen=True)

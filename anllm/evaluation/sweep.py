@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from anllm.config import AnLLMError
-from anllm.evaluation.acceptance import ACCEPTANCE_FAMILIES, FILLERS, adapter_disabled
+from anllm.evaluation.acceptance import ACCEPTANCE_FAMILIES, FILLERS, adapter_disabled, run_config, start_jsonl
 from anllm.evaluation.bootstrap import bootstrap_interval
 from anllm.evaluation.ppl import encode_text, perplexity
 from anllm.evaluation.recall import render, score_item
@@ -159,13 +159,22 @@ def run_sweep(
     out: str | Path | None = None,
     *,
     progress: Callable[[str], None] | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """Every (weights, budget, method) point: recall items scored through the sized caches, and perplexity of the
-    held-out texts; records appended to ``out`` (JSONL) as they finish. Returns the records."""
+    held-out texts; records appended to ``out`` (JSONL) as they finish. Returns the records.
+
+    A record is keyed by :func:`point_key`; with ``resume``, the points ``out`` already holds are kept, not run again
+    (the records returned include them), and the configuration in its first line must equal this run's."""
     if "base" in cfg.weights and getattr(lm.model, "disable_adapter", None) is None:
         raise AnLLMError(f"{lm.name}: the base weights need an unmerged adapter (load with load_adapted)")
     path = Path(out) if out is not None else None
-    records: list[dict] = []
+    records: list[dict] = (
+        start_jsonl(path, run_config(lm, cfg), resume, lambda rs: list({point_key(r): r for r in rs}.values()))
+        if path is not None
+        else []
+    )  # resumed: one record per point (a duplicate is dropped)
+    done = {point_key(r) for r in records}
 
     def emit(rec: dict) -> None:
         records.append(rec)
@@ -198,12 +207,17 @@ def run_sweep(
     for which in cfg.weights:
         with _weights(lm, which):
             for f, ids in texts.items():
-                t0 = time.perf_counter()
-                full = perplexity(lm, ids, "full")
-                emit({"part": "ppl", "weights": which, "filler": f, **_point("full", "full", 1.0, len(ids),
-                      full.kv_kept_end), "ppl": full.ppl, "seconds": time.perf_counter() - t0})  # fmt: skip
+                if point_key({"part": "ppl", "weights": which, "filler": f, "method": "full",
+                              "budget": 1.0}) not in done:  # fmt: skip
+                    t0 = time.perf_counter()
+                    full = perplexity(lm, ids, "full")
+                    emit({"part": "ppl", "weights": which, "filler": f, **_point("full", "full", 1.0, len(ids),
+                          full.kv_kept_end), "ppl": full.ppl, "seconds": time.perf_counter() - t0})  # fmt: skip
                 for b in cfg.budgets:
                     for method, run_lm, spec in _specs(lm, ids, b, text_sizes[f]):
+                        if point_key({"part": "ppl", "weights": which, "filler": f, "method": method,
+                                      "budget": b}) in done:  # fmt: skip
+                            continue
                         t0 = time.perf_counter()
                         r = perplexity(run_lm, ids, spec)
                         name = variant_name(_variant_of(run_lm)) if method == "anchor" else spec
@@ -212,6 +226,10 @@ def run_sweep(
             for it, (prompt, ans), sizes in zip(items, rendered, item_sizes):
                 for b in cfg.budgets:
                     for method, run_lm, spec in _specs(lm, prompt, b, sizes):
+                        if point_key({"part": "recall", "weights": which, "filler": cfg.filler, "id": it.id,
+                                      "family": it.family, "distance": it.distance, "method": method,
+                                      "budget": b}) in done:  # fmt: skip
+                            continue
                         t0 = time.perf_counter()
                         s = score_item(run_lm, prompt, it.answer, ans, spec, max_new_tokens=cfg.max_new_tokens)
                         name = variant_name(_variant_of(run_lm)) if method == "anchor" else spec
@@ -221,6 +239,12 @@ def run_sweep(
                               "logprob": s.logprob, "answer": it.answer, "output": s.output,
                               "seconds": time.perf_counter() - t0})  # fmt: skip
     return records
+
+
+def point_key(rec: dict) -> tuple:
+    """The stable key of one sweep point (its record): part, weights, filler, item (recall) or None, method, budget."""
+    item = (rec["id"], rec["family"], rec["distance"]) if rec["part"] == "recall" else None
+    return (rec["part"], rec["weights"], rec["filler"], item, rec["method"], float(rec["budget"]))
 
 
 def _variant_of(lm: LoadedModel) -> tuple[int, int, int]:
