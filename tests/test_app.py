@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import importlib.util
+import json
 import os
 import re
 import socket
@@ -19,12 +21,15 @@ import pytest
 import torch
 from gradio.components.plot import PlotData
 
+from anllm import memory
 from anllm.config import PRESETS, AnLLMError, GenerationConfig
+from anllm.evaluation import recall
 from anllm.explorer import explore_masks, kv_drop_schedule
 from anllm.generation import forward_chunk, make_cache, stream_generate
 from anllm.masks import ansan_mask
+from anllm.memory import FORM_TEMPLATES
 from anllm.policies import POLICIES, AnchorPolicy, FullCachePolicy
-from anllm.ui import generate_tab
+from anllm.ui import generate_tab, render
 from anllm.ui import registry as app_registry
 from anllm.ui.explorer_tab import ExplorerTab
 from anllm.ui.generate_tab import GenerateTab
@@ -418,11 +423,9 @@ def test_default_model_without_the_wheel_comes_from_the_hub(monkeypatch, tmp_pat
         models.load_model("default")
 
 
-def test_memory_test_runs_streaming_at_the_anchor_caches_size(handlers, registry):
+def test_the_peer_is_sized_to_the_anchor_caches_entries(handlers, registry):
     lm = registry.get()
-    prompt = generate_tab.memory_test_prompt()
-    assert prompt.startswith(generate_tab.MEMORY_FACT) and prompt.endswith(generate_tab.MEMORY_QUESTION)
-    assert generate_tab.MEMORY_ANSWER not in prompt[len(generate_tab.MEMORY_FACT) :]  # stated once, at the start
+    prompt = generate_tab.memory_prompt(generate_tab.memory_items(lm)[0])
     # the peer's budget = what a real anchor prefill keeps (computed here through the model, there without it)
     cache = make_cache(lm, "anchor")
     with torch.no_grad():
@@ -430,9 +433,80 @@ def test_memory_test_runs_streaming_at_the_anchor_caches_size(handlers, registry
     n = int(cache.n_kept()[0])
     assert n < len(lm.tokenizer(prompt)["input_ids"])
     spec = generate_tab.budget_matched_peer(lm, prompt, "streaming", chat=False)
-    assert spec == f"streaming:budget={n},sink=4"
+    assert spec == f"streaming:budget={n},sink={min(4, n - 1)}"  # at most 4 of the entries sinks
     assert generate_tab.budget_matched_peer(lm, prompt, "full", chat=False) == "full"
     outs = raw_handler(handlers, prompt=prompt, peer="streaming", max_new=3)
     rows = outs[-1][5]
     assert [row[0] for row in rows] == ["full", "anchor", spec]
     assert rows[2][4] <= n + 3  # entries after 3 generated tokens: the budget plus what decoding added
+
+
+def test_memory_items_are_five_fixed_held_out_items(registry):
+    lm = registry.get()
+    a, b = generate_tab.memory_items(lm), generate_tab.memory_items(lm)
+    assert a == b and len(a) == generate_tab.MEMORY_ITEMS == 5
+    assert len({it.template for it in a}) == 5  # five different forms
+    for it in a:
+        assert it.family == "single" and it.template >= 0
+        assert it.fact in it.context and not memory.leaks(it.answer, it.question)
+        assert FORM_TEMPLATES[it.template].kind == it.kind  # the held-out forms, not the training templates
+    assert generate_tab.memory_prompt(a[0]).endswith(a[0].question)
+
+
+def test_memory_test_tallies_exactly_the_matching_answers(handlers, registry, monkeypatch):
+    """The tally per column counts the items whose output matches, recomputed here from independent runs of the
+    decode loop; two items' answers are set to what the full cache says, so some counts are not zero."""
+    lm = registry.get()
+    gen = make_generation_config(max_new_tokens=generate_tab.MEMORY_MAX_NEW_TOKENS, chat=True)
+    items = generate_tab.memory_items(lm)
+
+    def text(item, mode):
+        return "".join(r.text for r in stream_generate(lm, generate_tab.memory_prompt(item), mode, gen))
+
+    for k in (0, 2):
+        lines = [ln for ln in text(items[k], "full").splitlines() if ln.strip()]
+        items[k] = dataclasses.replace(items[k], answer=lines[0].strip())
+    assert any(recall.normalise(it.answer) for it in items[::2])
+    monkeypatch.setattr(generate_tab, "memory_items", lambda lm: list(items))
+    outs = list(handlers.memory_test(None, "streaming"))
+    tally, table = outs[-1]
+    assert table["headers"] == ["#", "question", "expected", "full", "anchor", "streaming"]
+    assert [row[1:3] for row in table["data"]] == [[it.question, it.answer] for it in items]
+    assert tally.startswith("✅")
+    counts = {}
+    for j, col in enumerate(["full", "anchor", "streaming"]):
+        modes = [generate_tab.budget_matched_peer(lm, generate_tab.memory_prompt(it), col, True) for it in items]
+        hits = [recall.exact_match(it.answer, text(it, m)) for it, m in zip(items, modes)]
+        counts[col] = sum(hits)
+        assert f"**{col} {sum(hits)}/5**" in tally
+        assert [row[3 + j].startswith("✓") for row in table["data"]] == hits
+    assert counts["full"] >= 2  # items 0 and 2 at least
+    assert render.measured_recall_markdown() in tally
+
+
+def test_memory_test_without_a_peer_has_two_columns_and_bad_input_is_a_message(handlers):
+    tally, table = list(handlers.memory_test(None, "none"))[-1]
+    assert table["headers"] == ["#", "question", "expected", "full", "anchor"] and len(table["data"]) == 5
+    assert re.search(r"\*\*full \d/5\*\*, \*\*anchor \d/5\*\*", tally)
+    tally, table = list(handlers.memory_test(None, "bogus"))[-1]
+    assert tally.startswith("⚠️") and "unknown peer policy" in tally and table["data"] == []
+
+
+def test_the_stated_recall_is_the_committed_json(registry):
+    """render.MEASURED_RECALL equals the pooled cells of the acceptance JSON it names (rounded percent)."""
+    data = json.loads((Path(__file__).parents[1] / render.MEASURED_RECALL_SOURCE).read_text())
+    cells = {(c["distance"], c["row"]): c for c in data["cells"] if c["filler"] == "all"}
+
+    def pct(c):
+        return tuple(round(100 * c[k]) for k in ("em", "lo", "hi"))
+
+    assert {d for d, _ in cells} == {row[0] for row in render.MEASURED_RECALL}
+    for d, n, anchor, base, streaming in render.MEASURED_RECALL:
+        assert cells[(d, "anchor")]["n"] == cells[(d, "base:full")]["n"] == n
+        assert pct(cells[(d, "anchor")]) == anchor
+        assert pct(cells[(d, "base:full")]) == base
+        assert pct(cells[(d, "streaming")]) == streaming
+    assert (Path(__file__).parents[1] / render.MEASURED_RECALL_DOC).read_text().count("16 % [7, 27]") >= 1
+    shown = render.measured_recall_markdown()
+    assert "16 % [7, 27] at 256 tokens (n=56)" in shown and "16 % [6, 25] at 1,024 tokens (n=51)" in shown
+    assert "36 % [23, 48]" in shown and "37 % [24, 51]" in shown and "0–2 %" in shown

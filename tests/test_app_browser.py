@@ -6,6 +6,7 @@ Skipped only when chromium or playwright is not installed (``.ci/extra-setup.sh`
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -50,6 +51,23 @@ def test_browser_streams_both_columns_and_draws_charts(browser_app, page, tmp_pa
     assert shot.stat().st_size > 10_000
     if os.environ.get("ANLLM_SCREENSHOT_DIR"):  # keep a copy to look at
         shutil.copy(shot, Path(os.environ["ANLLM_SCREENSHOT_DIR"]) / "app-generate.png")
+    assert page.external_requests == []
+
+
+def test_browser_memory_test_shows_a_tally_and_five_items(browser_app, page):
+    page.goto(browser_app[1])
+    page.wait_for_selector("#memory-test", timeout=30_000)
+    page.click("#memory-test")
+    page.wait_for_function(
+        "() => (document.querySelector('#memory-tally')?.innerText || '').includes('exact matches')", timeout=90_000
+    )
+    tally = page.locator("#memory-tally").inner_text()
+    assert re.search(r"full \d/5, anchor \d/5, streaming \d/5", tally), tally
+    assert "16 % [7, 27]" in tally  # the measured rate beside the five items
+    table = page.locator("#memory-table").inner_text()
+    assert "expected" in table
+    marks = [ln for ln in table.splitlines() if ln.startswith(("✓ ", "✗ "))]
+    assert len(marks) == 15  # five items x three columns, each marked
     assert page.external_requests == []
 
 

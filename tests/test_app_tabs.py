@@ -16,10 +16,12 @@ from anllm.chat import ChatSession, compress
 from anllm.cli import main
 from anllm.config import GenerationConfig
 from anllm.generation import forward_chunk
+from anllm.memory import FORM_TEMPLATES, leaks
 from anllm.plots import chat_memory_figure, first_token_figure
+from anllm.ui.blocks import build_demo
 from anllm.ui.chat_tab import ChatTab
-from anllm.ui.document_tab import ANCHOR_FILE, DocumentTab
-from anllm.ui.render import public_text
+from anllm.ui.document_tab import ANCHOR_FILE, EXAMPLE_FACTS, DocumentTab, document_example
+from anllm.ui.render import measured_recall_markdown, public_text
 from anllm.ui.sessions import SessionStore
 from tests.app_launch import visible_text
 
@@ -177,6 +179,33 @@ def test_stopping_or_timing_out_a_compress_keeps_nothing(registry, tmp_path):
     assert status.startswith("⚠️") and "time limit (1e-06 s a request)" in status
     assert list(docs.root().iterdir()) == [] and len(docs.store) == 0
     assert not any(m._forward_pre_hooks for m in registry.get().model.modules())  # hooks removed
+
+
+def test_the_example_is_held_out_fixed_and_answers_like_any_document(docs, registry):
+    text, qa = document_example()
+    assert (text, qa) == document_example() and len(qa) == EXAMPLE_FACTS == 3
+    forms = [re.sub(r"\\\{\w+\\\}", ".+", re.escape(q)) for t in FORM_TEMPLATES for q in t.questions]
+    for question, answer in qa:
+        assert any(re.fullmatch(f, question) for f in forms), question  # a held-out form's question
+        assert answer in text and not leaks(answer, question)
+    assert len(text) <= docs.max_chars
+    status = compressed(docs, text)[0]
+    assert status.startswith("✅")
+    assert ask(docs, qa[0][0], max_new=4)[-1][5].startswith("✅")
+
+
+def test_the_document_tab_states_the_measured_recall_and_offers_the_example(registry, tmp_path):
+    demo = build_demo(registry, max_documents=2)
+    text, qa = document_example()
+    notes = [b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "doc-example-note"]
+    assert len(notes) == 1 and measured_recall_markdown() in notes[0]
+    assert all(public_text(q) in notes[0] and public_text(a) in notes[0] for q, a in qa)
+    assert "16 % [7, 27]" in notes[0] and "docs/memory.md" in notes[0]
+    buttons = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "doc-example"]
+    assert len(buttons) == 1
+    (fn,) = [d.fn for d in demo.fns.values() if d.targets and d.targets[0][0] == buttons[0]._id]
+    assert fn() == (text, qa[0][0])
+    demo.close()
 
 
 def test_session_store_bounds_and_drops():

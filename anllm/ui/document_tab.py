@@ -36,7 +36,14 @@ from anllm.config import AnLLMError
 from anllm.generation import stream_generate
 from anllm.plots import MB, first_token_figure
 from anllm.ui.registry import ModelRegistry
-from anllm.ui.render import error_markdown, public_text, token_panel, tokens_html, trained_note
+from anllm.ui.render import (
+    error_markdown,
+    measured_recall_markdown,
+    public_text,
+    token_panel,
+    tokens_html,
+    trained_note,
+)
 from anllm.ui.runtime import (
     MODEL_SLOT,
     CompareState,
@@ -71,6 +78,28 @@ ASK_HEADERS = [
 ]
 HISTORY_HEADERS = ["#", "question", "first token, anchor file (s)", "first token, full re-prefill (s)", "speed-up"]
 HISTORY_HEADERS += ["same answer"]
+EXAMPLE_SEED = 16  # the example document and its questions: always the same
+EXAMPLE_FACTS = 3
+EXAMPLE_GAP = 200  # roughly the tokens of filler after each fact (counted as 4/3 tokens a word: no model needed)
+
+
+def document_example() -> tuple[str, list[tuple[str, str]]]:
+    """The tab's example: :data:`EXAMPLE_FACTS` held-out recall items (:data:`~anllm.memory.FORM_TEMPLATES`, never
+    trained on; the Nettle manual's prose as filler, held out from every training corpus), their contexts joined
+    into one document, and ``(question, answer)`` for each fact, from :data:`EXAMPLE_SEED`."""
+    from anllm.memory import FORM_TEMPLATES, make_items
+    from anllm.resources import NETTLE_PROSE, read_resource
+
+    items = make_items(
+        seed=EXAMPLE_SEED,
+        distances=(EXAMPLE_GAP,),
+        n_per_distance=EXAMPLE_FACTS,
+        filler=read_resource(NETTLE_PROSE),
+        count_tokens=lambda s: len(s.split()) * 4 // 3,
+        families=("single",),
+        templates=FORM_TEMPLATES,
+    )
+    return "\n\n".join(it.context for it in items), [(it.question, it.answer) for it in items]
 
 
 @dataclass
@@ -445,6 +474,16 @@ class DocumentTab:
             "decoding; the first-token times include loading the file and re-prefilling.",
             elem_id="doc-help",
         )
+        example_text, example_qa = document_example()
+        gr.Markdown(
+            "**Example** (press *Load the example*): a text made by the held-out recall generator (fixed seed; facts "
+            "in question forms never trained on, the Nettle manual's prose around them). Its questions, with the "
+            "expected answers: "
+            + " · ".join(f"{public_text(q)} → **{public_text(a)}**" for q, a in example_qa)
+            + "\n\n"
+            + measured_recall_markdown(),
+            elem_id="doc-example-note",
+        )
         with gr.Row(equal_height=False):
             text = gr.Textbox(
                 label=f"Document (up to {self.max_chars:,} characters)",
@@ -462,6 +501,7 @@ class DocumentTab:
                     height=120,
                     elem_id="doc-upload",
                 )
+                example = gr.Button("Load the example", elem_id="doc-example")
                 go = gr.Button("Compress", variant="primary", elem_id="doc-compress")
                 stop = gr.Button("Stop", variant="stop", elem_id="doc-stop")
         status = gr.Markdown("", elem_id="doc-status")
@@ -496,6 +536,7 @@ class DocumentTab:
             )
             plot = gr.Plot(label="Time to first token", elem_id="doc-plot", scale=2)
 
+        example.click(lambda: (example_text, example_qa[0][0]), None, [text, question], queue=False, api_name=False)
         upload.upload(self.read_upload, upload, [text, status], api_name=False, queue=False)
         outputs = [status, sizes, file, history, full_out, anchor_out, ask_stats, plot]
         ev_compress = go.click(maybe_gpu(self.compress), [model, text], outputs, api_name="compress", **MODEL_SLOT)

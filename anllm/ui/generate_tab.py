@@ -2,8 +2,8 @@
 
 :meth:`GenerateTab.generate` streams :func:`~anllm.ui.runtime.compare_stream` snapshots as values for the tab's
 components (HTML with anchors highlighted, plotly figures, a stats table, a status line); every user error becomes
-a status message, never a traceback. **Memory test** fills in a fact, about 400 tokens of other text and a question,
-with StreamingLLM at the anchor cache's size as the third column.
+a status message, never a traceback. **Memory test** (:meth:`GenerateTab.memory_test`) asks five held-out recall
+items (fixed seed) of every column the tab shows and tallies the exact matches per column.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import gradio as gr
 import torch
 
 from anllm.config import AnLLMError
+from anllm.evaluation.recall import exact_match
+from anllm.generation import stream_generate
+from anllm.memory import MemoryItem
 from anllm.models import LoadedModel
 from anllm.plots import kv_cache_spec, speed_spec
 from anllm.policies import BUDGETED, POLICIES, budget_spec
@@ -23,6 +26,7 @@ from anllm.ui.registry import ModelRegistry
 from anllm.ui.render import (
     STATS_HEADERS,
     error_markdown,
+    measured_recall_markdown,
     plot_value,
     public_text,
     stats_row,
@@ -44,9 +48,10 @@ from anllm.zerogpu import NO_PEER, gpu_duration  # NO_PEER: the picker's "no thi
 
 BASE_MODES = ("full", "anchor")
 DEFAULT_PROMPT = "Explain in three short sentences why the sky is blue. Then say what changes at sunset."
-MEMORY_FACT = "The code for the blue door is 4821."
-MEMORY_QUESTION = "What is the code for the blue door? Answer with the number only."
-MEMORY_ANSWER = "4821"
+MEMORY_SEED = 20  # the memory test's items, always the same (a seed whose five items have five different kinds)
+MEMORY_ITEMS = 5
+MEMORY_DISTANCE = 256  # filler tokens between the fact and the question (a distance the app's stated recall covers)
+MEMORY_MAX_NEW_TOKENS = 24
 
 
 def peer_policies() -> list[str]:
@@ -54,17 +59,30 @@ def peer_policies() -> list[str]:
     return [name for name in POLICIES if name not in BASE_MODES]
 
 
-def memory_test_prompt(filler_chars: int = 1600) -> str:
-    """The app's memory test: a fact, about 400 tokens of KJV Genesis 12 (public domain), then the question.
+def memory_items(lm: LoadedModel) -> list[MemoryItem]:
+    """The memory test's items: :data:`MEMORY_ITEMS` single-fact items from the held-out generator (the acceptance
+    harness's :data:`~anllm.memory.FORM_TEMPLATES`, never trained on) with KJV Genesis filler, from
+    :data:`MEMORY_SEED`. Distances are counted in ``lm``'s tokens."""
+    from anllm.memory import FORM_TEMPLATES, make_items
+    from anllm.resources import KJV_GENESIS, read_resource
 
-    Full cache vs anchor cache vs StreamingLLM at the anchor cache's size shows in seconds whether the anchors kept
-    the fact (docs/evaluation.md, "Recall", measures the same at scale).
-    """
-    from anllm.evaluation.recall import DEFAULT_FILLER
+    def count(s: str) -> int:
+        return len(lm.tokenizer(s, add_special_tokens=False)["input_ids"])
 
-    chapter = DEFAULT_FILLER.read_text(encoding="utf-8").split("\n\n")[11]
-    cut = chapter.rfind(". ", 0, filler_chars) + 1  # end on a sentence
-    return f"{MEMORY_FACT} {chapter[:cut]}\n\n{MEMORY_QUESTION}"
+    return make_items(
+        seed=MEMORY_SEED,
+        distances=(MEMORY_DISTANCE,),
+        n_per_distance=MEMORY_ITEMS,
+        filler=read_resource(KJV_GENESIS),
+        count_tokens=count,
+        families=("single",),
+        templates=FORM_TEMPLATES,
+    )
+
+
+def memory_prompt(item: MemoryItem) -> str:
+    """The user turn of a memory item (asked with the chat template, as ``anllm eval recall`` asks it)."""
+    return item.messages()[-1]["content"]
 
 
 def budget_matched_peer(lm: LoadedModel, prompt: str, peer: str, chat: bool) -> str:
@@ -100,6 +118,44 @@ def _status(state: CompareState, lm: LoadedModel) -> str:
         if r is not None:
             parts.append(f"**{run.mode}**: {r.step} tokens, {r.kv_entries}/{r.kv_full_entries} KV entries kept")
     return "✅ done · " + " · ".join(parts) + trained_note(lm)
+
+
+def memory_tally(items: list[MemoryItem], columns: list[str], state: CompareState, lm: LoadedModel) -> tuple:
+    """The memory test's ``(tally_markdown, table)`` for a :class:`CompareState` whose modes are ``column#item``."""
+    runs = {r.mode: r for r in state.runs}
+    first_line = {}
+    for name, run in runs.items():
+        lines = [ln for ln in run.text.strip().splitlines() if ln.strip()]
+        first_line[name] = lines[0].strip() if lines else ""
+    hits = dict.fromkeys(columns, 0)
+    done = dict.fromkeys(columns, 0)
+    data = []
+    for k, it in enumerate(items):
+        row = [k + 1, it.question, it.answer]
+        for col in columns:
+            run = runs[f"{col}#{k}"]
+            if not run.done:
+                row.append("…" if run.responses else "")
+                continue
+            ok = not run.error and exact_match(it.answer, run.text)
+            hits[col] += ok
+            done[col] += 1
+            row.append(("✓ " if ok else "✗ ") + (first_line[run.mode] or "(no answer)"))
+        data.append(row)
+    tally = ", ".join(f"**{col} {hits[col]}/{len(items)}**" for col in columns)
+    errors = [f"{r.mode}: {public_text(r.error)}" for r in state.runs if r.error]
+    if errors:
+        head = "⚠️ " + " · ".join(errors[:2]) + " · so far "
+    elif state.finished:
+        head = "✅ exact matches: "
+    else:
+        head = f"⏳ item {min(min(done.values()) + 1, len(items))}/{len(items)} · so far "
+    note = (
+        f" ({len(items)} held-out items, seed {MEMORY_SEED}, fact {MEMORY_DISTANCE} tokens before the question, "
+        "greedy; a peer holds as many entries as the anchor cache)"
+    )
+    text = head + tally + note + trained_note(lm) + "\n\n" + measured_recall_markdown()
+    return text, {"headers": ["#", "question", "expected", *columns], "data": data}
 
 
 class GenerateTab:
@@ -190,6 +246,40 @@ class GenerateTab:
         finally:
             self._bump(-1)
 
+    def memory_test(self, model_name: str | None, peer: str | None) -> Iterator[tuple]:
+        """Ask the :func:`memory_items` of the full and anchor caches (and the peer, sized per item to the anchor
+        cache), greedy, in one worker under the request's time limit, and tally the exact matches per column.
+
+        Yields:
+            ``(tally_markdown, table)`` after every answer; ``table`` is ``{"headers", "data"}``: per item its
+            number, question, expected answer and each column's first output line (what is scored).
+        """
+        try:
+            if peer and peer != NO_PEER and peer not in peer_policies():
+                raise AnLLMError(f"unknown peer policy {peer!r}; choose one of {peer_policies() or 'none'}")
+            lm = self.registry.get(model_name)
+            gen = make_generation_config(max_new_tokens=MEMORY_MAX_NEW_TOKENS, chat=True)
+        except AnLLMError as e:
+            yield error_markdown(str(e)), {"headers": ["#"], "data": []}
+            return
+        items = memory_items(lm)
+        columns = list(BASE_MODES) + ([peer] if peer and peer != NO_PEER else [])
+        modes = []
+        for k, it in enumerate(items):
+            prompt = memory_prompt(it)
+            for col in columns:
+                spec = budget_matched_peer(lm, prompt, col, True) if col not in BASE_MODES else col
+                modes.append((f"{col}#{k}", lambda p=prompt, m=spec: stream_generate(lm, p, m, gen)))
+        self._bump(+1)
+        try:
+            state = None
+            for state in compare_stream(lm, "", modes, gen, interval_s=0.5, time_limit_s=self.max_request_s):
+                yield memory_tally(items, columns, state, lm)
+            if state is not None:
+                self._bump(0, +1)
+        finally:
+            self._bump(-1)
+
     def _stream(self, lm: LoadedModel, prompt: str, modes: list[str], gen) -> Iterator[tuple]:
         placeholders = {m: f"waiting for the {m} run…" for m in modes}
         sent: list[str | None] = [None, None, None]
@@ -229,8 +319,10 @@ class GenerateTab:
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 memory = gr.Button("Memory test", elem_id="memory-test")
         gr.Markdown(
-            "*Memory test*: a fact, ~400 tokens of other text, then a question about the fact — full cache vs "
-            "anchor cache vs StreamingLLM holding as many entries as the anchor cache. Did the anchors keep it?",
+            f"*Memory test*: {MEMORY_ITEMS} held-out recall items (a fact, ~{MEMORY_DISTANCE} tokens of other text, "
+            "then a question; the same items every time), each asked of the full cache, the anchor cache and the "
+            "peer column if one is picked (StreamingLLM when none is), at the anchor cache's size. The tally counts "
+            "exact matches per column.",
             elem_id="memory-help",
         )
         with gr.Accordion("Settings", open=False, elem_id="settings"):
@@ -250,6 +342,14 @@ class GenerateTab:
                     info=None if peers else "no peer policies are registered yet",
                     interactive=bool(peers),
                 )
+        memory_tally_md = gr.Markdown("", elem_id="memory-tally")
+        memory_table = gr.Dataframe(
+            headers=["#", "question", "expected", *BASE_MODES],
+            interactive=False,
+            label="Memory test: each column's first line of answer (✓ = exact match)",
+            elem_id="memory-table",
+            wrap=True,
+        )
         status = gr.Markdown("", elem_id="status")
         with gr.Row(equal_height=False):
             full_out = token_panel("Full KV cache", "out-full")
@@ -271,10 +371,13 @@ class GenerateTab:
         stop.click(None, cancels=[ev_click, ev_submit])
         memory_peer = "streaming" if "streaming" in peers else NO_PEER
         ev_memory = memory.click(
-            lambda: (memory_test_prompt(), memory_peer, True, 24),
-            outputs=[prompt, peer, chat, max_new],
-            queue=False,
+            lambda p: memory_peer if p in (None, NO_PEER) else p, peer, peer, queue=False, api_name=False
+        ).then(
+            maybe_gpu(self.memory_test),
+            [model, peer],
+            [memory_tally_md, memory_table],
             api_name=False,
-        ).then(api_name=False, **run)
+            **MODEL_SLOT,
+        )
         stop.click(None, cancels=[ev_memory])
         peer.change(self.peer_column, peer, peer_out, queue=False, api_name=False)

@@ -44,6 +44,17 @@ STATS_HEADERS = [
     "finish",
 ]
 
+# The measured recall the app states (Document tab, memory test): the anchor cache on held-out item forms, both
+# fillers pooled, from ONE committed file (tests/test_app.py checks these numbers against its cells).
+# Per distance: (distance, n, then (EM %, low, high) of the anchor cache, the base model's full cache and
+# StreamingLLM at the anchor cache's size).
+MEASURED_RECALL_SOURCE = "docs/benchmarks-data/recall-acceptance-2026-12-07.json"
+MEASURED_RECALL_DOC = "docs/memory.md"  # section "On held-out forms and fillers, with intervals"
+MEASURED_RECALL = (
+    (256, 56, (16, 7, 27), (36, 23, 48), (0, 0, 0)),
+    (1024, 51, (16, 6, 25), (37, 24, 51), (2, 0, 6)),
+)
+
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2]) + os.sep  # the checkout (or site-packages)
 _MARKDOWN_SPECIAL = re.compile(r"[\\\[]")  # an escaped "[" starts no link or image
 
@@ -64,6 +75,23 @@ def error_markdown(message: str) -> str:
 def trained_note(lm: LoadedModel) -> str:
     """What a status line adds for a model that is not anchor-trained (nothing for one that is)."""
     return "" if lm.anchor_trained else NOT_ANCHOR_TRAINED
+
+
+def measured_recall_markdown() -> str:
+    """What the app states about recall: :data:`MEASURED_RECALL`, with its 95 % intervals and its source."""
+
+    def pct(cell: tuple[int, int, int]) -> str:
+        return f"{cell[0]} % [{cell[1]}, {cell[2]}]"
+
+    anchor = " and ".join(f"{pct(a)} at {d:,} tokens (n={n})" for d, n, a, _, _ in MEASURED_RECALL)
+    base = " and ".join(pct(b) for _, _, _, b, _ in MEASURED_RECALL)
+    streaming = sorted({s[0] for *_, s in MEASURED_RECALL})
+    return (
+        f"**Measured recall** (held-out question forms and fillers, 2026-12-07, partial run, 95 % intervals): the "
+        f"default model's anchor cache answers {anchor}; the base model's full cache {base}; StreamingLLM at the "
+        f"anchor cache's size {streaming[0]}–{streaming[-1]} %. Expect the anchor answer to miss most facts. "
+        f'Source: `{MEASURED_RECALL_DOC}` ("On held-out forms and fillers"), data `{MEASURED_RECALL_SOURCE}`.'
+    )
 
 
 def model_markdown(lm: LoadedModel) -> str:
