@@ -194,9 +194,6 @@ def test_the_core_never_imports_the_plugin():
     assert offenders == []
 
 
-
-
-
 def test_export_command_refuses_a_model_not_trained_for_anchors(tmp_path, capsys):
     from anllm.cli import main
 

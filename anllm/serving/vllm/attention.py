@@ -64,8 +64,11 @@ class AnchorCPUMetadataBuilder(CPUAttentionMetadataBuilder):
             if step is None:
                 raise AnchorServingError("an engine step ran without its anchor masks (the worker hook did not run)")
             k = len(step.seq_lens)
-            if k > n or step.seq_lens != seq_lens[:k] or any(q != 0 for q in
-                                                              [qsl[i + 1] - qsl[i] for i in range(k, n)]):
+            if (
+                k > n
+                or step.seq_lens != seq_lens[:k]
+                or any(q != 0 for q in [qsl[i + 1] - qsl[i] for i in range(k, n)])
+            ):
                 raise AnchorServingError(
                     f"the step's batch ({n} requests, lengths {seq_lens}) does not match the anchor masks "
                     f"({k} requests, lengths {step.seq_lens})"

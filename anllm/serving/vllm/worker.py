@@ -43,8 +43,11 @@ def install_step_hook(runner, served) -> None:
         n = batch.num_reqs
         step_state.set_current(
             step_state.compute_step(
-                list(batch.req_ids[:n]), batch.token_ids_cpu, batch.num_computed_tokens_cpu[:n],
-                num_scheduled_tokens[:n], served,
+                list(batch.req_ids[:n]),
+                batch.token_ids_cpu,
+                batch.num_computed_tokens_cpu[:n],
+                num_scheduled_tokens[:n],
+                served,
             )  # fmt: skip
         )
         return out
