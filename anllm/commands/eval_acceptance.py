@@ -40,14 +40,7 @@ def register_acceptance(ev) -> None:
         help="cache policies run on the adapted weights (must include anchor)",
     )
     q.add_argument("--no-reference", action="store_true", help="skip the base model's full-cache row")
-    q.add_argument("--seed", type=int, default=7)
-    q.add_argument("--max-new-tokens", type=int, default=24)
-    q.add_argument("--summarise", action="store_true", help="only summarise an existing OUT.jsonl (partial runs)")
-    q.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an existing OUT.jsonl (same settings): finished records are kept, the rest run and appended",
-    )
+    _add_run_options(q, seed=7)
     q.set_defaults(func=run_acceptance_cmd)
 
     q = ev.add_parser(
@@ -67,7 +60,13 @@ def register_acceptance(ev) -> None:
     q.add_argument("--ppl-fillers", default="literary,technical", help="held-out texts scored for perplexity")
     q.add_argument("--ppl-tokens", type=int, default=2048, help="tokens of each text scored (0: recall only)")
     q.add_argument("--weights", default="default,base", help="default and/or base (adapter disabled)")
-    q.add_argument("--seed", type=int, default=11)
+    _add_run_options(q, seed=11)
+    q.set_defaults(func=run_sweep_cmd)
+
+
+def _add_run_options(q, *, seed: int) -> None:
+    """The options both runs share: seed, answer length, and what to do with an existing OUT.jsonl."""
+    q.add_argument("--seed", type=int, default=seed)
     q.add_argument("--max-new-tokens", type=int, default=24)
     q.add_argument("--summarise", action="store_true", help="only summarise an existing OUT.jsonl (partial runs)")
     q.add_argument(
@@ -75,7 +74,6 @@ def register_acceptance(ev) -> None:
         action="store_true",
         help="continue an existing OUT.jsonl (same settings): finished records are kept, the rest run and appended",
     )
-    q.set_defaults(func=run_sweep_cmd)
 
 
 def _load(args):
