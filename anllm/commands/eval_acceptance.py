@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from anllm.commands.common import int_list
-from anllm.config import AnLLMError
 
 
 def _words(s: str) -> tuple[str, ...]:
@@ -86,17 +85,6 @@ def _load(args):
     return load_from_args(args)
 
 
-def _fresh(stem: Path, summarise: bool, resume: bool = False) -> Path:
-    jsonl = stem.with_suffix(".jsonl")
-    if not stem.parent.is_dir():
-        raise AnLLMError(f"--out {stem}: the folder {stem.parent} does not exist")
-    if summarise and not jsonl.is_file():
-        raise AnLLMError(f"--summarise: {jsonl} does not exist")
-    if not summarise and not resume and jsonl.exists():
-        raise AnLLMError(f"{jsonl} exists: give another --out, --resume it, or --summarise it")
-    return jsonl
-
-
 def _progress(total_label: str):
     from tqdm.auto import tqdm
 
@@ -116,7 +104,7 @@ def run_acceptance_cmd(args) -> int:
     from anllm.plots import acceptance_figure
 
     stem = Path(args.out)
-    jsonl = _fresh(stem, args.summarise, args.resume)
+    jsonl = stem.with_suffix(".jsonl")  # --out was checked with --summarise/--resume (checks.check_out_stem)
     cfg = AcceptanceConfig(
         distances=int_list(args.distances, "--distances"),
         n=args.n,
@@ -155,11 +143,8 @@ def run_sweep_cmd(args) -> int:
     from anllm.plots import sweep_figure
 
     stem = Path(args.out)
-    jsonl = _fresh(stem, args.summarise, args.resume)
-    try:
-        budgets = tuple(float(x) for x in _words(args.budgets))
-    except ValueError:
-        raise AnLLMError(f"--budgets must be comma-separated fractions, got {args.budgets!r}") from None
+    jsonl = stem.with_suffix(".jsonl")  # --out was checked with --summarise/--resume (checks.check_out_stem)
+    budgets = tuple(float(x) for x in _words(args.budgets))  # checked: checks.check_fractions
     cfg = SweepConfig(
         budgets=budgets,
         distances=int_list(args.distances, "--distances"),
