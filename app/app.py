@@ -47,7 +47,6 @@ from anllm.ui.launch import (  # noqa: E402
     check_bind,
     default_model_name,
     max_request_seconds,
-    network_allowlist,
 )
 from anllm.ui.registry import ModelRegistry, allowed_models_from_env  # noqa: E402
 from anllm.ui.runtime import MAX_REQUEST_S  # noqa: E402
@@ -73,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_bind(args.host, args.port)  # before a model loads: a bad address or a port in use is one line
-        network_allowlist(args.host, args.allow_any_model)  # a public --host turns the model allowlist on
         return serve(args)
     except AnLLMError as e:  # e.g. a --device this machine does not have
         print(f"app: error: {e}", file=sys.stderr)

@@ -18,10 +18,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from anllm.ui.launch import network_allowlist
-
     # --host, --port and --model were checked (anllm.commands.checks) before gradio or a model loads
-    network_allowlist(args.host, args.allow_any_model)  # a public --host turns the model allowlist on
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio loads; the host may turn it on
     from anllm.ui.blocks import serve
 

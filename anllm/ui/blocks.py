@@ -21,7 +21,7 @@ from anllm.ui.chat_tab import DEFAULT_MAX_CHATS, ChatTab
 from anllm.ui.document_tab import DEFAULT_MAX_DOCUMENTS, MAX_DOCUMENT_CHARS, DocumentTab
 from anllm.ui.explorer_tab import ExplorerTab
 from anllm.ui.generate_tab import GenerateTab
-from anllm.ui.launch import DEFAULT_QUEUE_SIZE, default_model_name
+from anllm.ui.launch import DEFAULT_QUEUE_SIZE, default_model_name, network_allowlist
 from anllm.ui.registry import ModelRegistry, allowed_models_from_env, model_choices
 from anllm.ui.render import error_markdown, model_markdown
 from anllm.ui.runtime import MAX_NEW_TOKENS, MAX_REQUEST_S
@@ -124,6 +124,7 @@ def _model_picker(demo: gr.Blocks, registry: ModelRegistry) -> gr.Dropdown:
 def serve(args: argparse.Namespace) -> int:
     """Load the model named in ``args`` and serve the app until interrupted."""
     t0 = time.perf_counter()
+    network_allowlist(args.host, args.allow_any_model)  # a public --host turns the model allowlist on
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes
     registry = ModelRegistry(args.model, device=check_device(args.device), allowed=allowed_models_from_env(args.model))
     if not args.no_preload:
