@@ -1,5 +1,6 @@
-"""The vLLM plugin's logic that needs no vLLM: export folder, anchor setting round trip, start-up refusals, and the
-per-step visibility against anllm's own anchor cache (docs/serving.md). Runs in the main venv."""
+"""The vLLM plugin's logic that needs no vLLM: export folder, anchor setting round trip, start-up refusals, the
+per-step visibility against anllm's own anchor cache, and milestone 2's rows (compaction, block counts) on a fake
+paged cache (docs/serving.md). Runs in the main venv."""
 
 import json
 from types import SimpleNamespace
@@ -12,9 +13,17 @@ from anllm.config import AnLLMError as AnLLMErrorType
 from anllm.masks import ansan_mask
 from anllm.policies import AnchorPolicy
 from anllm.serving.export import ANCHOR_FILE, ServedAnchor, export_model, read_served_anchor
-from anllm.serving.vllm.checks import SUPPORTED_ARCHITECTURES, WORKER_CLS, check_engine_config, check_version
+from anllm.serving.vllm.checks import (
+    SCHEDULER_CLS,
+    SUPPORTED_ARCHITECTURES,
+    WORKER_CLS,
+    check_engine_config,
+    check_version,
+)
 from anllm.serving.vllm.errors import AnchorServingError
-from anllm.serving.vllm.visibility import anchor_flags, kept_after, request_visibility
+from anllm.serving.vllm.rows import KeptRows, blocks_for, compaction, move_rows, request_rows, row_slots
+from anllm.serving.vllm.step import compute_step
+from anllm.serving.vllm.visibility import anchor_flags, kept_after, kept_counts, kept_mask, request_visibility
 from anllm.serving.vllm.vllm_internals import PINNED_VERSION
 from tests.conftest import make_lm
 
@@ -84,6 +93,104 @@ def test_kept_rows_equal_what_the_anchor_cache_keeps():
             assert cache.meta.pos[0][cache.meta.valid[0]].tolist() == kept.nonzero()[:, 0].tolist()
 
 
+# -- milestone 2: a request's rows hold only what the cache keeps ------------------------------------------------
+SETTINGS = [SERVED, ServedAnchor(kind="ep", anchor_ids=(5, 9)), ServedAnchor(kind="ep", anchor_ids=(5, 9), n_sink=3),
+            ServedAnchor(kind="ac", anchor_ids=(5,), anchors_see_anchors=True, window=7, max_segment=11)]  # fmt: skip
+
+
+@pytest.mark.parametrize("served", SETTINGS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kept_counts_are_the_kept_entries_after_every_prefix(served, seed):
+    t = tokens(150, seed=seed, anchor_every=None if seed == 0 else 9)
+    anchor = anchor_flags(t, served)
+    counts = kept_counts(anchor, served)
+    assert counts.shape == (151,)
+    assert counts.tolist() == [int(kept_mask(anchor, b, served).sum()) for b in range(151)]
+
+
+@pytest.mark.parametrize("served", SETTINGS)
+def test_a_steps_rows_carry_the_whole_visibility(served):
+    """The rows a step reads (kept + new) hold every entry its queries may see, with the same mask."""
+    t = tokens(120, seed=3)
+    anchor = anchor_flags(t, served)
+    for nc in (0, 1, 40, 77, 119):
+        r = request_rows(t, nc, served)
+        vis = request_visibility(t, nc, served)  # (Q, L): over every token
+        assert torch.equal(r.mask, vis[:, r.key_pos])
+        dropped = torch.ones(120, dtype=torch.bool)
+        dropped[r.key_pos] = False
+        assert not vis[:, dropped].any()  # nothing visible was evicted
+        assert torch.equal(r.key_pos[: r.n_before], kept_mask(anchor, nc, served).nonzero()[:, 0])
+        assert torch.equal(r.key_pos[r.keep], kept_mask(anchor, 120, served).nonzero()[:, 0])
+
+
+def test_compaction_moves_rows_only_forward():
+    keep = torch.tensor([0, 1, 4, 5, 9])
+    src, dst = compaction(keep)
+    assert src.tolist() == [4, 5, 9] and dst.tolist() == [2, 3, 4]
+
+
+@pytest.mark.parametrize("served", SETTINGS)
+def test_paged_rows_follow_the_anchor_cache_step_by_step(served):
+    """The worker's protocol on a fake paged cache whose rows store their token's position: each step writes its
+    tokens after the kept rows, reads the rows the mask needs, then compacts; the request holds ceil(kept / bs)
+    blocks, and the scheduler's counts (KeptRows) agree."""
+    bs, L = 8, 140
+    t = tokens(L, seed=5, anchor_every=6)
+    cache = torch.full((40, 2, bs, 4), -1.0)  # (num_blocks, H_kv, block_size, 2D)
+    free = list(range(39, -1, -1))
+    blocks: list[int] = []
+    request = SimpleNamespace(request_id="r", all_token_ids=t.tolist(), num_tokens=L)
+    counts = KeptRows(served)
+    g = torch.Generator().manual_seed(7)
+    nc = 0
+    while nc < L:
+        q = min(L - nc, int(torch.randint(1, 30, (1,), generator=g)))
+        r = request_rows(t[: nc + q], nc, served)
+        assert r.n_before == counts.kept(request, nc)
+        n_rows = r.n_before + q
+        assert n_rows <= counts.peak(request, 0, 30)  # admission's bound holds at every step
+        while len(blocks) < blocks_for(n_rows, bs):
+            blocks.append(free.pop())
+        b = torch.tensor(blocks)
+        slots = row_slots(b, torch.arange(r.n_before, n_rows), bs)
+        cache[slots // bs, :, slots % bs] = torch.arange(nc, nc + q, dtype=torch.float)[:, None, None]
+        read = row_slots(b, torch.arange(n_rows), bs)
+        held = cache[read // bs, 0, read % bs, 0].long()  # (rows,): the position each row holds
+        assert torch.equal(held, r.key_pos)
+        s, d = compaction(r.keep)
+        move_rows(cache, row_slots(b, s, bs), row_slots(b, d, bs))
+        nc += q
+        kept = kept_mask(anchor_flags(t, served), nc, served).nonzero()[:, 0]
+        k = blocks_for(kept.shape[0], bs)
+        free.extend(reversed(blocks[k:]))
+        del blocks[k:]
+        read = row_slots(torch.tensor(blocks), torch.arange(kept.shape[0]), bs)
+        assert torch.equal(cache[read // bs, 1, read % bs, 3].long(), kept)  # every head and channel moved
+        assert kept.shape[0] == counts.kept(request, nc)
+    assert len(blocks) + len(free) == 40  # no block lost or held twice
+    assert len(blocks) < blocks_for(L, bs) // 2
+
+
+def test_kept_rows_forget_finished_requests():
+    counts = KeptRows(SERVED)
+    for rid in "ab":
+        counts.kept(SimpleNamespace(request_id=rid, all_token_ids=tokens(30).tolist(), num_tokens=30), 10)
+    counts.retain({"b": None})
+    assert list(counts._counts) == ["b"]
+
+
+def test_a_step_whose_blocks_disagree_with_the_kept_rows_is_refused():
+    """A worker started without the anchor scheduler gets vLLM's block counts (every token): refused, not served."""
+    t = tokens(100).numpy()[None]  # (1, L)
+    table = torch.arange(10).numpy()[None]  # (1, max_blocks)
+    kept = int(kept_mask(anchor_flags(torch.from_numpy(t[0]), SERVED), 99, SERVED).sum())
+    ok = compute_step(["r"], t, [99], [1], table, [blocks_for(kept + 1, 8)], 8, SERVED)
+    assert ok.rows == [kept + 1] and ok.seq_lens == [100] and ok.slots.shape == (1,)
+    with pytest.raises(AnchorServingError, match="holds 13 blocks for .* the anchor scheduler"):
+        compute_step(["r"], t, [99], [1], table, [13], 8, SERVED)
+
+
 # -- the anchor setting beside the weights ------------------------------------------------------------------------
 def test_export_writes_a_plain_folder_with_the_anchor_setting(tmp_path):
     lm = make_lm(dtype=torch.float32, max_segment=48, n_sink=1, window=24)
@@ -126,8 +233,9 @@ def engine_config(model_dir, **over):
                                      hf_text_config=SimpleNamespace(sliding_window=None)),
         cache_config=SimpleNamespace(enable_prefix_caching=False, cache_dtype="auto"),
         parallel_config=SimpleNamespace(tensor_parallel_size=1, pipeline_parallel_size=1, worker_cls=WORKER_CLS),
-        scheduler_config=SimpleNamespace(async_scheduling=False),
+        scheduler_config=SimpleNamespace(async_scheduling=False, scheduler_cls=SCHEDULER_CLS),
         speculative_config=None,
+        kv_transfer_config=None,
     )  # fmt: skip
     for path, value in over.items():
         obj = cfg
@@ -156,6 +264,9 @@ def test_a_good_config_returns_the_setting(model_dir):
     ({"cache_config.cache_dtype": "fp8"}, "kv-cache-dtype auto"),
     ({"parallel_config.tensor_parallel_size": 2}, "-tp 1"),
     ({"scheduler_config.async_scheduling": True}, "--no-async-scheduling"),
+    ({"scheduler_config.scheduler_cls": "vllm.v1.core.sched.scheduler.Scheduler"}, f"--scheduler-cls {SCHEDULER_CLS}"),
+    ({"scheduler_config.scheduler_cls": None}, f"--scheduler-cls {SCHEDULER_CLS}"),
+    ({"kv_transfer_config": object()}, "--kv-transfer-config"),
 ])  # fmt: skip
 def test_unsupported_settings_are_refused_in_one_line(model_dir, over, fix):
     with pytest.raises(AnchorServingError) as e:

@@ -139,9 +139,12 @@ def compare(ref, got) -> dict:
     for (rt, rl, kept), (vt, vl) in zip(ref, got):
         same = rt == vt
         n = len(rt) if same else next(j for j, (a, b) in enumerate(zip(rt, vt)) if a != b)
-        diff = max((abs(a - b) for a, b in zip(rl[:n], vl[:n])), default=0.0)
-        per.append({"tokens_equal": same, "first_mismatch": None if same else n, "max_logprob_diff": diff,
-                    "n_new": len(vt), "anllm_kept_entries": kept})  # fmt: skip
+        diffs = [abs(a - b) for a, b in zip(rl[:n], vl[:n])]
+        worst = max(range(len(diffs)), key=diffs.__getitem__, default=None)
+        per.append({"tokens_equal": same, "first_mismatch": None if same else n,
+                    "max_logprob_diff": diffs[worst] if diffs else 0.0, "worst_token": worst,
+                    "worst_logprob": None if worst is None else rl[worst], "n_new": len(vt),
+                    "anllm_kept_entries": kept})  # fmt: skip
     return {
         "all_tokens_equal": all(p["tokens_equal"] for p in per),
         "max_logprob_diff": max(p["max_logprob_diff"] for p in per),

@@ -4,17 +4,23 @@ imports this package.
 Loaded by vLLM through the ``vllm.general_plugins`` entry point ``anllm = anllm.serving.vllm:register`` in every
 vLLM process. Serve an exported folder (``anllm export --model default --out DIR``) with::
 
-    vllm serve DIR --worker-cls anllm.serving.vllm.worker.AnchorCPUWorker --no-enable-prefix-caching --enforce-eager
+    vllm serve DIR --worker-cls anllm.serving.vllm.worker.AnchorCPUWorker \\
+        --scheduler-cls anllm.serving.vllm.scheduler.AnchorScheduler --no-enable-prefix-caching --enforce-eager
 
 or ``LLM(DIR, **anllm.serving.vllm.ENGINE_ARGS)``.
 """
 
 from __future__ import annotations
 
-from anllm.serving.vllm.checks import WORKER_CLS
+from anllm.serving.vllm.checks import SCHEDULER_CLS, WORKER_CLS
 
 BACKEND_CLS = "anllm.serving.vllm.attention.AnchorCPUAttentionBackend"
-ENGINE_ARGS = {"worker_cls": WORKER_CLS, "enable_prefix_caching": False, "enforce_eager": True}
+ENGINE_ARGS = {
+    "worker_cls": WORKER_CLS,
+    "scheduler_cls": SCHEDULER_CLS,
+    "enable_prefix_caching": False,
+    "enforce_eager": True,
+}
 
 
 def register() -> None:

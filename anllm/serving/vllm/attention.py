@@ -1,10 +1,11 @@
-"""The anchor attention backend for vLLM on CPU (milestone 1: every K/V stored, the AnSAN visibility applied).
+"""The anchor attention backend for vLLM on CPU: only the kept K/V rows are stored, the AnSAN visibility applied.
 
 Registered in place of vLLM's CPU backend (``register_backend(AttentionBackendEnum.CPU_ATTN, ...)``). K/V rows are
 stored in the paged cache in a plain layout - block ``b``, kv head ``h``, row ``r``: ``cache[b, h, r, :D]`` the key,
-``cache[b, h, r, D:]`` the value - written and read only by this backend. Each request's queries attend over its
-gathered rows with a dense boolean mask (:mod:`anllm.serving.vllm.visibility`), so chunked prefill, decode and
-batches mixing both are exact. Milestone 2 compacts those rows and frees blocks (docs/serving.md).
+``cache[b, h, r, D:]`` the value - written and read only by this backend, at the rows of
+:mod:`anllm.serving.vllm.rows` (the kept rows first, then the step's tokens; vLLM's own slot mapping, which counts
+every token, is not used). Each request's queries attend over its gathered rows with a dense boolean mask, so
+chunked prefill, decode and batches mixing both are exact (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class AnchorCPUAttentionBackend(CPUAttentionBackend):
 class AnchorCPUMetadata(CPUAttentionMetadata):
     num_reqs: int = 0
     query_start: list[int] | None = None  # (num_reqs + 1,), host ints
-    seq_lens_list: list[int] | None = None
+    rows: list[int] | None = None  # rows each request reads (kept + this step's); vLLM's seq_lens count every token
     masks: list[torch.Tensor] | None = None  # per request, bool (Q, L); None only in vLLM's warm-up runs
 
 
@@ -59,7 +60,7 @@ class AnchorCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         qsl = cm.query_start_loc_cpu[: n + 1].tolist()
         seq_lens = cm.seq_lens[:n].tolist()
         step, in_step = step_state.current()
-        masks = None
+        masks, rows = None, seq_lens  # warm-up runs: nothing evicted
         if in_step:
             if step is None:
                 raise AnchorServingError("an engine step ran without its anchor masks (the worker hook did not run)")
@@ -74,6 +75,7 @@ class AnchorCPUMetadataBuilder(CPUAttentionMetadataBuilder):
                     f"({k} requests, lengths {step.seq_lens})"
                 )
             masks = step.masks + [None] * (n - k)  # rows past num_reqs are padding with no query
+            rows = step.rows + seq_lens[k:]
         return AnchorCPUMetadata(
             num_actual_tokens=cm.num_actual_tokens,
             max_query_len=cm.max_query_len,
@@ -86,7 +88,7 @@ class AnchorCPUMetadataBuilder(CPUAttentionMetadataBuilder):
             causal=True,
             num_reqs=n,
             query_start=qsl,
-            seq_lens_list=seq_lens,
+            rows=rows,
             masks=masks,
         )
 
@@ -102,6 +104,9 @@ class AnchorCPUAttentionImpl(CPUAttentionBackendImpl):
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
         _, _, block_size, d2 = kv_cache.shape
         d = d2 // 2
+        step, in_step = step_state.current()
+        if in_step and step is not None:
+            slot_mapping = step.slots  # the rows after the kept ones (vLLM's slots count evicted tokens too)
         slots = slot_mapping[: key.shape[0]].long()
         ok = slots >= 0  # padded tokens carry -1
         if not bool(ok.all()):
@@ -123,7 +128,7 @@ class AnchorCPUAttentionImpl(CPUAttentionBackendImpl):
             qs, qe = md.query_start[i], md.query_start[i + 1]
             if qe <= qs:
                 continue
-            L = md.seq_lens_list[i]
+            L = md.rows[i]
             n_blocks = -(-L // block_size)
             blocks = md.block_table[i, :n_blocks].long()
             rows = kv_cache.index_select(0, blocks).transpose(0, 1).reshape(h_kv, n_blocks * block_size, d2)[:, :L]

@@ -14,6 +14,7 @@ from anllm.serving.vllm.vllm_internals import PINNED_VERSION
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # the default model's; others need their own parity run first
 WORKER_CLS = "anllm.serving.vllm.worker.AnchorCPUWorker"
+SCHEDULER_CLS = "anllm.serving.vllm.scheduler.AnchorScheduler"
 OFF = "VLLM_PLUGINS=<the other plugins' names> (VLLM_PLUGINS='' loads none)"
 
 
@@ -73,6 +74,16 @@ def check_engine_config(vllm_config) -> ServedAnchor:
             f"worker_cls is {getattr(parallel, 'worker_cls', None)!r}: start vLLM with --worker-cls {WORKER_CLS} "
             f"(LLM(..., worker_cls={WORKER_CLS!r})); the anchor mask needs each request's token ids from it"
         )
+    scheduler_cls = getattr(getattr(vllm_config, "scheduler_config", None), "scheduler_cls", None)
+    if not isinstance(scheduler_cls, str):  # a class given in Python
+        scheduler_cls = None if scheduler_cls is None else f"{scheduler_cls.__module__}.{scheduler_cls.__qualname__}"
+    if scheduler_cls != SCHEDULER_CLS:
+        raise AnchorServingError(
+            f"scheduler_cls is {scheduler_cls!r}: start vLLM with --scheduler-cls {SCHEDULER_CLS} "
+            f"(LLM(..., scheduler_cls={SCHEDULER_CLS!r})); it gives each request the blocks its kept rows need"
+        )
+    if getattr(vllm_config, "kv_transfer_config", None) is not None:
+        raise AnchorServingError("a KV connector is configured: turn it off (drop --kv-transfer-config)")
     if getattr(getattr(vllm_config, "scheduler_config", None), "async_scheduling", False):
         raise AnchorServingError("async scheduling is on: turn it off (--no-async-scheduling)")
     window = getattr(getattr(model_config, "hf_text_config", None), "sliding_window", None)

@@ -1,8 +1,9 @@
 """The per-step anchor context: what each request's queries may see, handed from the worker to the attention.
 
 The worker (:mod:`anllm.serving.vllm.worker`) computes it right after vLLM's runner has laid out the step's inputs
-(request order, token ids, tokens already cached) and the attention metadata builder attaches it to the step's
-metadata. Plain module state, as vLLM's own forward context: one worker process runs one step at a time.
+(request order, token ids, tokens already cached, block tables); the attention metadata builder attaches it to the
+step's metadata, the backend writes and reads K/V rows by it, and the worker compacts the rows after the step.
+Plain module state, as vLLM's own forward context: one worker process runs one step at a time.
 """
 
 from __future__ import annotations
@@ -14,17 +15,30 @@ import torch
 from torch import Tensor
 
 from anllm.serving.export import ServedAnchor
-from anllm.serving.vllm.visibility import request_visibility
+from anllm.serving.vllm.errors import AnchorServingError
+from anllm.serving.vllm.rows import blocks_for, compaction, request_rows, row_slots
 
 
 @dataclass
 class StepAnchors:
-    """One engine step: for request row ``i`` of the batch, ``masks[i]`` is bool ``(Q_i, L_i)``."""
+    """One engine step, requests in batch order (row ``i``): what each query sees and where each K/V row lives.
+
+    ``seq_lens`` are vLLM's own (tokens computed + this step's), ``rows`` the rows each request reads (kept rows +
+    this step's tokens): ``masks[i]`` is bool ``(Q_i, rows[i])``. ``slots`` (long, one per query token) is where the
+    step's K/V are written; after the step the rows ``move_src`` are copied to ``move_dst`` (slots) and request ``i``
+    keeps ``kept[i]`` rows in its first ``blocks_after[i]`` blocks.
+    """
 
     req_ids: list[str]
     n_computed: list[int]
     seq_lens: list[int]
+    rows: list[int]
     masks: list[Tensor]
+    slots: Tensor
+    move_src: Tensor
+    move_dst: Tensor
+    kept: list[int]
+    blocks_after: list[int]
 
 
 _current: StepAnchors | None = None
@@ -52,20 +66,49 @@ def current() -> tuple[StepAnchors | None, bool]:
 
 
 def compute_step(
-    req_ids: list[str], token_ids: np.ndarray, n_computed: np.ndarray, n_scheduled: np.ndarray, served: ServedAnchor
+    req_ids: list[str],
+    token_ids: np.ndarray,
+    n_computed: np.ndarray,
+    n_scheduled: np.ndarray,
+    block_rows: np.ndarray,
+    n_blocks: np.ndarray,
+    block_size: int,
+    served: ServedAnchor,
 ) -> StepAnchors:
-    """Masks of one step from the runner's batch (rows in batch order).
+    """One step's anchors and rows from the runner's batch (rows in batch order).
 
     Args:
         token_ids: int ``(max_reqs, max_len)``, each row a request's token ids (prompt then outputs).
         n_computed: tokens of each row already in the KV cache; ``n_scheduled``: this step's query tokens per row.
+        block_rows: int ``(max_reqs, max_blocks)``, each request's blocks; ``n_blocks``: how many are its own.
+    Raises:
+        AnchorServingError: a request holds other than the blocks its kept rows need (the scheduler and the worker
+            disagree: never serve on).
     """
-    masks, seq_lens, done = [], [], []
+    masks, seq_lens, rows, kept, blocks_after = [], [], [], [], []
+    slots, src, dst = [], [], []
     for i in range(len(req_ids)):
         nc, nq = int(n_computed[i]), int(n_scheduled[i])
-        L = nc + nq
-        tokens = torch.from_numpy(np.ascontiguousarray(token_ids[i, :L], dtype=np.int64))
-        masks.append(request_visibility(tokens, nc, served))
-        seq_lens.append(L)
-        done.append(nc)
-    return StepAnchors(list(req_ids), done, seq_lens, masks)
+        tokens = torch.from_numpy(np.ascontiguousarray(token_ids[i, : nc + nq], dtype=np.int64))
+        r = request_rows(tokens, nc, served)
+        n_rows = r.n_before + nq
+        if int(n_blocks[i]) != blocks_for(n_rows, block_size):
+            raise AnchorServingError(
+                f"request {req_ids[i]} holds {int(n_blocks[i])} blocks for {n_rows} rows of {block_size} (expected "
+                f"{blocks_for(n_rows, block_size)}): the engine was not started with the anchor scheduler"
+            )
+        blocks = torch.from_numpy(np.ascontiguousarray(block_rows[i, : int(n_blocks[i])], dtype=np.int64))
+        slots.append(row_slots(blocks, torch.arange(r.n_before, n_rows), block_size))
+        s, d = compaction(r.keep)
+        src.append(row_slots(blocks, s, block_size))
+        dst.append(row_slots(blocks, d, block_size))
+        masks.append(r.mask)
+        seq_lens.append(nc + nq)
+        rows.append(n_rows)
+        kept.append(int(r.keep.shape[0]))
+        blocks_after.append(blocks_for(kept[-1], block_size))
+    cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
+    return StepAnchors(
+        list(req_ids), [int(x) for x in n_computed[: len(req_ids)]], seq_lens, rows, masks, cat(slots), cat(src),
+        cat(dst), kept, blocks_after,
+    )  # fmt: skip

@@ -14,6 +14,7 @@ recomputed from the request's token ids each step: the same for any chunking of 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from anllm.anchors import mark_anchors
@@ -47,19 +48,45 @@ def request_visibility(tokens: Tensor, n_computed: int, served: ServedAnchor) ->
     return vis & (pos[None, :] <= pos[q, None])
 
 
-def kept_after(tokens: Tensor, served: ServedAnchor) -> Tensor:
-    """Bool ``(L,)``: the entries the anchor cache still holds after reading ``tokens`` (milestone 2's rows).
+def kept_mask(anchor: Tensor, n: int, served: ServedAnchor) -> Tensor:
+    """Bool ``(n,)``: the entries the anchor cache holds after reading the first ``n`` tokens of a request.
 
-    The same rule as :meth:`anllm.policies.AnchorPolicy.keep`: anchors, the open sentence, sinks, the window.
+    ``anchor`` is bool ``(L,)`` with ``L >= n`` (:func:`anchor_flags`: it depends only on earlier tokens). The rule of
+    :meth:`anllm.policies.AnchorPolicy.keep`: anchors, the open sentence, sinks, the window.
     """
-    L = tokens.shape[0]
-    anchor = anchor_flags(tokens, served)
-    seg = segment_ids(anchor[None])[0]
-    n_seg = int(anchor.sum())
-    pos = torch.arange(L, device=tokens.device)
-    keep = anchor | (seg == n_seg)
+    a = anchor[:n]
+    seg = segment_ids(a[None])[0]
+    pos = torch.arange(n, device=anchor.device)
+    keep = a | (seg == int(a.sum()))
     if served.n_sink > 0:
         keep |= pos < served.n_sink
     if served.window > 0:
-        keep |= pos > L - served.window
+        keep |= pos > n - served.window
     return keep
+
+
+def kept_counts(anchor: Tensor, served: ServedAnchor) -> Tensor:
+    """Long ``(L + 1,)``: entry ``b`` is how many entries the anchor cache holds after the first ``b`` tokens.
+
+    The same count as ``kept_mask(anchor, b, served).sum()`` for every ``b`` at once (milestone 2 sizes a request's
+    blocks with it): anchors, plus the plain tokens of ``[m, b)`` (the open sentence and the window, ``m`` where the
+    earlier of the two starts), plus the plain sinks before ``m``.
+    """
+    L = anchor.shape[0]
+    idx = torch.arange(L, device=anchor.device)
+    n_anchors = F.pad(anchor.long().cumsum(0), (1, 0))  # (L + 1,): anchors among the first b tokens
+    last = torch.where(anchor, idx, torch.full_like(idx, -1)).cummax(0).values  # (L,): last anchor at or before i
+    b = torch.arange(L + 1, device=anchor.device)
+    start = F.pad(last + 1, (1, 0))  # (L + 1,): the open sentence of prefix b starts here
+    m = torch.minimum(start, (b - served.window + 1).clamp(min=0)) if served.window > 0 else start
+
+    def plain(x: Tensor, y: Tensor) -> Tensor:  # non-anchor tokens in [x, y)
+        return (y - x) - (n_anchors[y] - n_anchors[x])
+
+    sinks = torch.minimum(m, torch.full_like(m, served.n_sink))
+    return n_anchors + plain(m, b) + plain(torch.zeros_like(m), sinks)
+
+
+def kept_after(tokens: Tensor, served: ServedAnchor) -> Tensor:
+    """Bool ``(L,)``: the entries the anchor cache still holds after reading ``tokens`` (milestone 2's rows)."""
+    return kept_mask(anchor_flags(tokens, served), tokens.shape[0], served)

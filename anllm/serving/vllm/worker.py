@@ -1,17 +1,23 @@
-"""The anchor worker: vLLM's CPU worker plus the per-step anchor masks (start vLLM with ``--worker-cls`` this class).
+"""The anchor worker: vLLM's CPU worker plus the per-step anchor rows (start vLLM with ``--worker-cls`` this class).
 
-It refuses unsupported settings at start-up (:mod:`anllm.serving.vllm.checks`), then, each step, right after vLLM's
-V1 runner has laid out the batch (``_prepare_inputs``, a private name listed in
-:mod:`anllm.serving.vllm.vllm_internals`), reads each request's token ids and computes what its queries may see.
+It refuses unsupported settings at start-up (:mod:`anllm.serving.vllm.checks`). Each step, right after vLLM's V1
+runner has laid out the batch (``_prepare_inputs``, a private name listed in
+:mod:`anllm.serving.vllm.vllm_internals`), it reads each request's token ids and blocks and computes what its queries
+may see and where its rows live (:mod:`anllm.serving.vllm.step`). After the step it moves the rows the anchor cache
+keeps to the front of each request's blocks and drops the blocks past them from the runner's block table - the same
+blocks the anchor scheduler (:mod:`anllm.serving.vllm.scheduler`) returns to the pool (docs/serving.md).
 """
 
 from __future__ import annotations
 
+import torch
 from vllm.v1.worker.cpu_worker import CPUWorker
 
 from anllm.serving.vllm import step as step_state
+from anllm.serving.vllm import trace
 from anllm.serving.vllm.checks import check_engine_config
 from anllm.serving.vllm.errors import AnchorServingError
+from anllm.serving.vllm.rows import move_rows
 
 
 class AnchorCPUWorker(CPUWorker):
@@ -28,28 +34,59 @@ class AnchorCPUWorker(CPUWorker):
     def execute_model(self, scheduler_output):
         step_state.begin_step()
         try:
-            return super().execute_model(scheduler_output)
+            out = super().execute_model(scheduler_output)
+            step, _ = step_state.current()
+            if step is not None:
+                compact(self.model_runner, step)
+            return out
         finally:
             step_state.end_step()
 
 
+def _block_table(runner):
+    return runner.input_batch.block_table[0]  # the one KV cache group of a decoder-only model
+
+
 def install_step_hook(runner, served) -> None:
-    """Wrap ``runner._prepare_inputs`` (instance only) so each step's anchor masks are computed from its batch."""
+    """Wrap ``runner._prepare_inputs`` (instance only) so each step's anchor rows are computed from its batch."""
     original = runner._prepare_inputs
 
     def _prepare_inputs(scheduler_output, num_scheduled_tokens, *args, **kwargs):
         out = original(scheduler_output, num_scheduled_tokens, *args, **kwargs)
         batch = runner.input_batch
         n = batch.num_reqs
+        table = _block_table(runner)
         step_state.set_current(
             step_state.compute_step(
                 list(batch.req_ids[:n]),
                 batch.token_ids_cpu,
                 batch.num_computed_tokens_cpu[:n],
                 num_scheduled_tokens[:n],
+                table.get_numpy_array(),
+                table.num_blocks_per_row,
+                table.block_size,
                 served,
             )  # fmt: skip
         )
         return out
 
     runner._prepare_inputs = _prepare_inputs
+
+
+def compact(runner, step: step_state.StepAnchors) -> None:
+    """After a step: move the kept rows to the front in every layer, then drop each request's blocks past them."""
+    if step.move_src.numel():
+        seen = set()
+        for kv in runner.kv_caches:  # one tensor per layer (shared tensors moved once)
+            if isinstance(kv, torch.Tensor) and kv.data_ptr() not in seen:
+                seen.add(kv.data_ptr())
+                move_rows(kv, step.move_src, step.move_dst)
+    table = _block_table(runner)
+    for rid, k, kept, n_computed in zip(step.req_ids, step.blocks_after, step.kept, step.seq_lens):
+        row = runner.input_batch.req_id_to_index[rid]
+        held = int(table.num_blocks_per_row[row])
+        if held > k:
+            table.get_numpy_array()[row, k:held] = 0
+            table.num_blocks_per_row[row] = k
+            del runner.requests[rid].block_ids[0][k:]
+        trace.record("worker", rid, n_computed, kept, k)
