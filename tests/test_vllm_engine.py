@@ -1,4 +1,4 @@
-"""vLLM + the anllm plugin on a real engine (milestone 1, docs/serving.md), run in the vLLM venv.
+"""vLLM + the anllm plugin on a real engine (milestones 1 and 2, docs/serving.md), run in the vLLM venv.
 
 Every test here runs the vLLM venv's python (``.venv-vllm/``, made by ``bash bench/vllm/setup_venv.sh``; another one
 with ``ANLLM_VLLM_PYTHON``) in a subprocess, so the main test run drives it too. They skip only when that venv is
@@ -74,36 +74,56 @@ def exported(tmp_path_factory):
     return out
 
 
+def parity(args, timeout):
+    p = run(["bench/vllm/parity.py", *args], timeout=timeout, check=False)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"no report (exit {p.returncode}):\n{p.stderr[-6000:]}"
+    return p, json.loads(lines[-1])
+
+
+def assert_accounting(report, n_requests):
+    """Every step on both sides: blocks == ceil(kept / block_size), kept == PolicyCache's entries, and the rows
+    really shrink (a request's peak blocks stay under what its tokens would need)."""
+    acc = report["accounting"]
+    assert acc["n_errors"] == 0, acc["errors"]
+    assert acc["sides"] == ["scheduler", "worker"], acc
+    assert acc["checked_against_anllm"] >= n_requests, acc
+    assert all(p < f for p, f in zip(acc["peak_blocks"], acc["full_cache_blocks"])), acc
+
+
 @pytest.mark.slow
 def test_parity_with_the_anchor_cache_on_the_default_model(exported):
     """4 requests with different anchor layouts, >= 1,000-token prompts, 100 greedy tokens each, arriving at
-    different steps, chunked prefill (512-token steps): vLLM's tokens and logprobs equal anllm's PolicyCache."""
-    p = run(["bench/vllm/parity.py", "--model-dir", str(exported), "--prompt-tokens", "1000", "--new-tokens", "100",
-             "--requests", "4", "--arrive-every", "3", "--control"], timeout=2400, check=False)  # fmt: skip
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    assert lines, f"no report (exit {p.returncode}):\n{p.stderr[-6000:]}"
-    report = json.loads(lines[-1])
+    different steps, chunked prefill (512-token steps), rows compacted and blocks freed after every step: vLLM's
+    tokens and logprobs equal anllm's PolicyCache, and each request's blocks follow its kept rows."""
+    args = ["--model-dir", str(exported), "--prompt-tokens", "1000", "--new-tokens", "100", "--requests", "4",
+            "--arrive-every", "3", "--control", "--accounting"]  # fmt: skip
+    p, report = parity(args, timeout=2400)
     assert len(report["requests"]) == 4 and min(report["prompt_tokens"]) >= 1000
     assert all(r["n_new"] == 100 for r in report["requests"])
     assert report["all_tokens_equal"], report
     assert report["max_logprob_diff"] <= 1e-4, report
     # the anchor rule really shapes the output: a full cache gives other logprobs for the same tokens
     assert report["control_full_cache_logprob_diff"] > 1e-2, report
+    assert_accounting(report, 4 * 100)  # one check per request per decode step at least
     assert p.returncode == 0
 
 
 @pytest.mark.slow
-def test_parity_survives_preemption_and_recompute(exported):
-    """A KV pool of 21 blocks of 32 rows for 4 requests of ~300 + 60 tokens: vLLM preempts a request and recomputes
-    it later; its tokens and logprobs still equal anllm's."""
-    p = run(["bench/vllm/parity.py", "--model-dir", str(exported), "--prompt-tokens", "300", "--new-tokens", "60",
-             "--requests", "4", "--arrive-every", "0", "--num-blocks", "21", "--block-size", "32",
-             "--max-model-len", "512", "--max-num-batched-tokens", "256"], timeout=1800, check=False)  # fmt: skip
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    assert lines, f"no report (exit {p.returncode}):\n{p.stderr[-6000:]}"
-    report = json.loads(lines[-1])
+def test_parity_survives_preemption_recompute_and_an_abort(exported):
+    """12 requests of 150-187 + 40 tokens in a pool of 11 blocks of 32 rows, 64-token steps, vLLM's optimistic
+    admission (first chunk only): it over-admits, runs out of blocks, preempts and recomputes; request 1 is aborted
+    at step 6. The others' tokens and logprobs still equal anllm's, the accounting holds at every step, and the pool
+    ends empty."""
+    p, report = parity(["--model-dir", str(exported), "--prompt-tokens", "150", "--new-tokens", "40",
+                        "--requests", "12", "--arrive-every", "0", "--num-blocks", "12", "--block-size", "32",
+                        "--max-model-len", "352", "--max-num-batched-tokens", "64", "--optimistic",
+                        "--abort", "1", "6", "--accounting"], timeout=1800)  # fmt: skip
     assert report["preemptions"] >= 1, report  # the scenario really preempts
+    assert report["requests"][1] == {"aborted": True}
     assert report["all_tokens_equal"] and report["max_logprob_diff"] <= 1e-4, report
+    assert_accounting(report, 5)
+    assert report["kv_usage_at_end"] == 0, report  # aborted and finished requests left no block behind
     assert p.returncode == 0
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 
 WORDS = (
@@ -79,24 +80,34 @@ def reference(model_dir: str, prompts: list[list[int]], new_tokens: int, chunk_s
             cache = PolicyCache(model.config, policy, served.anchor_ids, served.position_policy, served.max_segment)
             logits = prefill(model, cache, torch.tensor([ids]), chunk_size=chunk_size)
             tokens, logprobs = [], []
+            kept_at = {len(ids): int(cache.n_kept()[0])}  # entries held after each prefix length
             for _ in range(new_tokens):
                 lp = torch.log_softmax(logits.float(), -1)[0]
                 t = int(lp.argmax())
                 tokens.append(t)
                 logprobs.append(float(lp[t]))
                 logits = decode_step(model, cache, torch.tensor([t]))
-            results.append((tokens, logprobs, int(cache.n_kept()[0])))
+                kept_at[len(ids) + len(tokens)] = int(cache.n_kept()[0])
+            results.append((tokens, logprobs, kept_at))
     return results
 
 
-def run_vllm(model_dir: str, prompts: list[list[int]], new_tokens: int, arrive_every: int = 3, **engine):
-    """vLLM + the plugin: request ``i`` is added after ``i * arrive_every`` engine steps; greedy, ignore_eos."""
+def run_vllm(
+    model_dir: str,
+    prompts: list[list[int]],
+    new_tokens: int,
+    arrive_every: int = 3,
+    abort: tuple[int, int] | None = None,
+    **engine,
+):
+    """vLLM + the plugin: request ``i`` is added after ``i * arrive_every`` engine steps; greedy, ignore_eos.
+    ``abort=(i, s)`` aborts request ``i`` at engine step ``s`` (its result is then ``None``)."""
     from vllm import LLM, SamplingParams
 
     from anllm.serving.vllm import ENGINE_ARGS
 
     args = dict(
-        model=model_dir, dtype="float32", max_model_len=4096, gpu_memory_utilization=0.1, max_num_seqs=8,
+        model=model_dir, dtype="float32", max_model_len=4096, gpu_memory_utilization=0.1, max_num_seqs=16,
         max_num_batched_tokens=512, seed=0, **ENGINE_ARGS,
     )  # fmt: skip
     args.update(engine)
@@ -108,18 +119,25 @@ def run_vllm(model_dir: str, prompts: list[list[int]], new_tokens: int, arrive_e
         while pending and steps >= pending[0][0] * arrive_every:
             i, ids = pending.pop(0)
             eng.add_request(str(i), {"prompt_token_ids": ids}, params)
+        if abort is not None and steps == abort[1]:
+            eng.abort_request([str(abort[0])])
         for out in eng.step():
             if out.finished:
                 outputs[int(out.request_id)] = out
         steps += 1
     results = []
     for i in range(len(prompts)):
+        if abort is not None and i == abort[0]:
+            results.append(None)
+            continue
         o = outputs[i].outputs[0]
         results.append((list(o.token_ids), [float(d[t].logprob) for t, d in zip(o.token_ids, o.logprobs)]))
-    preemptions = None
+    stats = {}
     if not args.get("disable_log_stats", True):
-        preemptions = sum(int(getattr(m, "value", 0)) for m in llm.get_metrics() if "num_preemptions" in m.name)
-    return results, steps, preemptions
+        metrics = llm.get_metrics()
+        stats["preemptions"] = sum(int(getattr(m, "value", 0)) for m in metrics if "num_preemptions" in m.name)
+        stats["kv_usage_at_end"] = sum(float(getattr(m, "value", 0)) for m in metrics if "kv_cache_usage" in m.name)
+    return results, steps, stats, int(eng.vllm_config.cache_config.block_size)
 
 
 def full_cache_logprobs(model_dir: str, prompt: list[int], tokens: list[int]) -> list[float]:
@@ -136,7 +154,11 @@ def full_cache_logprobs(model_dir: str, prompt: list[int], tokens: list[int]) ->
 
 def compare(ref, got) -> dict:
     per = []
-    for (rt, rl, kept), (vt, vl) in zip(ref, got):
+    for (rt, rl, kept_at), g in zip(ref, got):
+        if g is None:  # aborted
+            per.append({"aborted": True})
+            continue
+        vt, vl = g
         same = rt == vt
         n = len(rt) if same else next(j for j, (a, b) in enumerate(zip(rt, vt)) if a != b)
         diffs = [abs(a - b) for a, b in zip(rl[:n], vl[:n])]
@@ -144,12 +166,50 @@ def compare(ref, got) -> dict:
         per.append({"tokens_equal": same, "first_mismatch": None if same else n,
                     "max_logprob_diff": diffs[worst] if diffs else 0.0, "worst_token": worst,
                     "worst_logprob": None if worst is None else rl[worst], "n_new": len(vt),
-                    "anllm_kept_entries": kept})  # fmt: skip
+                    "anllm_kept_entries": kept_at[max(kept_at)]})  # fmt: skip
     return {
-        "all_tokens_equal": all(p["tokens_equal"] for p in per),
-        "max_logprob_diff": max(p["max_logprob_diff"] for p in per),
+        "all_tokens_equal": all(p["tokens_equal"] for p in per if "aborted" not in p),
+        "max_logprob_diff": max(p["max_logprob_diff"] for p in per if "aborted" not in p),
         "requests": per,
     }
+
+
+def accounting(trace_file: str, ref, prompts, block_size: int) -> dict:
+    """Block accounting from the plugin's per-step trace (``ANLLM_VLLM_TRACE``): after every step each request holds
+    ``ceil(kept / block_size)`` blocks on both sides (the worker's block table, the scheduler's pool), and its kept
+    rows equal the entries anllm's ``PolicyCache`` holds after the same prefix (wherever the reference has one)."""
+    import math
+
+    records = [json.loads(ln) for ln in open(trace_file, encoding="utf-8")]
+    errors, checked, last = [], 0, {}
+    for r in records:
+        i = int(r["req"].split("-")[0])  # vLLM's LLM suffixes the given request id
+        if r["blocks"] != math.ceil(r["kept"] / block_size):
+            errors.append(f"{r['side']}: request {i} holds {r['blocks']} blocks for {r['kept']} rows")
+        want = ref[i][2].get(r["computed"])
+        if want is not None:
+            checked += 1
+            if want != r["kept"]:
+                errors.append(
+                    f"{r['side']}: request {i} keeps {r['kept']} rows after {r['computed']} tokens, anllm {want}"
+                )
+        key = (i, r["computed"])
+        if (
+            r["side"] == "scheduler"
+            and key in last
+            and (last[key]["kept"], last[key]["blocks"]) != (r["kept"], r["blocks"])
+        ):
+            errors.append(f"request {i} after {r['computed']} tokens: worker {last[key]}, scheduler {r}")
+        if r["side"] == "worker":
+            last[key] = r
+    peak = {}
+    for r in records:
+        i = int(r["req"].split("-")[0])
+        peak[i] = max(peak.get(i, 0), r["blocks"])
+    total = [math.ceil((len(p) + len(ref[i][0])) / block_size) for i, p in enumerate(prompts)]
+    return {"records": len(records), "sides": sorted({r["side"] for r in records}), "checked_against_anllm": checked,
+            "peak_blocks": [peak.get(i, 0) for i in range(len(prompts))], "full_cache_blocks": total,
+            "errors": errors[:10], "n_errors": len(errors)}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -164,30 +224,53 @@ def main(argv=None) -> int:
     p.add_argument("--num-blocks", type=int, default=None, help="KV blocks in all (small: forces preemption)")
     p.add_argument("--block-size", type=int, default=None, help="KV block size (CPU: a multiple of 32)")
     p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument(
+        "--optimistic",
+        action="store_true",
+        help="admit on the first chunk (vLLM's --no-scheduler-reserve-full-isl): over-admits, so a small pool preempts",
+    )
+    p.add_argument("--abort", type=int, nargs=2, metavar=("REQUEST", "STEP"), help="abort REQUEST at engine STEP")
+    p.add_argument("--accounting", action="store_true", help="check each step's kept rows and blocks (a trace file)")
     args = p.parse_args(argv)
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     from transformers import AutoTokenizer
 
     prompts = make_prompts(AutoTokenizer.from_pretrained(args.model_dir), args.requests, args.prompt_tokens)
+    trace_file = None
+    if args.accounting:
+        fd, trace_file = tempfile.mkstemp(suffix=".jsonl", prefix="anllm-vllm-trace-")
+        os.close(fd)
+        os.environ["ANLLM_VLLM_TRACE"] = trace_file  # read by the engine's processes (anllm.serving.vllm.trace)
     t0 = time.perf_counter()
     engine = dict(max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len)
     if args.num_blocks:
         engine.update(num_gpu_blocks_override=args.num_blocks, disable_log_stats=False)
     if args.block_size:
         engine.update(block_size=args.block_size)
-    got, steps, preemptions = run_vllm(args.model_dir, prompts, args.new_tokens, args.arrive_every, **engine)
+    if args.optimistic:
+        engine.update(scheduler_reserve_full_isl=False)
+    if args.accounting or args.abort:
+        engine.update(disable_log_stats=False)  # vLLM's preemption and KV-usage metrics
+    got, steps, stats, block_size = run_vllm(
+        args.model_dir, prompts, args.new_tokens, args.arrive_every, tuple(args.abort) if args.abort else None, **engine
+    )
     t1 = time.perf_counter()
     ref = reference(args.model_dir, prompts, args.new_tokens)
     t2 = time.perf_counter()
     report = compare(ref, got)
+    ok = report["all_tokens_equal"] and report["max_logprob_diff"] <= 1e-4
+    if trace_file:
+        report["accounting"] = accounting(trace_file, ref, prompts, block_size)
+        os.unlink(trace_file)
+        ok = ok and report["accounting"]["n_errors"] == 0
     if args.control:
         full = full_cache_logprobs(args.model_dir, prompts[0], got[0][0])
         report["control_full_cache_logprob_diff"] = max(abs(a - b) for a, b in zip(full, got[0][1]))
-    report.update(prompt_tokens=[len(x) for x in prompts], engine_steps=steps, preemptions=preemptions,
+    report.update(prompt_tokens=[len(x) for x in prompts], engine_steps=steps, **stats,
                   vllm_s=round(t1 - t0, 1), anllm_s=round(t2 - t1, 1))  # fmt: skip
     print(json.dumps(report))
-    return 0 if report["all_tokens_equal"] and report["max_logprob_diff"] <= 1e-4 else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -89,4 +89,4 @@ def compact(runner, step: step_state.StepAnchors) -> None:
             table.get_numpy_array()[row, k:held] = 0
             table.num_blocks_per_row[row] = k
             del runner.requests[rid].block_ids[0][k:]
-        trace.record("worker", rid, n_computed, kept, k)
+        trace.record("worker", rid, n_computed, kept, int(table.num_blocks_per_row[row]))
