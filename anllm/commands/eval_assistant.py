@@ -1,0 +1,65 @@
+"""``anllm eval assistant``: does the anchor cache still stop and follow multi-part instructions? (issue 27)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def register_assistant(ev) -> None:
+    """Add the ``assistant`` subcommand to ``anllm eval``."""
+    from anllm.commands.common import add_model_args
+    from anllm.evaluation.assistant import DEFAULT_MAX_NEW_TOKENS, N_PROMPTS
+
+    q = ev.add_parser(
+        "assistant",
+        help="assistant behaviour: share of answers ending by EOS and addressing every part, 95%% intervals",
+        description=f"{N_PROMPTS} held-out chat prompts with several instructions each (yes or no first, exactly n "
+        "list items, a word to use, a sentence or word limit), answered greedily with the chat template by the base "
+        "model's full cache (adapter disabled on the same model) and the default's full and anchor caches. Per row: "
+        "the share of answers that end by EOS within --max-new-tokens and the share that pass every check, with 95%% "
+        "bootstrap intervals. Writes OUT (JSON: config, command, rows, per-template shares, every answer).",
+    )
+    add_model_args(q)
+    q.add_argument("--out", required=True, help="the JSON file to write")
+    q.add_argument("--n", type=int, default=N_PROMPTS, help=f"the first N prompts (all {N_PROMPTS} by default)")
+    q.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="the token limit per answer")
+    q.add_argument(
+        "--batch-size", type=int, default=1, help="prompts decoded together (1: one at a time, as the app does)"
+    )
+    q.add_argument("--no-reference", action="store_true", help="skip the base model's full-cache row")
+    q.set_defaults(func=run_assistant_cmd)
+
+
+def run_assistant_cmd(args) -> int:
+    from anllm.commands.common import emit_json
+    from anllm.commands.eval_acceptance import _load, _progress
+    from anllm.evaluation.assistant import AssistantConfig, run_assistant, summarise
+
+    cfg = AssistantConfig(
+        n=args.n, max_new_tokens=args.max_new_tokens, reference=not args.no_reference, batch_size=args.batch_size
+    )
+    lm = _load(args)
+    step, bars = _progress("assistant")
+    records = run_assistant(lm, cfg, progress=step)
+    for b in bars:
+        b.close()
+    summary = summarise(records, n_boot=cfg.n_boot)
+    out = {"config": cfg.__dict__, "command": shlex.join(["anllm", *sys.argv[1:]]), "model": lm.name, **summary}
+    Path(args.out).write_text(json.dumps({**out, "records": records}, indent=1) + "\n", encoding="utf-8")
+    print(f"{'row':<10} {'n':>4} {'ends by EOS':>12}  95% interval   {'every part':>10}  95% interval", file=sys.stderr)
+    for r in summary["rows"]:
+        e, a = r["eos"], r["all_pass"]
+        print(
+            f"{r['row']:<10} {r['n']:>4} {e['mean']:>12.1%}  [{e['lo']:.1%}, {e['hi']:.1%}]  {a['mean']:>10.1%}  "
+            f"[{a['lo']:.1%}, {a['hi']:.1%}]",
+            file=sys.stderr,
+        )
+    acc = summary["acceptance"]
+    if acc is not None:
+        print(f"anchor >= {acc['target']} x full on both shares: {'holds' if acc['holds'] else 'does not hold'}",
+              file=sys.stderr)  # fmt: skip
+    emit_json({"rows": summary["rows"], "acceptance": acc})
+    return 0
