@@ -211,220 +211,105 @@ GROUPS = {  # "Name two {group}": the members that count
     "fruits": ("apple", "banana", "orange", "mango", "pear", "grape", "strawberry", "strawberries", "cherry",
                "cherries", "peach", "pineapple", "lemon", "kiwi", "watermelon", "plum"),
 }  # fmt: skip
+FAVOURITE = ("favourite", "favorite", "prefer", "best", "love")  # words that say which one is the favourite
 CONTINENTS = ("Europe", "Asia", "Africa", "North America", "South America", "Oceania", "Australia", "Antarctica")
 
-TEMPLATES: tuple[PromptTemplate, ...] = (
-    PromptTemplate(
-        "favourite",
-        "Name two {group} and say which one is your favourite, all in one sentence.",
-        tuple({"group": g} for g in GROUPS),
-        lambda s: (
-            _c("names two of them", "mentions_any", GROUPS[s["group"]], 2),
-            _c("says which is the favourite", "mentions_any", ("favourite", "favorite", "prefer", "best", "love")),
-            _c("in one sentence", "at_most_sentences", 1),
-        ),
-    ),
-    PromptTemplate(
-        "yes-no",
-        "{q} Answer yes or no first, then give one reason in a single short sentence.",
-        tuple(
-            {"q": q, "a": a}
-            for q, a in (
-                ("Is the Sun a star?", "yes"),
-                ("Can penguins fly?", "no"),
-                ("Is ice frozen water?", "yes"),
-                ("Do spiders have six legs?", "no"),
-                ("Is the Pacific an ocean?", "yes"),
-                ("Is a whale a fish?", "no"),
-            )
-        ),  # fmt: skip
-        lambda s: (
-            _c("answers yes or no first", "starts_yes_no"),
-            _c(f"the answer is {s['a']}", "starts_yes_no", s["a"]),
-            _c("gives a reason", "words_after_first", 4),
-            _c("at most two sentences", "at_most_sentences", 2),
-        ),
-    ),
-    PromptTemplate(
-        "sum-parity",
-        "Add {a} and {b}. Reply with the result first, then say in one more sentence whether it is even or odd.",
-        tuple({"a": a, "b": b} for a, b in ((7, 5), (9, 4), (12, 6), (15, 8), (3, 11), (20, 13))),
-        lambda s: (
-            _c(f"the result {s['a'] + s['b']} first", "number_first", s["a"] + s["b"]),
-            _c("says even or odd", "mentions", "odd" if (s["a"] + s["b"]) % 2 else "even"),
-            _c("at most two sentences", "at_most_sentences", 2),
-        ),
-    ),
-    PromptTemplate(
-        "list-done",
-        "List exactly {n} {things} as a numbered list, then write the word DONE on its own line.",
-        tuple(
-            {"n": n, "things": t}
-            for n, t in (
-                (3, "vegetables"),
-                (4, "kitchen utensils"),
-                (3, "winter sports"),
-                (5, "countries in Europe"),
-                (4, "kinds of tree"),
-                (3, "school subjects"),
-            )
-        ),  # fmt: skip
-        lambda s: (
-            _c(f"exactly {s['n']} list items", "n_list_items", s["n"]),
-            _c("DONE on its own line", "line_is", "done"),
-        ),
-    ),
-    PromptTemplate(
-        "two-words",
-        "Write two sentences: the first must use the word '{w1}' and the second the word '{w2}'.",
-        tuple(
-            {"w1": a, "w2": b}
-            for a, b in (
-                ("river", "bread"),
-                ("mountain", "letter"),
-                ("garden", "clock"),
-                ("winter", "bicycle"),
-                ("library", "rain"),
-                ("ocean", "pencil"),
-            )
-        ),  # fmt: skip
-        lambda s: (
-            _c(f"uses '{s['w1']}'", "mentions", s["w1"]),
-            _c(f"uses '{s['w2']}'", "mentions", s["w2"]),
-            _c("at most two sentences", "at_most_sentences", 2),
-        ),
-    ),
-    PromptTemplate(
-        "capital",
-        "What is the capital of {country}? Answer in a single sentence that also names the continent it is on.",
-        tuple(
-            {"country": c, "capital": k, "continent": z}
-            for c, k, z in (
-                ("France", "Paris", "Europe"),
-                ("Japan", "Tokyo", "Asia"),
-                ("Egypt", "Cairo", "Africa"),
-                ("Canada", "Ottawa", "North America"),
-                ("Spain", "Madrid", "Europe"),
-                ("Kenya", "Nairobi", "Africa"),
-            )
-        ),  # fmt: skip
-        lambda s: (
-            _c(f"names {s['capital']}", "mentions", s["capital"]),
-            _c("names a continent", "mentions_any", CONTINENTS),
-            _c("in one sentence", "at_most_sentences", 1),
-        ),
-    ),
-    PromptTemplate(
-        "opposite",
-        "Give the opposite of '{word}' in one word, then use that opposite in a short sentence.",
-        tuple(
-            {"word": w, "opp": o}
-            for w, o in (
-                ("hot", "cold"),
-                ("early", "late"),
-                ("fast", "slow"),
-                ("empty", "full"),
-                ("wet", "dry"),
-                ("loud", "quiet"),
-            )
-        ),  # fmt: skip
-        lambda s: (
-            _c(f"gives '{s['opp']}'", "mentions", s["opp"]),
-            _c("uses it in a sentence as well", "word_at_least", s["opp"], 2),
-            _c("short: at most 30 words", "at_most_words", 30),
-        ),
-    ),
-    PromptTemplate(
-        "bullets",
-        "Answer in exactly {n} bullet points, each under ten words: what should someone bring to a {event}?",
-        tuple(
-            {"n": n, "event": e}
-            for n, e in (
-                (3, "picnic"),
-                (3, "job interview"),
-                (4, "camping trip"),
-                (3, "day at the beach"),
-                (4, "hiking trip"),
-                (3, "birthday party"),
-            )
-        ),  # fmt: skip
-        lambda s: (
-            _c(f"exactly {s['n']} bullet points", "n_list_items", s["n"]),
-            _c("each under ten words", "items_under_words", 10),
-        ),
-    ),
-    PromptTemplate(
-        "comma-line",
-        "Name {n} animals that live in the {habitat}, as one comma-separated line with no other text.",
-        tuple(
-            {"n": n, "habitat": h}
-            for n, h in (
-                (3, "sea"),
-                (4, "desert"),
-                (3, "jungle"),
-                (3, "Arctic"),
-                (4, "forest"),
-                (3, "savanna"),
-            )
-        ),  # fmt: skip
-        lambda s: (
-            _c(f"{s['n']} comma-separated names", "comma_items", s["n"]),
-            _c("one line, no other text", "single_line"),
-        ),
-    ),
-    PromptTemplate(
-        "word-limit",
-        "In at most {k} words, say what a {tool} is used for, and use the word '{tool}' in your answer.",
-        tuple(
-            {"k": k, "tool": t}
-            for k, t in (
-                (12, "hammer"),
-                (15, "thermometer"),
-                (12, "broom"),
-                (15, "microscope"),
-                (12, "ladle"),
-                (15, "calculator"),
-            )
-        ),  # fmt: skip
-        lambda s: (
-            _c(f"at most {s['k']} words", "at_most_words", s["k"]),
-            _c(f"uses '{s['tool']}'", "mentions", s["tool"]),
-        ),
-    ),
-    PromptTemplate(
-        "count",
-        "Count from {a} to {b} in words, separated by commas, and then say which of them is the largest.",
-        tuple({"a": NUMBER_WORDS[a], "b": NUMBER_WORDS[a + 4]} for a in (1, 3, 2, 4, 5, 6)),
-        lambda s: (
-            _c(
-                f"counts {s['a']} to {s['b']} in words",
-                "words_in_order",
-                tuple(NUMBER_WORDS[NUMBER_WORDS.index(s["a"]) : NUMBER_WORDS.index(s["b"]) + 1]),
-            ),
-            _c(f"names {s['b']} as the largest", "word_at_least", s["b"], 2),
-        ),  # fmt: skip
-    ),
-    PromptTemplate(
-        "french",
-        "How do you say '{en}' in French? Give the French word first, then one English sentence that uses '{en}'.",
-        tuple(
-            {"en": e, "fr": f}
-            for e, f in (
-                ("cat", "chat"),
-                ("dog", "chien"),
-                ("house", "maison"),
-                ("water", "eau"),
-                ("bread", "pain"),
-                ("book", "livre"),
-            )
-        ),  # fmt: skip
-        lambda s: (
-            _c(f"gives '{s['fr']}'", "mentions", s["fr"]),
-            _c(f"uses '{s['en']}' in a sentence", "mentions", s["en"]),
-            _c("at most two sentences", "at_most_sentences", 2),
-        ),
-    ),
+# slot values, one tuple per prompt
+YES_NO = (("Is the Sun a star?", "yes"), ("Can penguins fly?", "no"), ("Is ice frozen water?", "yes"),
+          ("Do spiders have six legs?", "no"), ("Is the Pacific an ocean?", "yes"),
+          ("Is a whale a fish?", "no"))  # fmt: skip
+SUMS = ((7, 5), (9, 4), (12, 6), (15, 8), (3, 11), (20, 13))
+LISTS = ((3, "vegetables"), (4, "kitchen utensils"), (3, "winter sports"), (5, "countries in Europe"),
+         (4, "kinds of tree"), (3, "school subjects"))  # fmt: skip
+WORD_PAIRS = (("river", "bread"), ("mountain", "letter"), ("garden", "clock"), ("winter", "bicycle"),
+              ("library", "rain"), ("ocean", "pencil"))  # fmt: skip
+CAPITALS = (("France", "Paris"), ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Spain", "Madrid"),
+            ("Kenya", "Nairobi"))  # fmt: skip
+OPPOSITES = (("hot", "cold"), ("early", "late"), ("fast", "slow"), ("empty", "full"), ("wet", "dry"), ("loud", "quiet"))
+BRING = ((3, "picnic"), (3, "job interview"), (4, "camping trip"), (3, "day at the beach"), (4, "hiking trip"),
+         (3, "birthday party"))  # fmt: skip
+HABITATS = ((3, "sea"), (4, "desert"), (3, "jungle"), (3, "Arctic"), (4, "forest"), (3, "savanna"))
+TOOLS = ((12, "hammer"), (15, "thermometer"), (12, "broom"), (15, "microscope"), (12, "ladle"), (15, "calculator"))
+COUNTS = tuple((NUMBER_WORDS[a], NUMBER_WORDS[a + 4]) for a in (1, 3, 2, 4, 5, 6))
+FRENCH = (
+    ("cat", "chat"),
+    ("dog", "chien"),
+    ("house", "maison"),
+    ("water", "eau"),
+    ("bread", "pain"),
+    ("book", "livre"),
 )
+
+
+def _slots(keys: str, rows: tuple) -> tuple[dict, ...]:
+    return tuple(dict(zip(keys.split(), row)) for row in rows)
+
+
+def _counted(a: str, b: str) -> tuple[str, ...]:
+    return tuple(NUMBER_WORDS[NUMBER_WORDS.index(a) : NUMBER_WORDS.index(b) + 1])
+
+
+_T = PromptTemplate
+TEMPLATES: tuple[PromptTemplate, ...] = (
+    _T("favourite", "Name two {group} and say which one is your favourite, all in one sentence.",
+       _slots("group", tuple((g,) for g in GROUPS)),
+       lambda s: (_c("names two of them", "mentions_any", GROUPS[s["group"]], 2),
+                  _c("says which is the favourite", "mentions_any", FAVOURITE),
+                  _c("in one sentence", "at_most_sentences", 1))),
+    _T("yes-no", "{q} Answer yes or no first, then give one reason in a single short sentence.", _slots("q a", YES_NO),
+       lambda s: (_c("answers yes or no first", "starts_yes_no"),
+                  _c(f"the answer is {s['a']}", "starts_yes_no", s["a"]),
+                  _c("gives a reason", "words_after_first", 4),
+                  _c("at most two sentences", "at_most_sentences", 2))),
+    _T("sum-parity",
+       "Add {a} and {b}. Reply with the result first, then say in one more sentence whether it is even or odd.",
+       _slots("a b", SUMS),
+       lambda s: (_c(f"the result {s['a'] + s['b']} first", "number_first", s["a"] + s["b"]),
+                  _c("says even or odd", "mentions", "odd" if (s["a"] + s["b"]) % 2 else "even"),
+                  _c("at most two sentences", "at_most_sentences", 2))),
+    _T("list-done", "List exactly {n} {things} as a numbered list, then write the word DONE on its own line.",
+       _slots("n things", LISTS),
+       lambda s: (_c(f"exactly {s['n']} list items", "n_list_items", s["n"]),
+                  _c("DONE on its own line", "line_is", "done"))),
+    _T("two-words", "Write two sentences: the first must use the word '{w1}' and the second the word '{w2}'.",
+       _slots("w1 w2", WORD_PAIRS),
+       lambda s: (_c(f"uses '{s['w1']}'", "mentions", s["w1"]),
+                  _c(f"uses '{s['w2']}'", "mentions", s["w2"]),
+                  _c("at most two sentences", "at_most_sentences", 2))),
+    _T("capital",
+       "What is the capital of {country}? Answer in a single sentence that also names the continent it is on.",
+       _slots("country capital", CAPITALS),
+       lambda s: (_c(f"names {s['capital']}", "mentions", s["capital"]),
+                  _c("names a continent", "mentions_any", CONTINENTS),
+                  _c("in one sentence", "at_most_sentences", 1))),
+    _T("opposite", "Give the opposite of '{word}' in one word, then use that opposite in a short sentence.",
+       _slots("word opp", OPPOSITES),
+       lambda s: (_c(f"gives '{s['opp']}'", "mentions", s["opp"]),
+                  _c("uses it in a sentence as well", "word_at_least", s["opp"], 2),
+                  _c("short: at most 30 words", "at_most_words", 30))),
+    _T("bullets", "Answer in exactly {n} bullet points, each under ten words: what should someone bring to a {event}?",
+       _slots("n event", BRING),
+       lambda s: (_c(f"exactly {s['n']} bullet points", "n_list_items", s["n"]),
+                  _c("each under ten words", "items_under_words", 10))),
+    _T("comma-line", "Name {n} animals that live in the {habitat}, as one comma-separated line with no other text.",
+       _slots("n habitat", HABITATS),
+       lambda s: (_c(f"{s['n']} comma-separated names", "comma_items", s["n"]),
+                  _c("one line, no other text", "single_line"))),
+    _T("word-limit", "In at most {k} words, say what a {tool} is used for, and use the word '{tool}' in your answer.",
+       _slots("k tool", TOOLS),
+       lambda s: (_c(f"at most {s['k']} words", "at_most_words", s["k"]),
+                  _c(f"uses '{s['tool']}'", "mentions", s["tool"]))),
+    _T("count", "Count from {a} to {b} in words, separated by commas, and then say which of them is the largest.",
+       _slots("a b", COUNTS),
+       lambda s: (_c(f"counts {s['a']} to {s['b']} in words", "words_in_order", _counted(s["a"], s["b"])),
+                  _c(f"names {s['b']} as the largest", "word_at_least", s["b"], 2))),
+    _T("french",
+       "How do you say '{en}' in French? Give the French word first, then one English sentence that uses '{en}'.",
+       _slots("en fr", FRENCH),
+       lambda s: (_c(f"gives '{s['fr']}'", "mentions", s["fr"]),
+                  _c(f"uses '{s['en']}' in a sentence", "mentions", s["en"]),
+                  _c("at most two sentences", "at_most_sentences", 2))),
+)  # fmt: skip
 
 
 def assistant_prompts(n: int | None = None) -> list[AssistantPrompt]:
@@ -544,13 +429,13 @@ def _share(rs: list[dict], key: str) -> float:
 
 
 def acceptance(table: list[dict], target: float = TARGET) -> dict | None:
-    """``anchor >= target x full`` on each share (None without both rows)."""
+    """``anchor >= target x full`` on each share, up to float rounding (None without both rows)."""
     by = {r["row"]: r for r in table}
     if "anchor" not in by or "full" not in by:
         return None
     out = {"target": target}
     for key in ("eos", "all_pass"):
         a, f = by["anchor"][key]["mean"], by["full"][key]["mean"]
-        out[key] = {"anchor": a, "full": f, "ratio": a / f if f else None, "holds": a >= target * f}
+        out[key] = {"anchor": a, "full": f, "ratio": a / f if f else None, "holds": a >= target * f - 1e-9}
     out["holds"] = out["eos"]["holds"] and out["all_pass"]["holds"]
     return out
