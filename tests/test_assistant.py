@@ -142,6 +142,8 @@ def test_eos_share_on_a_synthetic_case(monkeypatch):
     rows = {r["row"]: r for r in s["rows"]}
     assert rows["full"]["eos"]["mean"] == pytest.approx(2 / 3) and rows["anchor"]["eos"]["mean"] == pytest.approx(1 / 3)
     assert rows["full"]["eos"]["lo"] <= 2 / 3 <= rows["full"]["eos"]["hi"] and rows["full"]["n"] == 3
+    parts = [sum(c["pass"] for c in r["checks"]) / len(r["checks"]) for r in recs[:3]]
+    assert rows["full"]["parts"]["mean"] == pytest.approx(sum(parts) / 3) and parts[0] == 1.0
     acc = s["acceptance"]
     assert acc["eos"]["ratio"] == pytest.approx(0.5) and not acc["eos"]["holds"] and not acc["holds"]
     assert {(t["template"], t["row"]) for t in s["by_template"]} == {

@@ -49,14 +49,10 @@ def run_assistant_cmd(args) -> int:
     summary = summarise(records, n_boot=cfg.n_boot)
     out = {"config": cfg.__dict__, "command": shlex.join(["anllm", *sys.argv[1:]]), "model": lm.name, **summary}
     Path(args.out).write_text(json.dumps({**out, "records": records}, indent=1) + "\n", encoding="utf-8")
-    print(f"{'row':<10} {'n':>4} {'ends by EOS':>12}  95% interval   {'every part':>10}  95% interval", file=sys.stderr)
+    print(f"{'row':<10} {'n':>4}  {'ends by EOS':<22} {'every part':<22} {'parts passed':<22}", file=sys.stderr)
     for r in summary["rows"]:
-        e, a = r["eos"], r["all_pass"]
-        print(
-            f"{r['row']:<10} {r['n']:>4} {e['mean']:>12.1%}  [{e['lo']:.1%}, {e['hi']:.1%}]  {a['mean']:>10.1%}  "
-            f"[{a['lo']:.1%}, {a['hi']:.1%}]",
-            file=sys.stderr,
-        )
+        cells = [f"{x['mean']:6.1%} [{x['lo']:.1%}, {x['hi']:.1%}]" for x in (r["eos"], r["all_pass"], r["parts"])]
+        print(f"{r['row']:<10} {r['n']:>4}  " + " ".join(f"{c:<22}" for c in cells), file=sys.stderr)
     acc = summary["acceptance"]
     if acc is not None:
         print(f"anchor >= {acc['target']} x full on both shares: {'holds' if acc['holds'] else 'does not hold'}",

@@ -397,8 +397,9 @@ def run_assistant(
 
 # -- the summary -----------------------------------------------------------------------------------------------------
 def summarise(records: list[dict], *, n_boot: int = 2000) -> dict:
-    """Per row: the EOS share and the all-checks share with 95 % bootstrap intervals, the mean answer length and the
-    share of single checks passed; per template and row the two shares; and the acceptance verdict (anchor vs full).
+    """Per row: the EOS share, the all-checks share and the mean share of each answer's checks passed (``parts``),
+    each with a 95 % bootstrap interval over prompts, the pooled share of single checks passed and the mean answer
+    length; per template and row the two shares; and the acceptance verdict (anchor vs full, on the two shares).
     """
     rows: dict[str, list[dict]] = {}
     for r in records:
@@ -411,6 +412,7 @@ def summarise(records: list[dict], *, n_boot: int = 2000) -> dict:
             "n": len(rs),
             "eos": bootstrap_interval([float(r["eos"]) for r in rs], n_boot=n_boot).to_dict(),
             "all_pass": bootstrap_interval([float(r["all_pass"]) for r in rs], n_boot=n_boot).to_dict(),
+            "parts": bootstrap_interval([_parts(r) for r in rs], n_boot=n_boot).to_dict(),
             "checks_passed": sum(checks) / len(checks) if checks else 0.0,
             "mean_new_tokens": sum(r["new_tokens"] for r in rs) / len(rs),
         })  # fmt: skip
@@ -422,6 +424,11 @@ def summarise(records: list[dict], *, n_boot: int = 2000) -> dict:
         for (t, row), rs in by_template.items()
     ]
     return {"rows": table, "by_template": templates, "acceptance": acceptance(table)}
+
+
+def _parts(record: dict) -> float:
+    """The share of one answer's checks that pass."""
+    return sum(c["pass"] for c in record["checks"]) / len(record["checks"]) if record["checks"] else 0.0
 
 
 def _share(rs: list[dict], key: str) -> float:
