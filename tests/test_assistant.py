@@ -146,6 +146,8 @@ def test_eos_share_on_a_synthetic_case(monkeypatch):
     assert rows["full"]["parts"]["mean"] == pytest.approx(sum(parts) / 3) and parts[0] == 1.0
     acc = s["acceptance"]
     assert acc["eos"]["ratio"] == pytest.approx(0.5) and not acc["eos"]["holds"] and not acc["holds"]
+    diff = acc["eos"]["anchor_minus_full"]  # paired per prompt: (0 - 1, 0 - 0, 1 - 1) / 3
+    assert diff["mean"] == pytest.approx(-1 / 3) and diff["lo"] <= -1 / 3 <= diff["hi"] and diff["n"] == 3
     assert {(t["template"], t["row"]) for t in s["by_template"]} == {
         (p.template, row) for p in A.assistant_prompts(3) for row in ("full", "anchor")
     }

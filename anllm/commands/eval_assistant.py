@@ -54,6 +54,13 @@ def run_assistant_cmd(args) -> int:
         cells = [f"{x['mean']:6.1%} [{x['lo']:.1%}, {x['hi']:.1%}]" for x in (r["eos"], r["all_pass"], r["parts"])]
         print(f"{r['row']:<10} {r['n']:>4}  " + " ".join(f"{c:<22}" for c in cells), file=sys.stderr)
     acc = summary["acceptance"]
+    if acc is not None and "anchor_minus_full" in acc["eos"]:
+        e, a = acc["eos"]["anchor_minus_full"], acc["all_pass"]["anchor_minus_full"]
+        print(
+            f"anchor - full, paired: ends by EOS {e['mean']:+.1%} [{e['lo']:+.1%}, {e['hi']:+.1%}], "
+            f"every part {a['mean']:+.1%} [{a['lo']:+.1%}, {a['hi']:+.1%}]",
+            file=sys.stderr,
+        )
     if acc is not None:
         print(f"anchor >= {acc['target']} x full on both shares: {'holds' if acc['holds'] else 'does not hold'}",
               file=sys.stderr)  # fmt: skip

@@ -423,7 +423,7 @@ def summarise(records: list[dict], *, n_boot: int = 2000) -> dict:
         {"template": t, "row": row, "n": len(rs), "eos": _share(rs, "eos"), "all_pass": _share(rs, "all_pass")}
         for (t, row), rs in by_template.items()
     ]
-    return {"rows": table, "by_template": templates, "acceptance": acceptance(table)}
+    return {"rows": table, "by_template": templates, "acceptance": acceptance(table, paired(records, n_boot=n_boot))}
 
 
 def _parts(record: dict) -> float:
@@ -435,8 +435,24 @@ def _share(rs: list[dict], key: str) -> float:
     return sum(bool(r[key]) for r in rs) / len(rs)
 
 
-def acceptance(table: list[dict], target: float = TARGET) -> dict | None:
-    """``anchor >= target x full`` on each share, up to float rounding (None without both rows)."""
+def paired(records: list[dict], *, n_boot: int = 2000) -> dict[str, dict]:
+    """Anchor minus full per prompt (the same prompts), for each share: the mean difference and its 95 % bootstrap
+    interval over prompts (``{}`` without both rows)."""
+    by = {(r["row"], r["id"]): r for r in records}
+    ids = [r["id"] for r in records if r["row"] == "full" and ("anchor", r["id"]) in by]
+    if not ids:
+        return {}
+    return {
+        key: bootstrap_interval(
+            [float(by["anchor", i][key]) - float(by["full", i][key]) for i in ids], n_boot=n_boot
+        ).to_dict()
+        for key in ("eos", "all_pass")
+    }
+
+
+def acceptance(table: list[dict], differences: dict | None = None, target: float = TARGET) -> dict | None:
+    """``anchor >= target x full`` on each share, up to float rounding (None without both rows); with
+    ``differences`` (:func:`paired`), each share's anchor - full interval as well."""
     by = {r["row"]: r for r in table}
     if "anchor" not in by or "full" not in by:
         return None
@@ -444,5 +460,7 @@ def acceptance(table: list[dict], target: float = TARGET) -> dict | None:
     for key in ("eos", "all_pass"):
         a, f = by["anchor"][key]["mean"], by["full"][key]["mean"]
         out[key] = {"anchor": a, "full": f, "ratio": a / f if f else None, "holds": a >= target * f - 1e-9}
+        if differences and key in differences:
+            out[key]["anchor_minus_full"] = differences[key]
     out["holds"] = out["eos"]["holds"] and out["all_pass"]["holds"]
     return out
