@@ -331,7 +331,7 @@ class AssistantConfig:
     n: int = N_PROMPTS
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     reference: bool = True  # the base model's full cache, adapter disabled
-    batch_size: int = 1  # prompts decoded together (left padding); 1 = exactly as the app decodes one prompt
+    batch_size: int = 1  # prompts decoded together (left padding); 1 = one at a time, as the app decodes
     n_boot: int = 2000
 
     def __post_init__(self) -> None:
