@@ -243,4 +243,4 @@ def test_cli_refuses_an_output_directory_and_the_base_row_without_adapter(tmp_pa
     out = tmp_path / "a.json"
     assert main(["eval", "assistant", "--model", "tiny-random", "--out", str(out), "--n", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unmerged adapter" in err[0] and not out.exists()
+    assert len(err) == 1 and "unmerged adapter" in err[0] and "--no-reference" in err[0] and not out.exists()

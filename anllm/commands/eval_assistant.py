@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from anllm.config import AnLLMError
+
 
 def register_assistant(ev) -> None:
     """Add the ``assistant`` subcommand to ``anllm eval``."""
@@ -41,6 +43,11 @@ def run_assistant_cmd(args) -> int:
     cfg = AssistantConfig(
         n=args.n, max_new_tokens=args.max_new_tokens, reference=not args.no_reference, batch_size=args.batch_size
     )
+    if cfg.reference and args.model != "default":  # only the default loads with a switchable adapter: say so now
+        raise AnLLMError(
+            f"the base reference row needs the default model's unmerged adapter, and --model {args.model} has none: "
+            "use --model default, or add --no-reference"
+        )
     lm = _load(args)
     step, bars = _progress("assistant")
     records = run_assistant(lm, cfg, progress=step)
