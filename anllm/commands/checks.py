@@ -87,6 +87,8 @@ OPTIONS: dict[str, Number | Ints | str] = {
     "--distances": Ints(0, MAX_TOKENS),
     "--ppl-tokens": Number(0, MAX_TOKENS),  # 0: the sweep's recall part only
     "eval sweep --n": Number(0, 10_000),  # 0: the sweep's perplexity part only
+    "eval assistant --n": Number(1, 72),  # the prompts there are (anllm.evaluation.assistant.N_PROMPTS; tested)
+    "--batch-size": Number(1, 1024),
     # files the command reads
     "--prompt-file": "text-in",
     "--text-file": "text-in",
@@ -102,6 +104,7 @@ OPTIONS: dict[str, Number | Ints | str] = {
     "--output": "out-file",
     "--plot": "out-file",
     "export --out": "out-file",
+    "eval assistant --out": "out-file",
     "eval acceptance --out": "out-stem",  # STEM.jsonl, STEM.json and STEM.html
     "eval sweep --out": "out-stem",  # a new folder: the same rules as a new file (not an existing directory)
     # names and formats

@@ -22,7 +22,8 @@ def _budget(s: str | None) -> int | str | None:
 def register(sub) -> None:
     p = sub.add_parser(
         "eval",
-        help="evaluate: perplexity (ppl), multiple-choice QA (qa), long-range recall (recall), translation BLEU (bleu)",
+        help="evaluate: perplexity (ppl), multiple-choice QA (qa), long-range recall (recall), translation BLEU (bleu),"
+        " instruction following (assistant)",
     )
     ev = p.add_subparsers(dest="eval_command", required=True)
 
@@ -99,6 +100,10 @@ def register(sub) -> None:
     from anllm.commands.eval_acceptance import register_acceptance  # the recall acceptance harness, budget sweep
 
     register_acceptance(ev)
+
+    from anllm.commands.eval_assistant import register_assistant  # assistant behaviour: stops, follows instructions
+
+    register_assistant(ev)
 
 
 def run_ppl(args) -> int:
