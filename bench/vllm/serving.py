@@ -128,7 +128,7 @@ def run_anllm(args, prompts) -> dict:
     from anllm.generation import GenerationConfig, generate_ids
     from anllm.models import load_model
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (taskset)
     lm = load_model(args.anllm_model)
     policy = "anchor" if args.engine == "anllm-anchor" else "full"
     ids = torch.tensor(prompts)  # (B, T): every window has the same length, no padding
@@ -191,6 +191,7 @@ def main(argv=None) -> int:
     with PeakRSS() as rss:
         result = run_vllm(args, prompts) if args.engine.startswith("vllm") else run_anllm(args, prompts)
     n_out = args.requests * args.new_tokens
+    cores = len(os.sched_getaffinity(0))
     ttft = sorted(result.pop("ttft_s"))
     record = {
         "engine": args.engine, "requests": args.requests, "prompt_tokens": args.prompt_tokens,
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
         "output_tokens_per_s": round(n_out / result.pop("wall_s"), 2),
         "ttft_mean_s": round(sum(ttft) / len(ttft), 1), "ttft_max_s": round(ttft[-1], 1),
         "peak_rss_gib": round(rss.peak / 2**30, 2), **result,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": f"{platform.machine()}, {cores} of {os.cpu_count()} CPUs, {platform.platform()}",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }  # fmt: skip
     if args.capacity:

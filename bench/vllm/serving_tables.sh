@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 DIR=$1; OUT=$2; WHAT=${3:-all}; N=${4:-8}; P=${5:-2048}
 PY=${PY:-.venv-vllm/bin/python}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-run() { "$PY" bench/vllm/serving.py --model-dir "$DIR" --out "$OUT" "$@" 2>&1 | tail -1; }
+run() { "$PY" bench/vllm/serving.py --model-dir "$DIR" --out "$OUT" "$@" 2>&1 | grep -E "^\{|Error" | tail -3; }
 if [ "$WHAT" = throughput ] || [ "$WHAT" = all ]; then
   for e in vllm-full vllm-anchor anllm-anchor anllm-full; do
     run --engine "$e" --requests "$N" --prompt-tokens "$P" --new-tokens 64 --max-num-seqs "$N"
