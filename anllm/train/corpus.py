@@ -444,15 +444,17 @@ def mix_heldout(paths: list[str | Path], out: str | Path, *, seed: int = 0) -> d
     """Interleave the held-out documents of several corpora (each shuffled with ``seed``) into one ``heldout.txt``.
 
     An evaluation that reads only the first few thousand tokens then sees every corpus, not just the first source
-    of the first file. Documents are de-duplicated; nothing but held-out documents is written.
+    of the first file. A document in several files counts for the last of them (the broad corpus's held-out set
+    followed by the technical one's gives its literary documents interleaved with technical ones). Nothing but
+    held-out documents is written.
     """
-    lists = []
-    for k, path in enumerate(paths):
-        docs = heldout_documents(path)
+    lists, later = [], set()
+    for k, path in reversed(list(enumerate(paths))):
+        docs = [d for d in dict.fromkeys(heldout_documents(path)) if d not in later]
+        later.update(docs)
         random.Random(seed + k).shuffle(docs)
-        lists.append(docs)
+        lists.insert(0, docs)
     mixed = [d for row in itertools.zip_longest(*lists) for d in row if d is not None]
-    mixed = list(dict.fromkeys(mixed))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n\n".join(mixed) + "\n", encoding="utf-8")
