@@ -576,8 +576,8 @@ def leaks(answer: str, question: str) -> bool:
 def _fact(template: Template | FormTemplate, rng: random.Random) -> tuple[str, str, str]:
     while True:  # redraw until the answer is not in the question (e.g. a name asked about itself)
         if isinstance(template, FormTemplate):  # extra draws only here: the older templates' items are unchanged
-            extra = _train_form_values(rng) if template.pool == "train" else _form_values(rng)
-            values = {**_values(rng), **extra}
+            values = _values(rng)  # drawn first: the acceptance harness's items stay as they were
+            values |= _train_form_values(rng) if template.pool == "train" else _form_values(rng)
             statement, question, answer = template.fill(values, rng.randrange(len(template.questions)))
         else:
             statement, question, answer = template.fill(_values(rng))

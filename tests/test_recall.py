@@ -296,3 +296,15 @@ def test_memory_training_v2_draws_filler_from_both_corpora(tmp_path):
         assert not any(rx.fullmatch(question) for rx in eval_regex), question
     with pytest.raises(AnLLMError, match="unknown template set"):
         build_memory_data(tmp_path / "lit.jsonl", tmp_path / "x.jsonl", tiny_tokenizer(), n=2, templates="v9")
+
+
+def test_held_out_form_items_are_unchanged_by_the_training_forms():
+    """The acceptance harness's items (FORM_TEMPLATES) draw their values in the order they always did: adding the
+    training forms' value pools must not move them (pinned: seed 3, KJV Genesis filler, characters as tokens)."""
+    from anllm.memory import FORM_TEMPLATES
+    from anllm.resources import KJV_GENESIS, read_resource
+
+    got = make_items(seed=3, distances=(200,), n_per_distance=5, filler=read_resource(KJV_GENESIS), count_tokens=chars,
+                     families=("single",), templates=FORM_TEMPLATES)  # fmt: skip
+    assert [i.template for i in got] == [3, 5, 6, 11, 13]
+    assert [i.answer for i in got] == ["8:50", "on top of the wardrobe", "Seven Paper Boats", "Bergen", "Quentin"]
