@@ -236,10 +236,13 @@ class FormTemplate:
     kind: str
     statement: str
     asks: tuple[tuple[str, str], ...]
+    pool: str = "form"  # whose extra slots fill it: "form" (the acceptance harness's values) or "train"
 
     def __post_init__(self) -> None:
         if not self.asks:
             raise AnLLMError(f"FormTemplate {self.statement!r} asks nothing")
+        if self.pool not in ("form", "train"):
+            raise AnLLMError(f"FormTemplate {self.statement!r}: pool must be 'form' or 'train', got {self.pool!r}")
 
     @property
     def questions(self) -> tuple[str, ...]:
@@ -303,6 +306,201 @@ FORM_TEMPLATES: tuple[FormTemplate, ...] = (
        ("How is the bell tower's {animal} called?", "name")),
 )  # fmt: skip
 ACCEPTANCE_OPENERS = ("Before we go on, one detail to hold on to: ", "Here is a fact I will ask about later: ")
+
+# -- the second training set (issue 27): answers of many forms, paraphrased questions, several facts per statement --
+# Own value pools (none of the acceptance harness's phrases, titles, streets or instruments) and own wording: no
+# statement or question shares five words in a row with EVAL_TEMPLATES or FORM_TEMPLATES (tests/test_recall.py).
+TRAIN_SPOTS = (
+    "under the doormat", "behind the bookcase", "inside the flour jar", "in the glovebox of the van",
+    "beneath the kitchen sink", "on the highest shelf of the pantry", "inside an old boot", "taped under the desk",
+    "in the hollow oak by the gate", "behind the loose brick in the chimney",
+)  # fmt: skip
+TRAIN_TITLES = ("Letters from Ashford", "The Salt Road", "A Harvest of Clocks", "Midnight at the Foundry",
+                "The Orchard Keeper", "Tin Soldiers Marching", "Rivers Without Names", "The Lantern Maker")  # fmt: skip
+TRAIN_CODENAMES = ("Blue Heron", "Silent Otter", "Iron Meadow", "Paper Moon", "Red Kestrel", "Glass Falcon",
+                   "Quiet Thunder", "Amber Fox")  # fmt: skip
+TRAIN_SHIPS = ("Morning Star", "Sea Lark", "Northern Belle", "Grey Gull", "Windward", "Saint Brendan", "Pelican")
+TRAIN_WORDS = ("marigold", "thunderbird", "buttercup", "peppermint", "snowdrop", "kingfisher", "juniper", "tangerine",
+               "bluebell", "sandpiper")  # fmt: skip
+TRAIN_COMPANIES = ("Larkspur Textiles", "Hollow Pine Works", "Bright Anvil Foods", "Seven Rivers Freight",
+                   "Kestrel Optics", "Millbank Printing")  # fmt: skip
+TRAIN_ROADS = ("Birch Crescent", "Tanner's Way", "Old Post Road", "Willow Close", "Station Hill", "Market Gate")
+TRAIN_SPORTS = ("chess", "rowing", "fencing", "archery", "badminton", "curling", "judo", "table tennis")
+TRAIN_UNITS = ("miles", "feet", "yards", "furlongs")  # lengths
+_LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"
+
+
+def _train_form_values(rng: random.Random) -> dict[str, str]:
+    """The extra slots of :data:`TRAIN_FORM_TEMPLATES` (dates in three formats, prices, serials, versions, ...)."""
+    y, m, d = rng.randint(1900, 2030), rng.randint(1, 12), rng.randint(1, 28)
+    return {
+        "isodate": f"{y}-{m:02d}-{d:02d}",
+        "usdate": f"{MONTHS[m - 1]} {d}, {y}",
+        "daymonth": f"{d} {MONTHS[m - 1]}",
+        "price": f"{rng.randint(2, 950)}.{rng.choice(('00', '25', '50', '75', '99'))}",
+        "percent": f"{rng.randint(2, 98)} percent",
+        "serial": "".join(rng.choice(_LETTERS) for _ in range(3)) + f"-{rng.randint(100, 999)}",
+        "plate": f"{rng.choice(_LETTERS)}{rng.choice(_LETTERS)}{rng.randint(10, 99)} "
+        + "".join(rng.choice(_LETTERS) for _ in range(3)),
+        "version": f"{rng.randint(1, 9)}.{rng.randint(0, 19)}.{rng.randint(0, 9)}",
+        "phone": f"0{rng.randint(100, 999)} {rng.randint(100, 999)} {rng.randint(1000, 9999)}",
+        "time24": f"{rng.randint(0, 23):02d}:{rng.choice(('00', '10', '25', '30', '45', '55'))}",
+        "temp": f"{rng.randint(-15, 38)} degrees",
+        "length": f"{rng.randint(2, 900)} {rng.choice(TRAIN_UNITS)}",
+        "cargo": f"{rng.randint(3, 900)} tonnes",
+        "num5": str(rng.randint(10000, 99999)),
+        "spot": rng.choice(TRAIN_SPOTS),
+        "book": rng.choice(TRAIN_TITLES),
+        "codename": rng.choice(TRAIN_CODENAMES),
+        "ship": rng.choice(TRAIN_SHIPS),
+        "word": rng.choice(TRAIN_WORDS),
+        "passcode": f"{rng.choice(TRAIN_WORDS)}{rng.randint(10, 99)}",
+        "company": rng.choice(TRAIN_COMPANIES),
+        "road": rng.choice(TRAIN_ROADS),
+        "sport": rng.choice(TRAIN_SPORTS),
+        "fullname": f"{rng.choice(FIRST_NAMES)} {rng.choice(SURNAMES)}",
+        "city3": rng.choice(CITIES),
+    }
+
+
+def _tf(kind: str, statement: str, *asks: tuple[str, str]) -> FormTemplate:
+    return FormTemplate(kind, statement, tuple(asks), pool="train")
+
+
+# Used to train the v2 adapter (configs/smollm2-memory-adapter-v2.yaml), together with TRAIN_TEMPLATES.
+TRAIN_FORM_TEMPLATES: tuple[FormTemplate, ...] = (
+    # dates, in three formats
+    _tf("date", "According to the ledger, the shipment reached the depot on {isodate}.",
+        ("On which date did the shipment reach the depot?", "isodate"),
+        ("When, according to the ledger, did the shipment arrive?", "isodate")),
+    _tf("date", "{name} signed the lease for the flat on {usdate}.",
+        ("When did {name} sign the lease?", "usdate"),
+        ("On what day was the lease for the flat signed by {name}?", "usdate")),
+    _tf("date", "Every year the village fair starts on {daymonth}.",
+        ("What day does the village fair begin?", "daymonth"),
+        ("What is the opening date of the yearly village fair?", "daymonth")),
+    _tf("date", "The warranty on the washing machine runs out on {isodate}.",
+        ("When does the washing machine's warranty expire?", "isodate"),
+        ("Until what date is the washing machine covered?", "isodate")),
+    _tf("date", "The last entry in the captain's log is dated {usdate}.",
+        ("What date does the final log entry carry?", "usdate"),
+        ("When was the captain's last log entry written?", "usdate")),
+    # names
+    _tf("name", "The parcel was collected by a courier named {fullname}.",
+        ("Who collected the parcel?", "fullname"),
+        ("Which courier picked up the parcel?", "fullname")),
+    _tf("name", "The referee for Saturday's match will be {fullname}.",
+        ("Who is refereeing the match on Saturday?", "fullname"),
+        ("Name the referee of Saturday's game.", "fullname")),
+    _tf("name", "Our new neighbour's dog answers only to the name {word}.",
+        ("What is the neighbour's dog called?", "word"),
+        ("Which name does the new neighbour's dog respond to?", "word")),
+    _tf("name", "The fishing boat moored at the north pier is the {ship}.",
+        ("What is the boat at the north pier called?", "ship"),
+        ("Which vessel is tied up at the north pier?", "ship")),
+    _tf("name", "The research programme was given the code name {codename}.",
+        ("What code name was the research programme given?", "codename"),
+        ("Under which code name does the programme run?", "codename")),
+    _tf("name", "The contract for the new roof went to {company}.",
+        ("Which firm won the roofing contract?", "company"),
+        ("Who was awarded the contract for the new roof?", "company")),
+    # numbers
+    _tf("number", "The invoice from the plumber came to {price} euros.",
+        ("How many euros did the plumber charge?", "price"),
+        ("What was the total on the plumber's invoice, in euros?", "price")),
+    _tf("number", "Turnout at the local election reached {percent}.",
+        ("What was the turnout at the local election?", "percent"),
+        ("How high was voter turnout in the local election?", "percent")),
+    _tf("number", "At dawn the thermometer on the balcony showed {temp}.",
+        ("What temperature did the balcony thermometer show at dawn?", "temp"),
+        ("How cold or warm was it on the balcony at dawn?", "temp")),
+    _tf("number", "The hiking trail around the lake is {length} long.",
+        ("How long is the trail around the lake?", "length"),
+        ("What length is the lakeside hiking trail?", "length")),
+    _tf("number", "The customer account of {name} {surname} has the number {num5}.",
+        ("What is the account number of {name} {surname}?", "num5"),
+        ("Which customer number belongs to {name} {surname}?", "num5")),
+    _tf("number", "The dentist's practice can be reached on {phone}.",
+        ("What is the phone number of the dentist's practice?", "phone"),
+        ("On which number can the dentist be called?", "phone")),
+    # codes
+    _tf("code", "The serial number stamped on the radio reads {serial}.",
+        ("What serial number is stamped on the radio?", "serial"),
+        ("Which serial does the radio carry?", "serial")),
+    _tf("code", "The rental van has the registration plate {plate}.",
+        ("What is the registration of the rental van?", "plate"),
+        ("Which number plate is on the van we rented?", "plate")),
+    _tf("code", "The office server runs release {version} of the software.",
+        ("Which release of the software does the office server run?", "version"),
+        ("What version is installed on the office server?", "version")),
+    _tf("code", "The wifi password in the cafe is {passcode}.",
+        ("What is the cafe's wifi password?", "passcode"),
+        ("Which password opens the cafe's wireless network?", "passcode")),
+    # times
+    _tf("time", "The night bus to {city} leaves the square at {time24}.",
+        ("What time does the night bus to {city} depart?", "time24"),
+        ("When does the night bus for {city} leave?", "time24")),
+    _tf("time", "Visiting hours at the clinic end at {time24} on weekdays.",
+        ("When do weekday visiting hours at the clinic end?", "time24"),
+        ("Until what time can patients at the clinic receive visitors on weekdays?", "time24")),
+    # phrases and places
+    _tf("phrase", "Dad always hides the chocolate {spot}.",
+        ("Where does Dad hide the chocolate?", "spot"),
+        ("In which hiding place does Dad keep the chocolate?", "spot")),
+    _tf("phrase", "The detective found the missing letter {spot}.",
+        ("Where did the detective find the missing letter?", "spot"),
+        ("In what place did the missing letter turn up?", "spot")),
+    _tf("place", "The company's new headquarters will be built in {city3}.",
+        ("In which city will the new headquarters be built?", "city3"),
+        ("Where is the company putting its new head office?", "city3")),
+    _tf("place", "Our team's away match this season is in {city}.",
+        ("Where is the team playing its away match?", "city"),
+        ("In what city will the away game be held?", "city")),
+    # titles and attributes
+    _tf("title", "The book club chose {book} for its next meeting.",
+        ("Which book did the club choose for its next meeting?", "book"),
+        ("What will the book club read next?", "book")),
+    _tf("title", "{name}'s first play, {book}, ran for three weeks.",
+        ("What was the title of {name}'s first play?", "book"),
+        ("Which play did {name} write first?", "book")),
+    _tf("attribute", "On weekends {name} coaches the junior {sport} team.",
+        ("Which sport does {name} coach at the weekend?", "sport"),
+        ("What junior team does {name} train on weekends?", "sport")),
+    _tf("attribute", "The kitchen floor in the cottage is laid with {material} tiles.",
+        ("What are the cottage's kitchen tiles made of?", "material"),
+        ("Which material was used for the floor tiles of the cottage kitchen?", "material")),
+    # several facts in one statement
+    _tf("multi", "{name} rents the flat on {road} and pays {price} euros a month.",
+        ("On which road does {name} rent a flat?", "road"),
+        ("How much rent does {name} pay each month, in euros?", "price")),
+    _tf("multi", "The {ship} sailed from {city} on {usdate} with {cargo} of cargo.",
+        ("From which port did the {ship} sail?", "city"),
+        ("When did the {ship} set sail?", "usdate"),
+        ("How much cargo was the {ship} carrying?", "cargo")),
+    _tf("multi", "Project {codename} is led by {fullname} and must finish by {isodate}.",
+        ("Who leads project {codename}?", "fullname"),
+        ("What is the deadline of project {codename}?", "isodate")),
+    _tf("multi", "{company} moved its warehouse to {city3} and hired {num3} new staff.",
+        ("Where did {company} move its warehouse?", "city3"),
+        ("How many people did {company} take on?", "num3")),
+    _tf("multi", "The blue notebook holds the phone number {phone} and the door code {num4}.",
+        ("Which phone number is written in the blue notebook?", "phone"),
+        ("What door code is noted in the blue notebook?", "num4")),
+    _tf("multi", "At the auction a {material} chair sold for {price} euros to {fullname}.",
+        ("Who bought the chair at the auction?", "fullname"),
+        ("What price did the chair fetch, in euros?", "price"),
+        ("What was the chair at the auction made of?", "material")),
+    _tf("multi", "Sensor {serial} logged {temp} at {time24}.",
+        ("What did sensor {serial} record?", "temp"),
+        ("At what time did sensor {serial} take its reading?", "time24")),
+    _tf("multi", "{name} {surname} teaches {sport} on {day} evenings in {city}.",
+        ("Which sport does {name} {surname} teach?", "sport"),
+        ("On which evening of the week are {name} {surname}'s classes?", "day"),
+        ("In which city does {name} {surname} teach?", "city")),
+)  # fmt: skip
+TRAIN_TEMPLATES_V2: tuple[Template | FormTemplate, ...] = TRAIN_TEMPLATES + TRAIN_FORM_TEMPLATES
+CHAT_OPENERS_TRAIN_V2 = CHAT_OPENERS_TRAIN + ("One thing to remember: ", "Write this down somewhere: ",
+                                              "Please store this detail: ", "Quick fact for you: ")  # fmt: skip
 
 _SENTENCE = re.compile(r"[^.!?]*[.!?]+[\"')\]]*\s*")
 
@@ -378,7 +576,8 @@ def leaks(answer: str, question: str) -> bool:
 def _fact(template: Template | FormTemplate, rng: random.Random) -> tuple[str, str, str]:
     while True:  # redraw until the answer is not in the question (e.g. a name asked about itself)
         if isinstance(template, FormTemplate):  # extra draws only here: the older templates' items are unchanged
-            values = {**_values(rng), **_form_values(rng)}
+            values = _values(rng)  # drawn first: the acceptance harness's items stay as they were
+            values |= _train_form_values(rng) if template.pool == "train" else _form_values(rng)
             statement, question, answer = template.fill(values, rng.randrange(len(template.questions)))
         else:
             statement, question, answer = template.fill(_values(rng))
@@ -386,7 +585,9 @@ def _fact(template: Template | FormTemplate, rng: random.Random) -> tuple[str, s
             return statement, question, answer
 
 
-def _distinct_facts(templates: tuple[Template, ...], rng: random.Random, k: int) -> list[tuple[int, str, str, str]]:
+def _distinct_facts(
+    templates: tuple[Template | FormTemplate, ...], rng: random.Random, k: int
+) -> list[tuple[int, str, str, str]]:
     """``k`` facts from different templates (so no two facts answer one question)."""
     idx = rng.sample(range(len(templates)), k)
     return [(i, *_fact(templates[i], rng)) for i in idx]
@@ -400,7 +601,7 @@ def make_items(
     filler: str | list[str],
     count_tokens: Callable[[str], int],
     families: tuple[str, ...] = ("single", "multi", "chat"),
-    templates: tuple[Template, ...] = EVAL_TEMPLATES,
+    templates: tuple[Template | FormTemplate, ...] = EVAL_TEMPLATES,
     chat_openers: tuple[str, ...] = CHAT_OPENERS_EVAL,
     fewshot_items: list | None = None,
 ) -> list[MemoryItem]:

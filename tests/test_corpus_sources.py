@@ -211,3 +211,41 @@ def test_build_corpus_selects_prose_sources(tmp_path, monkeypatch):
     assert all(t not in held for t in train)
     with pytest.raises(ValueError, match="unknown corpus source"):
         corpus.build_corpus(tmp_path / "x", ("no-such-source",))
+
+
+def test_tech_sources_are_documentation_only_and_expand_by_name():
+    assert set(corpus.TECH_SOURCES) == {*corpus.HTML_SOURCES, "manpages"}
+    assert not {"fortunes", "kjv", "wordnet", "synthetic"} & set(corpus.TECH_SOURCES)
+    assert not [s for s in corpus.TECH_SOURCES if "python" in s or "licen" in s]  # reserved for independent checks
+    assert corpus._expand_sources("tech") == corpus.TECH_SOURCES
+    assert corpus._expand_sources("fortunes,tech,manpages") == ("fortunes", *corpus.TECH_SOURCES)
+
+
+def test_a_subset_build_never_trains_on_what_the_full_build_holds_out(tmp_path, monkeypatch):
+    """The technical corpus is a second build over fewer sources: the shared document hash keeps the splits
+    consistent, so a document held out by the broad corpus is held out by the technical one too."""
+    literary = [f"{prose(f'story{i}', 6)}" for i in range(150)]
+    technical = [f"{prose(f'manual{i}', 6)}" for i in range(150)]
+    fake = {"fortunes": lambda: literary, "manpages": lambda: technical}
+    monkeypatch.setattr(corpus, "source_loaders", lambda: fake)
+    broad = corpus.build_corpus(tmp_path / "broad", ("fortunes", "manpages"))
+    tech = corpus.build_corpus(tmp_path / "tech", ("manpages",))
+    assert broad["heldout_docs"] > 0 and tech["heldout_docs"] > 0
+
+    def train(d):
+        return {json.loads(x)["text"] for x in (d / "train.jsonl").read_text().splitlines()}
+
+    broad_held = set(corpus.heldout_documents(tmp_path / "broad/heldout.txt"))
+    tech_held = set(corpus.heldout_documents(tmp_path / "tech/heldout.txt"))
+    assert not train(tmp_path / "tech") & broad_held and not train(tmp_path / "broad") & tech_held
+    assert tech_held == broad_held & set(technical)
+
+    mix = tmp_path / "eval/mix.txt"
+    info = corpus.mix_heldout([tmp_path / "broad/heldout.txt", tmp_path / "tech/heldout.txt"], mix)
+    docs = corpus.heldout_documents(mix)
+    assert info["docs"] == len(docs) == len(broad_held) and set(docs) == broad_held  # each document once
+    kinds = ["tech" if d in tech_held else "lit" for d in docs]
+    n = min(kinds.count("tech"), kinds.count("lit"))
+    assert all(kinds[2 * i] == "lit" and kinds[2 * i + 1] == "tech" for i in range(n))  # interleaved, literary first
+    corpus.mix_heldout([tmp_path / "broad/heldout.txt", tmp_path / "tech/heldout.txt"], tmp_path / "again.txt")
+    assert (tmp_path / "again.txt").read_text() == mix.read_text()  # deterministic

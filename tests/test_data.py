@@ -294,6 +294,32 @@ def test_config_sections_read_flat_files_unchanged(monkeypatch):
             assert sorted(names) == sorted(f.name for f in dataclasses.fields(cls)), section
 
 
+def test_memory_adapter_v2_config_continues_the_shipped_adapter_in_the_served_setting(monkeypatch):
+    """configs/smollm2-memory-adapter-v2.yaml validates as a TrainConfig, with the recipe's overrides too."""
+    import json
+
+    root = Path(__file__).parents[1]
+    monkeypatch.chdir(root)
+    v1 = TrainConfig.load("configs/smollm2-memory-adapter.yaml")
+    cfg = TrainConfig.load("configs/smollm2-memory-adapter-v2.yaml")
+    assert cfg.model.init_adapter == v1.model.init_adapter == "anllm/adapters/smollm2-135m-anchor"
+    served = json.loads((root / cfg.model.init_adapter / "anchor.json").read_text())
+    assert {k: getattr(cfg.anchor, k) for k in served} == served  # trained exactly as it is served
+    assert cfg.loss.kind == "kl" and cfg.loss.full_kl_weight > 0 and cfg.loss.target_lm_weight > 0
+    assert cfg.model.finetune == "lora" and cfg.data.packing and cfg.data.eval_file and cfg.run.eval_every
+    assert 0 < cfg.run.save_every <= 100 and cfg.run.output_dir != v1.run.output_dir
+    recipe = (root / "configs/recipes/smollm2-memory-adapter-v2.sh").read_text()
+    assert "RUNS=${ANLLM_RUNS:-$HOME/.cache/anllm/runs}" in recipe and "--templates v2" in recipe
+    runs = "/tmp/anllm-runs"
+    over = TrainConfig.load(
+        "configs/smollm2-memory-adapter-v2.yaml",
+        [f"output_dir={runs}/smollm2-memory-v2b", f"train_files=[{runs}/corpus-broad/train.jsonl, {runs}/m.jsonl]",
+         "block_size=2048", "max_steps=2000"],
+    )  # fmt: skip
+    assert over.run.output_dir.startswith(runs) and all(f.startswith(runs) for f in over.data.train_files)
+    assert (over.data.block_size, over.optim.max_steps, over.loss.full_kl_weight) == (2048, 2000, 1.0)
+
+
 def test_config_sections_nested_and_dotted_keys(tmp_path):
     nested = tmp_path / "n.yaml"
     nested.write_text("model: {name: tiny-random, finetune: lora}\noptim: {lr: 1.0e-3, max_steps: 7}\nanchors: ac\n")

@@ -1,6 +1,7 @@
 """The recall benchmark: deterministic items that never leak the answer, scored exactly through the real caches."""
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -20,7 +21,18 @@ from anllm.evaluation.recall import (
 )
 from anllm.evaluation.tasks import load_task
 from anllm.generation import make_cache, prefill
-from anllm.memory import EVAL_TEMPLATES, FAMILIES, TRAIN_TEMPLATES, leaks, make_items
+from anllm.memory import (
+    EVAL_TEMPLATES,
+    FAMILIES,
+    TRAIN_FORM_TEMPLATES,
+    TRAIN_TEMPLATES,
+    TRAIN_TEMPLATES_V2,
+    FormTemplate,
+    _train_form_values,
+    _values,
+    leaks,
+    make_items,
+)
 from tests.conftest import make_lm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,12 +76,20 @@ def test_distance_is_the_filler_between_fact_and_question(family):
         assert 300 <= after <= 300 + 600, after  # at least the distance, at most one more turn of filler
 
 
-def test_eval_and_train_templates_share_no_wording():
-    def words(t):
-        return {re.sub(r"\{\w+\}", "{}", t.statement), re.sub(r"\{\w+\}", "{}", t.question)}
+def wording(templates) -> list[str]:
+    """Every statement and question of a template set (all paraphrases of a form template)."""
+    out = []
+    for t in templates:
+        out += [t.statement, *(t.questions if isinstance(t, FormTemplate) else [t.question])]
+    return out
 
-    train = set().union(*(words(t) for t in TRAIN_TEMPLATES))
-    assert not train & set().union(*(words(t) for t in EVAL_TEMPLATES))
+
+def test_eval_and_train_templates_share_no_wording():
+    def norm(x):
+        return re.sub(r"\{\w+\}", "{}", x)
+
+    for train_set in (TRAIN_TEMPLATES, TRAIN_TEMPLATES_V2):
+        assert not {norm(x) for x in wording(train_set)} & {norm(x) for x in wording(EVAL_TEMPLATES)}
 
 
 def test_exact_match_rules():
@@ -196,7 +216,14 @@ def test_memory_training_distance_range_is_checked(tmp_path):
 
 
 def test_acceptance_forms_share_no_wording_with_training():
-    from anllm.memory import ACCEPTANCE_OPENERS, CHAT_OPENERS_TRAIN, FORM_TEMPLATES
+    from anllm.memory import (
+        ACCEPTANCE_OPENERS,
+        CHAT_OPENERS_EVAL,
+        CHAT_OPENERS_TRAIN,
+        CHAT_OPENERS_TRAIN_V2,
+        FORM_TEMPLATES,
+        TRAIN_FORM_TEMPLATES,
+    )
 
     def norm(x):
         return re.sub(r"\{\w+\}", "{}", x).lower()
@@ -205,9 +232,79 @@ def test_acceptance_forms_share_no_wording_with_training():
         w = re.findall(r"[\w{}']+", norm(x))
         return {tuple(w[i : i + k]) for i in range(len(w) - k + 1)}
 
-    train = [t.statement for t in TRAIN_TEMPLATES] + [t.question for t in TRAIN_TEMPLATES]
-    held = [t.statement for t in FORM_TEMPLATES] + [q for t in FORM_TEMPLATES for q in t.questions]
+    train = wording(TRAIN_TEMPLATES_V2)  # the v1 templates and the v2 form templates
+    held = wording(FORM_TEMPLATES)
     assert not {norm(x) for x in train} & {norm(x) for x in held}
     shared = set().union(*(grams(x) for x in train)) & set().union(*(grams(x) for x in held))
     assert not shared, shared  # not even five words in a row
-    assert not {norm(x) for x in CHAT_OPENERS_TRAIN} & {norm(x) for x in ACCEPTANCE_OPENERS}
+    # the v2 additions share no five words in a row with the benchmark's templates either
+    new = wording(TRAIN_FORM_TEMPLATES) + list(CHAT_OPENERS_TRAIN_V2)
+    shared = set().union(*(grams(x) for x in new)) & set().union(*(grams(x) for x in wording(EVAL_TEMPLATES)))
+    assert not shared, shared
+    for openers in (CHAT_OPENERS_TRAIN, CHAT_OPENERS_TRAIN_V2):
+        assert not {norm(x) for x in openers} & {norm(x) for x in (*ACCEPTANCE_OPENERS, *CHAT_OPENERS_EVAL)}
+
+
+def test_v2_training_items_are_deterministic_and_never_leak():
+    from anllm.memory import CHAT_OPENERS_TRAIN_V2
+
+    def v2(seed):
+        return make_items(seed=seed, distances=(40, 200), n_per_distance=20, filler=FILLER, count_tokens=chars,
+                          templates=TRAIN_TEMPLATES_V2, chat_openers=CHAT_OPENERS_TRAIN_V2)  # fmt: skip
+
+    a, b, c = v2(11), v2(11), v2(12)
+    assert [i.to_dict() for i in a] == [i.to_dict() for i in b] != [i.to_dict() for i in c]
+    forms = {i.template for i in a + c if isinstance(TRAIN_TEMPLATES_V2[i.template], FormTemplate)}
+    assert len(forms) > 10  # the new forms are drawn, not only the v1 templates
+    for it in a + c:
+        assert not leaks(it.answer, it.question), it
+        assert re.search(rf"(?<!\w){re.escape(it.answer)}(?!\w)", it.context), it
+    rng = random.Random(0)
+    for t in TRAIN_FORM_TEMPLATES:  # every paraphrase fills, and its answer is stated in the fact
+        assert t.pool == "train" and len(t.asks) >= 2
+        for k in range(len(t.asks)):
+            values = {**_values(rng), **_train_form_values(rng)}
+            statement, question, answer = t.fill(values, k)
+            assert answer in statement and "{" not in statement + question
+    kinds = {t.kind for t in TRAIN_FORM_TEMPLATES}
+    assert {"date", "name", "number", "code", "phrase", "title", "multi"} <= kinds
+    assert sum(len({slot for _, slot in t.asks}) >= 2 for t in TRAIN_FORM_TEMPLATES) >= 6  # several facts at once
+
+
+def test_memory_training_v2_draws_filler_from_both_corpora(tmp_path):
+    from anllm.models import tiny_tokenizer
+    from anllm.train.memory_data import build_memory_data
+
+    lit = " ".join(f"The old shepherd number {i} sang to the hills at dusk." for i in range(300))
+    tech = " ".join(f"The daemon number {i} writes its socket path to the config file." for i in range(300))
+    for name, text in (("lit", lit), ("tech", tech)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": text[i * 600 : (i + 1) * 600]}) + "\n"
+                                                        for i in range(25)))  # fmt: skip
+    kw = dict(n=40, seed=5, max_distance=120, templates="v2", second_corpus=tmp_path / "tech.jsonl")
+    info = build_memory_data(tmp_path / "lit.jsonl", tmp_path / "m.jsonl", tiny_tokenizer(), **kw)
+    again = build_memory_data(tmp_path / "lit.jsonl", tmp_path / "m2.jsonl", tiny_tokenizer(), **kw)
+    text = (tmp_path / "m.jsonl").read_text()
+    assert text == (tmp_path / "m2.jsonl").read_text() and info["items_per_corpus"] == again["items_per_corpus"]
+    assert info["templates"] == "v2" and info["n_templates"] == len(TRAIN_TEMPLATES_V2)
+    assert min(info["items_per_corpus"]) >= 10 and sum(info["items_per_corpus"]) == 40
+    prompts = [json.loads(x)["segments"][0]["text"] for x in text.splitlines()]
+    shepherd, daemon = (sum(word in p for p in prompts) for word in ("shepherd", "daemon"))
+    assert shepherd >= 10 and daemon >= 10, (shepherd, daemon)
+    eval_regex = [re.compile(re.sub(r"\\\{\w+\\\}", r".+?", re.escape(q))) for q in wording(EVAL_TEMPLATES)]
+    for p in prompts:
+        question = p.rsplit("Question: ", 1)[1].split("\nAnswer:")[0]
+        assert not any(rx.fullmatch(question) for rx in eval_regex), question
+    with pytest.raises(AnLLMError, match="unknown template set"):
+        build_memory_data(tmp_path / "lit.jsonl", tmp_path / "x.jsonl", tiny_tokenizer(), n=2, templates="v9")
+
+
+def test_held_out_form_items_are_unchanged_by_the_training_forms():
+    """The acceptance harness's items (FORM_TEMPLATES) draw their values in the order they always did: adding the
+    training forms' value pools must not move them (pinned: seed 3, KJV Genesis filler, characters as tokens)."""
+    from anllm.memory import FORM_TEMPLATES
+    from anllm.resources import KJV_GENESIS, read_resource
+
+    got = make_items(seed=3, distances=(200,), n_per_distance=5, filler=read_resource(KJV_GENESIS), count_tokens=chars,
+                     families=("single",), templates=FORM_TEMPLATES)  # fmt: skip
+    assert [i.template for i in got] == [3, 5, 6, 11, 13]
+    assert [i.answer for i in got] == ["8:50", "on top of the wardrobe", "Seven Paper Boats", "Bergen", "Quentin"]

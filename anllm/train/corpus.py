@@ -7,6 +7,7 @@ a fallback.
 corpus generated in code keeps everything working (tests never depend on apt or pip packages).
 
     python -m anllm.train.corpus --out runs/corpus --sources fortunes,kjv,wordnet
+    python -m anllm.train.corpus --out runs/corpus-tech --sources tech   # technical prose only (TECH_SOURCES)
 
 The KJV leaves out Genesis by default: ``anllm/resources/kjv_genesis.txt`` is one of anllm's evaluation texts.
 Licence texts, copyright/licence sections and Python's documentation are reserved for independent evaluation
@@ -19,6 +20,7 @@ import argparse
 import gzip
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import random
@@ -54,6 +56,11 @@ HTML_SOURCES = {
 MAN_PACKAGES = ("manpages", "manpages-dev")
 DPKG_INFO = Path("/var/lib/dpkg/info")
 SOURCES = ("fortunes", "kjv", "wordnet", *HTML_SOURCES, "manpages", "synthetic")
+# Technical prose only (Debian documentation and man pages; `--sources tech`): the v2 memory items' second filler
+# corpus. Every build splits by the same document hash, so at one heldout_fraction a document held out by one build
+# is never a training document of another (the broad corpus's held-out set stays unseen).
+TECH_SOURCES = (*HTML_SOURCES, "manpages")
+SOURCE_GROUPS = {"tech": TECH_SOURCES}
 DOC_TARGET_WORDS = 400  # a prose document ends at the first heading after this many words ...
 DOC_MAX_WORDS = 2000  # ... or before it would pass this many
 DOC_MIN_WORDS = 60  # shorter leftovers are dropped
@@ -427,14 +434,53 @@ def build_corpus(out: str | Path, sources: tuple[str, ...] = ("fortunes",), held
     return info
 
 
+def heldout_documents(path: str | Path) -> list[str]:
+    """The documents of a ``heldout.txt`` written by :func:`build_corpus` (blank-line separated)."""
+    text = Path(path).read_text(encoding="utf-8")
+    return [d.strip() for d in text.split("\n\n") if d.strip()]
+
+
+def mix_heldout(paths: list[str | Path], out: str | Path, *, seed: int = 0) -> dict:
+    """Interleave the held-out documents of several corpora (each shuffled with ``seed``) into one ``heldout.txt``.
+
+    An evaluation that reads only the first few thousand tokens then sees every corpus, not just the first source
+    of the first file. A document in several files counts for the last of them (the broad corpus's held-out set
+    followed by the technical one's gives its literary documents interleaved with technical ones). Nothing but
+    held-out documents is written.
+    """
+    lists, later = [], set()
+    for k, path in reversed(list(enumerate(paths))):
+        docs = [d for d in dict.fromkeys(heldout_documents(path)) if d not in later]
+        later.update(docs)
+        random.Random(seed + k).shuffle(docs)
+        lists.insert(0, docs)
+    mixed = [d for row in itertools.zip_longest(*lists) for d in row if d is not None]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n\n".join(mixed) + "\n", encoding="utf-8")
+    return {"docs": len(mixed), "from": [str(p) for p in paths], "out": str(out)}
+
+
+def _expand_sources(names: str) -> tuple[str, ...]:
+    """Comma-separated source names, a group name (``tech``) standing for its sources."""
+    out = []
+    for name in (n.strip() for n in names.split(",")):
+        out.extend(SOURCE_GROUPS.get(name, (name,) if name else ()))
+    return tuple(dict.fromkeys(out))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m anllm.train.corpus", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--sources", default="fortunes", help=f"comma-separated: {', '.join(SOURCES)}")
+    p.add_argument("--sources", default="fortunes", help=f"comma-separated: {', '.join(SOURCES)}, or tech")
     p.add_argument("--heldout-fraction", type=float, default=0.05)
+    p.add_argument("--mix-heldout", nargs="+", metavar="HELDOUT", help="instead: interleave these heldout.txt into OUT")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    info = build_corpus(args.out, tuple(s for s in args.sources.split(",") if s), args.heldout_fraction)
+    if args.mix_heldout:
+        print(json.dumps(mix_heldout(args.mix_heldout, args.out)))
+        return 0
+    info = build_corpus(args.out, _expand_sources(args.sources), args.heldout_fraction)
     print(json.dumps(info))
     return 0
 
