@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -122,7 +123,11 @@ def run_acceptance_cmd(args) -> int:
         run_acceptance(lm, cfg, jsonl, progress=step, resume=args.resume)
         for b in bars:
             b.close()
-    summary = {"config": {**cfg.__dict__}, "command": " ".join(sys.argv), **summarise(read_records(jsonl))}
+    summary = {
+        "config": {**cfg.__dict__},
+        "command": shlex.join(["anllm", *args.argv]),
+        **summarise(read_records(jsonl)),
+    }
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     acceptance_figure(summary["cells"]).write_html(stem.with_suffix(".html"), include_plotlyjs="cdn")
     print(f"{'filler':<10} {'dist':>5} {'row':<10} {'n':>4} {'EM':>6}  95% interval   KV", file=sys.stderr)
@@ -159,7 +164,11 @@ def run_sweep_cmd(args) -> int:
     if not args.summarise:
         lm = _load(args)
         run_sweep(lm, cfg, jsonl, progress=lambda s: print(s, file=sys.stderr, flush=True), resume=args.resume)
-    summary = {"config": {**cfg.__dict__}, "command": " ".join(sys.argv), **summarise_sweep(read_records(jsonl))}
+    summary = {
+        "config": {**cfg.__dict__},
+        "command": shlex.join(["anllm", *args.argv]),
+        **summarise_sweep(read_records(jsonl)),
+    }
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     sweep_figure(summary).write_html(stem.with_suffix(".html"), include_plotlyjs="cdn")
     for p in summary["recall"]:

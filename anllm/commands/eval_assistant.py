@@ -54,7 +54,7 @@ def run_assistant_cmd(args) -> int:
     for b in bars:
         b.close()
     summary = summarise(records, n_boot=cfg.n_boot)
-    out = {"config": cfg.__dict__, "command": shlex.join(["anllm", *sys.argv[1:]]), "model": lm.name, **summary}
+    out = {"config": cfg.__dict__, "command": shlex.join(["anllm", *args.argv]), "model": lm.name, **summary}
     Path(args.out).write_text(json.dumps({**out, "records": records}, indent=1) + "\n", encoding="utf-8")
     print(f"{'row':<10} {'n':>4}  {'ends by EOS':<22} {'every part':<22} {'parts passed':<22}", file=sys.stderr)
     for r in summary["rows"]:
