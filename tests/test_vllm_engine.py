@@ -143,6 +143,45 @@ def test_freed_blocks_let_the_scheduler_run_more_requests(exported, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_documented_openai_server_serves_through_the_plugin(exported, tmp_path):
+    """docs/serving.md's server command (the module entry point: the CPU wheel's `vllm` launcher fails on its own
+    version lookup) answers a completion over HTTP, with the anchor scheduler and worker in the engine."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "server.log"
+    args = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(exported), "--dtype", "float32",
+            "--enforce-eager", "--no-enable-prefix-caching",
+            "--worker-cls", "anllm.serving.vllm.worker.AnchorCPUWorker",
+            "--scheduler-cls", "anllm.serving.vllm.scheduler.AnchorScheduler", "--gpu-memory-utilization", "0.1",
+            "--max-model-len", "2048", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with open(log, "w") as f:
+        server = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        body = json.dumps({"model": str(exported), "prompt": "The river ran past the mill. The miller was old.",
+                           "max_tokens": 16, "temperature": 0}).encode()  # fmt: skip
+        deadline, answer = time.time() + 600, None
+        while answer is None and time.time() < deadline and server.poll() is None:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
+                                             {"Content-Type": "application/json"})  # fmt: skip
+                answer = json.loads(urllib.request.urlopen(req, timeout=120).read())
+            except OSError:
+                time.sleep(3)
+        text = log.read_text()
+        assert answer is not None, text[-4000:]
+        assert answer["usage"]["completion_tokens"] == 16 and answer["choices"][0]["text"].strip(), answer
+        assert "anllm.serving.vllm.scheduler.AnchorScheduler" in text
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+
+
+@pytest.mark.slow
 def test_a_folder_without_the_anchor_setting_is_refused_at_start_up():
     """The base SmolLM2 folder (a real model, no anllm_anchor.json): the engine refuses it with the one line."""
     code = (

@@ -19,5 +19,5 @@ def run(args) -> int:
 
     lm = load_from_args(args)
     out = export_model(lm, args.out, source=args.model)
-    print(f"{out}: weights, tokenizer, config and {ANCHOR_FILE}; serve with `vllm serve {out}` (docs/serving.md)")
+    print(f"{out}: weights, tokenizer, config and {ANCHOR_FILE}; serve it with the vLLM plugin (docs/serving.md)")
     return 0

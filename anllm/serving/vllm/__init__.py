@@ -4,10 +4,11 @@ imports this package.
 Loaded by vLLM through the ``vllm.general_plugins`` entry point ``anllm = anllm.serving.vllm:register`` in every
 vLLM process. Serve an exported folder (``anllm export --model default --out DIR``) with::
 
-    vllm serve DIR --worker-cls anllm.serving.vllm.worker.AnchorCPUWorker \\
+    python -m vllm.entrypoints.openai.api_server --model DIR --worker-cls anllm.serving.vllm.worker.AnchorCPUWorker \\
         --scheduler-cls anllm.serving.vllm.scheduler.AnchorScheduler --no-enable-prefix-caching --enforce-eager
 
-or ``LLM(DIR, **anllm.serving.vllm.ENGINE_ARGS)``.
+(``vllm serve DIR`` with the same flags is the same server; the CPU wheel's ``vllm`` launcher fails on its version
+lookup), or ``LLM(DIR, **anllm.serving.vllm.ENGINE_ARGS)``.
 """
 
 from __future__ import annotations
