@@ -99,9 +99,6 @@ class KeptRows:
             return int(c[n])
         return int((c[b] + (c.shape[0] - 1 - b).clamp(max=chunk)).max())
 
-    def forget(self, req_id: str) -> None:
-        self._counts.pop(req_id, None)
-
     def retain(self, req_ids) -> None:
         """Drop the counts of requests not in ``req_ids`` (finished or aborted)."""
         for r in set(self._counts) - set(req_ids):

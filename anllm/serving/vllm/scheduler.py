@@ -60,12 +60,12 @@ class AnchorScheduler(Scheduler):
 
         manager.allocate_slots = allocate_slots
 
-    def _blocks(self, req_id: str) -> list:
-        return self.kv_cache_manager.coordinator.single_type_managers[0].req_to_blocks.get(req_id, [])
+    def _manager(self):
+        return self.kv_cache_manager.coordinator.single_type_managers[0]  # the one full-attention group
 
     def _free_past(self, req_id: str, rows: int) -> None:
         """Return the blocks of ``req_id`` past its first ``rows`` rows to the pool (tail first, as vLLM frees)."""
-        manager = self.kv_cache_manager.coordinator.single_type_managers[0]
+        manager = self._manager()
         blocks = manager.req_to_blocks.get(req_id)
         k = blocks_for(rows, self.block_size)
         if blocks and len(blocks) > k:
@@ -78,10 +78,10 @@ class AnchorScheduler(Scheduler):
         for req_id in scheduler_output.num_scheduled_tokens:
             request = self.requests.get(req_id)
             if request is None or request.status != RequestStatus.RUNNING:
-                self.anllm_rows.forget(req_id)
                 continue
             kept = self.anllm_rows.kept(request, request.num_computed_tokens)
             self._free_past(req_id, kept)
-            trace.record("scheduler", req_id, request.num_computed_tokens, kept, len(self._blocks(req_id)))
-        self.anllm_rows.retain(self.requests)  # aborted requests leave no counts behind
+            held = len(self._manager().req_to_blocks.get(req_id, ()))
+            trace.record("scheduler", req_id, request.num_computed_tokens, kept, held)
+        self.anllm_rows.retain(self.requests)  # finished and aborted requests leave no counts behind
         return out

@@ -26,11 +26,10 @@ class StepAnchors:
     ``seq_lens`` are vLLM's own (tokens computed + this step's), ``rows`` the rows each request reads (kept rows +
     this step's tokens): ``masks[i]`` is bool ``(Q_i, rows[i])``. ``slots`` (long, one per query token) is where the
     step's K/V are written; after the step the rows ``move_src`` are copied to ``move_dst`` (slots) and request ``i``
-    keeps ``kept[i]`` rows in its first ``blocks_after[i]`` blocks.
+    keeps ``kept[i]`` rows.
     """
 
     req_ids: list[str]
-    n_computed: list[int]
     seq_lens: list[int]
     rows: list[int]
     masks: list[Tensor]
@@ -38,7 +37,6 @@ class StepAnchors:
     move_src: Tensor
     move_dst: Tensor
     kept: list[int]
-    blocks_after: list[int]
 
 
 _current: StepAnchors | None = None
@@ -85,7 +83,7 @@ def compute_step(
         AnchorServingError: a request holds other than the blocks its kept rows need (the scheduler and the worker
             disagree: never serve on).
     """
-    masks, seq_lens, rows, kept, blocks_after = [], [], [], [], []
+    masks, seq_lens, rows, kept = [], [], [], []
     slots, src, dst = [], [], []
     for i in range(len(req_ids)):
         nc, nq = int(n_computed[i]), int(n_scheduled[i])
@@ -106,9 +104,5 @@ def compute_step(
         seq_lens.append(nc + nq)
         rows.append(n_rows)
         kept.append(int(r.keep.shape[0]))
-        blocks_after.append(blocks_for(kept[-1], block_size))
     cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
-    return StepAnchors(
-        list(req_ids), [int(x) for x in n_computed[: len(req_ids)]], seq_lens, rows, masks, cat(slots), cat(src),
-        cat(dst), kept, blocks_after,
-    )  # fmt: skip
+    return StepAnchors(list(req_ids), seq_lens, rows, masks, cat(slots), cat(src), cat(dst), kept)

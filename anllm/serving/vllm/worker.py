@@ -17,7 +17,7 @@ from anllm.serving.vllm import step as step_state
 from anllm.serving.vllm import trace
 from anllm.serving.vllm.checks import check_engine_config
 from anllm.serving.vllm.errors import AnchorServingError
-from anllm.serving.vllm.rows import move_rows
+from anllm.serving.vllm.rows import blocks_for, move_rows
 
 
 class AnchorCPUWorker(CPUWorker):
@@ -82,7 +82,8 @@ def compact(runner, step: step_state.StepAnchors) -> None:
                 seen.add(kv.data_ptr())
                 move_rows(kv, step.move_src, step.move_dst)
     table = _block_table(runner)
-    for rid, k, kept, n_computed in zip(step.req_ids, step.blocks_after, step.kept, step.seq_lens):
+    for rid, kept, n_computed in zip(step.req_ids, step.kept, step.seq_lens):
+        k = blocks_for(kept, table.block_size)
         row = runner.input_batch.req_id_to_index[rid]
         held = int(table.num_blocks_per_row[row])
         if held > k:
