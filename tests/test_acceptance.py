@@ -321,3 +321,33 @@ def test_cli_acceptance_writes_jsonl_json_and_plot(tmp_path):
     bad_cmd[bad_cmd.index("--out") + 1] = str(tmp_path / "b")
     bad = subprocess.run(bad_cmd, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unmerged adapter" in bad.stderr  # tiny-random has no adapter to switch off
+
+
+@pytest.mark.slow
+def test_a_checkpoint_adapter_loads_with_the_shipped_setting_and_bad_folders_are_refused(tmp_path):
+    import shutil
+
+    from anllm.evaluation.acceptance import load_adapted
+    from anllm.models import ADAPTER_DIR
+
+    ckpt = tmp_path / "adapter"  # a training checkpoint's adapter/: weights and config, no anchor.json
+    ckpt.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(ADAPTER_DIR / name, ckpt / name)
+    shipped, other = load_adapted(), load_adapted(ckpt)
+    assert other.anchor == shipped.anchor and str(ckpt) in other.name and shipped.name.startswith("default")
+    ids = torch.tensor([[1, 504, 3458, 30, 253, 1441, 28, 2]])
+    with torch.no_grad():
+        assert torch.equal(other.model(ids).logits, shipped.model(ids).logits)
+    (ckpt / "adapter_model.safetensors").unlink()
+    with pytest.raises(AnLLMError, match=r"adapter_model\.safetensors not found"):
+        load_adapted(ckpt)
+
+
+def test_cli_adapter_is_only_for_the_default_model(tmp_path, capsys):
+    from anllm.cli import main
+
+    rc = main(["eval", "acceptance", "--model", "tiny-random", "--adapter", str(tmp_path), "--out",
+               str(tmp_path / "x"), "--n", "1", "--no-reference"])  # fmt: skip
+    assert rc == 2 and "--adapter is for --model default" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()

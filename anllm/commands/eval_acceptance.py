@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from anllm.commands.common import int_list
+from anllm.config import AnLLMError
 
 
 def _words(s: str) -> tuple[str, ...]:
@@ -64,8 +65,19 @@ def register_acceptance(ev) -> None:
     q.set_defaults(func=run_sweep_cmd)
 
 
+def add_adapter_arg(q) -> None:
+    """``--adapter DIR``: with ``--model default``, another adapter than the shipped one (a training checkpoint)."""
+    q.add_argument(
+        "--adapter",
+        default=None,
+        help="with --model default: this peft adapter instead of the shipped one (e.g. a training checkpoint's "
+        "adapter/); served with its anchor.json, or the shipped adapter's setting when it has none",
+    )
+
+
 def _add_run_options(q, *, seed: int) -> None:
-    """The options both runs share: seed, answer length, and what to do with an existing OUT.jsonl."""
+    """The options both runs share: seed, answer length, adapter, and what to do with an existing OUT.jsonl."""
+    add_adapter_arg(q)
     q.add_argument("--seed", type=int, default=seed)
     q.add_argument("--max-new-tokens", type=int, default=24)
     q.add_argument("--summarise", action="store_true", help="only summarise an existing OUT.jsonl (partial runs)")
@@ -79,10 +91,13 @@ def _add_run_options(q, *, seed: int) -> None:
 def _load(args):
     from anllm.commands.common import load_from_args
 
+    adapter = getattr(args, "adapter", None)
     if args.model == "default":
         from anllm.evaluation.acceptance import load_adapted
 
-        return load_adapted(device=args.device or "cpu")
+        return load_adapted(adapter, device=args.device or "cpu")
+    if adapter is not None:
+        raise AnLLMError(f"--adapter is for --model default (the base SmolLM2 plus an adapter), not --model {args.model}")
     return load_from_args(args)
 
 

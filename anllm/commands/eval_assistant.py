@@ -13,6 +13,7 @@ from anllm.config import AnLLMError
 def register_assistant(ev) -> None:
     """Add the ``assistant`` subcommand to ``anllm eval``."""
     from anllm.commands.common import add_model_args
+    from anllm.commands.eval_acceptance import add_adapter_arg
     from anllm.evaluation.assistant import DEFAULT_MAX_NEW_TOKENS, N_PROMPTS
 
     q = ev.add_parser(
@@ -32,6 +33,7 @@ def register_assistant(ev) -> None:
         "--batch-size", type=int, default=1, help="prompts decoded together (1: one at a time, as the app does)"
     )
     q.add_argument("--no-reference", action="store_true", help="skip the base model's full-cache row")
+    add_adapter_arg(q)
     q.set_defaults(func=run_assistant_cmd)
 
 

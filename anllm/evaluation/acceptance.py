@@ -71,17 +71,31 @@ class AcceptanceConfig:
 
 # -- one model, adapter on and off -----------------------------------------------------------------------------------
 def load_adapted(adapter_dir: str | Path | None = None, *, device: str = "cpu") -> LoadedModel:
-    """The base SmolLM2 with the anchor adapter attached **unmerged** (so it can be switched off), served with the
-    adapter's ``anchor.json``: the same weights as ``--model default`` up to float rounding of the merge."""
+    """The base SmolLM2 with an anchor adapter attached **unmerged** (so it can be switched off): the shipped one
+    (the same weights as ``--model default`` up to float rounding of the merge) or ``adapter_dir`` (e.g. a training
+    checkpoint's ``adapter/``). Served with the adapter's ``anchor.json``; a directory without one (a checkpoint) is
+    served with the shipped adapter's setting, which every recipe in ``configs/recipes`` trains with.
+
+    Raises:
+        AnLLMError: ``adapter_dir`` holds no peft adapter (``adapter_config.json`` and ``adapter_model.safetensors``).
+    """
     from peft import PeftModel
 
-    from anllm.models import ADAPTER_DIR, _adapter_anchor, load_model
+    from anllm.models import ADAPTER_DIR, ADAPTER_FILES, _adapter_anchor, load_model
 
-    adapter_dir = Path(adapter_dir or ADAPTER_DIR)
-    anchor = _adapter_anchor(adapter_dir / "anchor.json")
+    path = Path(adapter_dir or ADAPTER_DIR)
+    missing = [n for n in ADAPTER_FILES[:2] if not (path / n).is_file()]
+    if missing:
+        raise AnLLMError(
+            f"--adapter {path}: {' and '.join(missing)} not found; give a peft adapter directory "
+            "(a training checkpoint's adapter/ or a run's final/)"
+        )
+    own = path / "anchor.json"
+    anchor = _adapter_anchor(own if own.is_file() else Path(ADAPTER_DIR) / "anchor.json")
     lm = load_model("smollm2-135m", anchor=anchor, device=device)
-    model = PeftModel.from_pretrained(lm.model, str(adapter_dir)).eval()
-    return LoadedModel(model, lm.tokenizer, lm.anchor, lm.anchor_ids, "default (adapter unmerged)", lm.notes, True)
+    model = PeftModel.from_pretrained(lm.model, str(path)).eval()
+    name = "default (adapter unmerged)" if adapter_dir is None else f"smollm2-135m + adapter {path} (unmerged)"
+    return LoadedModel(model, lm.tokenizer, lm.anchor, lm.anchor_ids, name, lm.notes, True)
 
 
 @contextlib.contextmanager
