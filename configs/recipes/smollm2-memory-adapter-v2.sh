@@ -13,7 +13,10 @@
 #   4. memory-v2b/train.jsonl: 8,000 memory items (seed 21) from the v2 templates (memory.TRAIN_TEMPLATES_V2: the 41
 #      v1 templates + 39 with dates, prices, codes, phrases, titles, several facts, paraphrased questions), filler
 #      16-900 tokens (log-uniform) from corpus-broad or, for half the items, corpus-tech-v2b;
-#   5. memory-v2b/train-long.jsonl: 6,000 more (seed 22) at 48-1,900 tokens.
+#   5. memory-v2b/train-long.jsonl: 6,000 more (seed 22) at 48-1,900 tokens;
+#   6. chat-v2/train.jsonl: 400 training instructions (anllm.train.chat_data, seed 5; never the wording or topics of
+#      `anllm eval assistant`) answered greedily by the base model's full cache, kept when the base ended its answer
+#      by EOS (end of turn weighted 4): chat turns for the KL to distil, so anchor mode learns when the base stops.
 # Stages (from the shipped default adapter, served setting from step 0: EP anchors, 1 sink, window 24, forced anchor
 # after 48 tokens; KL to the base model under the mask + full-attention KL + 8 x the answers' LM loss; lr 1e-4):
 #   V1, steps 0-400: configs/smollm2-memory-adapter-v2.yaml as committed: prose blocks + the v2 items at the shipped
@@ -21,8 +24,10 @@
 #      adapter already handles; prose in every stage because v1's last stage trained on items only and its anchor-mode
 #      prose perplexity stayed above StreamingLLM's, and the full-attention KL keeps the full cache close to the base
 #      (the issue's bar: full-cache recall not lower, full-cache perplexity not > 5 % higher than the shipped adapter).
-#   V2, steps 400-MAX_STEPS (2,000): prose + the long items, 2,048-token rows. Why: v1 found that recall at 1,024+
-#      tokens needs items that long (its 48-900 set left 2,048 untrained).
+#   V2, steps 400-MAX_STEPS (2,000): prose + the long items + the chat turns (listed 5 times: ~18 % of the rows),
+#      2,048-token rows. Why: v1 found that recall at 1,024+ tokens needs items that long (its 48-900 set left 2,048
+#      untrained); the chat turns because the anchor cache overran lists and missed EOS (anllm eval assistant:
+#      0.88 x the full cache's EOS share with the shipped adapter).
 # Resumable: rerun this script after a stop and it continues from the newest checkpoint (save_every 50, ~10 min; the
 # data order is a function of the step). MAX_STEPS=N ends stage V2 earlier. Held-out curves: $RUNS/smollm2-memory-v2b/
 # metrics.jsonl (eval_ppl_full / eval_ppl_anchor every 100 steps).
@@ -32,6 +37,7 @@ PY=${PYTHON:-.venv/bin/python}
 RUNS=${ANLLM_RUNS:-$HOME/.cache/anllm/runs}
 OUT=$RUNS/smollm2-memory-v2b
 MEM=$RUNS/memory-v2b
+CHAT=$RUNS/chat-v2
 TECH=$RUNS/corpus-tech-v2b
 EVAL=$RUNS/eval-v2b/heldout-mix.txt
 CFG=configs/smollm2-memory-adapter-v2.yaml
@@ -63,6 +69,8 @@ PY
 [ -f "$MEM/train-long.jsonl" ] || "$PY" -m anllm.train.memory_data --corpus "$RUNS/corpus-broad/train.jsonl" \
     --second-corpus "$TECH/train.jsonl" --templates v2 --out "$MEM/train-long.jsonl" --n 6000 --seed 22 \
     --min-distance 48 --max-distance 1900
+# resumable (appends; a rerun asks only what is missing); "done" marks a finished build
+[ -f "$CHAT/done" ] || { "$PY" -m anllm.train.chat_data --out "$CHAT/train.jsonl" --n 400 --seed 5 && touch "$CHAT/done"; }
 step() { "$PY" - "$1" <<'PY'
 import sys
 from pathlib import Path
@@ -83,5 +91,6 @@ if [ "$S" -lt 400 ]; then
     RESUME=(--resume)
 fi
 "$PY" -m anllm -v train --config "$CFG" --resume "${PATHS[@]}" --set max_steps="${MAX_STEPS:-2000}" \
-    --set "train_files=[$RUNS/corpus-broad/train.jsonl, $MEM/train-long.jsonl]" --set block_size=2048
+    --set "train_files=[$RUNS/corpus-broad/train.jsonl, $MEM/train-long.jsonl$(printf ', %s' "$CHAT/train.jsonl"{,,,,})]" \
+    --set block_size=2048
 echo "== $(date -u +%FT%TZ) v2 recipe done: $OUT/final"
