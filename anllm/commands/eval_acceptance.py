@@ -97,7 +97,9 @@ def _load(args):
 
         return load_adapted(adapter, device=args.device or "cpu")
     if adapter is not None:
-        raise AnLLMError(f"--adapter is for --model default (the base SmolLM2 plus an adapter), not --model {args.model}")
+        raise AnLLMError(
+            f"--adapter is for --model default (the base SmolLM2 plus an adapter), not --model {args.model}"
+        )
     return load_from_args(args)
 
 
