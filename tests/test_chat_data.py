@@ -78,3 +78,13 @@ def test_a_record_weights_the_end_of_turn_and_trains_through_segments(tmp_path):
         assert r["segments"][2]["text"].startswith(tok.eos_token) and r["instruction"] in r["segments"][0]["text"]
     again = build_chat_data(lm, out, n=3, seed=5, max_new_tokens=48, batch_size=3)
     assert again["already"] == len(lines) and again["asked"] == 3 - len(lines)
+
+
+def test_the_command_refuses_bad_numbers_before_loading_anything(tmp_path, capsys):
+    from anllm.train.chat_data import main
+
+    assert main(["--out", str(tmp_path / "c.jsonl"), "--n", "100000"]) == 2
+    assert "distinct instructions" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "c.jsonl"), "--n", "0"])
+    assert not (tmp_path / "c.jsonl").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,7 +229,7 @@ def build_chat_data(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m anllm.train.chat_data", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="the JSONL to write (appended to: a rerun continues)")
     p.add_argument("--model", default="smollm2-135m", help="the teacher: the base model (never the adapted one)")
     p.add_argument("--n", type=int, default=400)
@@ -237,13 +238,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--end-weight", type=float, default=4.0, help="loss weight of the end-of-turn token")
     args = p.parse_args(argv)
-    from anllm.models import load_model
+    if args.n < 1 or args.max_new_tokens < 1 or args.batch_size < 1 or args.end_weight < 0:
+        p.error("--n, --max-new-tokens and --batch-size must be >= 1 and --end-weight >= 0")
+    try:
+        chat_prompts(args.n, args.seed)  # before the model loads: too many asked is refused at once
+        from anllm.models import load_model
 
-    lm = load_model(args.model)
-    counts = build_chat_data(
-        lm, args.out, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        end_weight=args.end_weight, progress=lambda d, t: print(f"{d}/{t}", flush=True),
-    )  # fmt: skip
+        counts = build_chat_data(
+            load_model(args.model), args.out, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size, end_weight=args.end_weight,
+            progress=lambda d, t: print(f"{d}/{t}", flush=True),
+        )  # fmt: skip
+    except AnLLMError as e:
+        print(f"chat_data: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(counts))
     return 0
 
