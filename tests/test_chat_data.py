@@ -71,12 +71,12 @@ def test_a_record_weights_the_end_of_turn_and_trains_through_segments(tmp_path):
     assert tok.decode(ex.input_ids).count("Blue.") == 1 and not any(ex.targets)
     # the builder keeps only answers the teacher ended itself, and resumes
     out = tmp_path / "chat.jsonl"
-    counts = build_chat_data(lm, out, n=3, seed=5, max_new_tokens=48, batch_size=3)
+    counts = build_chat_data(lm, out, n=3, seed=5, max_new_tokens=24, batch_size=3)
     lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     assert counts["kept"] == len(lines) and counts["kept"] + counts["dropped"] == 3
     for r in lines:
         assert r["segments"][2]["text"].startswith(tok.eos_token) and r["instruction"] in r["segments"][0]["text"]
-    again = build_chat_data(lm, out, n=3, seed=5, max_new_tokens=48, batch_size=3)
+    again = build_chat_data(lm, out, n=3, seed=5, max_new_tokens=24, batch_size=3)
     assert again["already"] == len(lines) and again["asked"] == 3 - len(lines)
 
 
