@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from anllm.serving.export import ServedAnchor
 from anllm.serving.vllm import tiles
+from anllm.serving.vllm.flags import AnchorFlags
 from anllm.serving.vllm.rows import blocks_for, request_rows, row_slots
 from anllm.serving.vllm.step import compute_step
 from anllm.serving.vllm.visibility import request_visibility
@@ -64,8 +65,11 @@ def test_a_mixed_step_equals_dense_attention_over_every_token(served, seed):
         cache[slots // BS, :, slots % BS] = torch.cat([k[r.key_pos], v[r.key_pos]], -1)  # the kept rows, then new
         queries.append(qq)
         expected.append(dense_reference(t, nc, served, qq, k, v))
+    flags = AnchorFlags(served)  # the worker's store, seen up to half of each request's earlier tokens
+    for i, (nc, _) in enumerate(shape):
+        flags.flags(str(i), token_ids[i, : nc // 2])
     step = compute_step([str(i) for i in range(len(shape))], token_ids, np.array([s[0] for s in shape]),
-                        np.array([s[1] for s in shape]), block_rows, n_blocks, BS, served)  # fmt: skip
+                        np.array([s[1] for s in shape]), block_rows, n_blocks, BS, served, flags)  # fmt: skip
     query = torch.cat(queries + [torch.randn(3, H, D, generator=g)])  # (tokens + padding, H, D)
     out = torch.full_like(query, float("nan"))
     tiles.attend(step.groups, query, cache, D**-0.5, out)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from anllm.serving.export import ServedAnchor
 from anllm.serving.vllm.errors import AnchorServingError
+from anllm.serving.vllm.flags import AnchorFlags
 from anllm.serving.vllm.rows import blocks_for, compaction, request_rows, row_slots
 from anllm.serving.vllm.tiles import TileGroup, group_tiles, request_tiles
 
@@ -75,6 +76,7 @@ def compute_step(
     n_blocks: np.ndarray,
     block_size: int,
     served: ServedAnchor,
+    flags: AnchorFlags | None = None,
 ) -> StepAnchors:
     """One step's anchors and rows from the runner's batch (rows in batch order).
 
@@ -82,6 +84,7 @@ def compute_step(
         token_ids: int ``(max_reqs, max_len)``, each row a request's token ids (prompt then outputs).
         n_computed: tokens of each row already in the KV cache; ``n_scheduled``: this step's query tokens per row.
         block_rows: int ``(max_reqs, max_blocks)``, each request's blocks; ``n_blocks``: how many are its own.
+        flags: the worker's anchor flags so far (extended here, checked against the tokens); None: from scratch.
     Raises:
         AnchorServingError: a request holds other than the blocks its kept rows need (the scheduler and the worker
             disagree: never serve on).
@@ -90,8 +93,9 @@ def compute_step(
     slots, src, dst = [], [], []
     for i in range(len(req_ids)):
         nc, nq = int(n_computed[i]), int(n_scheduled[i])
-        tokens = torch.from_numpy(np.ascontiguousarray(token_ids[i, : nc + nq], dtype=np.int64))
-        r = request_rows(tokens, nc, served)
+        ids = np.ascontiguousarray(token_ids[i, : nc + nq], dtype=np.int64)
+        anchor = None if flags is None else flags.flags(req_ids[i], ids)
+        r = request_rows(torch.from_numpy(ids), nc, served, anchor)
         n_rows = r.n_before + nq
         if int(n_blocks[i]) != blocks_for(n_rows, block_size):
             raise AnchorServingError(
