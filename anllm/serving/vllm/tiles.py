@@ -80,11 +80,14 @@ def attend(groups: list[TileGroup], query: Tensor, kv_cache: Tensor, scale: floa
         query: ``(num_tokens, H, D)``; ``output``: the same shape, written at the tiles' queries.
         kv_cache: ``(num_blocks, H_kv, block_size, 2D)``, row ``r`` of block ``b``: ``[:D]`` key, ``[D:]`` value.
     """
-    d = kv_cache.shape[-1] // 2
+    _, h_kv, block_size, d2 = kv_cache.shape
+    rows = kv_cache.view(-1, d2)  # (num_blocks * H_kv * block_size, 2D): one row per (block, head, offset)
+    heads = torch.arange(h_kv, device=kv_cache.device)[None, :, None]  # (1, H_kv, 1)
     for g in groups:
-        kv = kv_cache[g.block, :, g.offset]  # (N, C, H_kv, 2D)
-        k = kv[..., :d].transpose(1, 2)  # (N, H_kv, C, D)
-        v = kv[..., d:].transpose(1, 2)  # (N, H_kv, C, D)
+        idx = (g.block[:, None] * h_kv + heads) * block_size + g.offset[:, None]  # (N, H_kv, C)
+        kv = rows.index_select(0, idx.flatten()).view(*idx.shape, d2)  # (N, H_kv, C, 2D)
         q = query[g.q_idx].transpose(1, 2)  # (N, H, T, D)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale, enable_gqa=True)  # (N, H, T, D)
+        out = F.scaled_dot_product_attention(
+            q, kv[..., : d2 // 2], kv[..., d2 // 2 :], attn_mask=g.mask, scale=scale, enable_gqa=True
+        )  # (N, H, T, D)
         output[g.q_idx[g.q_valid]] = out.transpose(1, 2)[g.q_valid].to(output.dtype)  # (valid, H, D)
