@@ -21,6 +21,7 @@ from anllm.serving.vllm.checks import (
     check_version,
 )
 from anllm.serving.vllm.errors import AnchorServingError
+from anllm.serving.vllm.flags import AnchorFlags
 from anllm.serving.vllm.rows import KeptRows, blocks_for, compaction, move_rows, request_rows, row_slots
 from anllm.serving.vllm.step import compute_step
 from anllm.serving.vllm.visibility import anchor_flags, kept_after, kept_counts, kept_mask, request_visibility
@@ -77,6 +78,25 @@ def test_forced_anchors_match_the_anchor_cache_across_chunks():
         seen.append(cache._pending.anchor[0])
         cache.evict()
     assert torch.equal(torch.cat(seen), anchor_flags(t, served))
+
+
+@pytest.mark.parametrize("served", [SERVED, *OTHERS, ServedAnchor(kind="ep", anchor_ids=(5,), max_segment=1)])
+def test_anchor_flags_extended_step_by_step_equal_the_flags_from_scratch(served):
+    """The worker's and the scheduler's flag store: extended chunk by chunk, checked against the tokens each time."""
+    store = AnchorFlags(served)
+    g = torch.Generator().manual_seed(3)
+    t = tokens(300, seed=2, anchor_every=None).numpy()
+    n = 0
+    while n < 300:
+        n = min(300, n + int(torch.randint(1, 60, (1,), generator=g)))
+        assert torch.equal(store.flags("r", t[:n]), anchor_flags(torch.from_numpy(t[:n]), served))
+    assert torch.equal(store.flags("r", t[:120]), anchor_flags(torch.from_numpy(t[:120]), served))  # recompute
+    other = t.copy()
+    other[50] = 5  # same id, other tokens (an id reused): recomputed, never the stale flags
+    assert torch.equal(store.flags("r", other), anchor_flags(torch.from_numpy(other), served))
+    store.flags("s", t[:10])
+    store.retain(["s"])
+    assert list(store._seen) == ["s"]
 
 
 def test_kept_rows_equal_what_the_anchor_cache_keeps():

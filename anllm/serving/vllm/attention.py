@@ -4,8 +4,9 @@ Registered in place of vLLM's CPU backend (``register_backend(AttentionBackendEn
 stored in the paged cache in a plain layout - block ``b``, kv head ``h``, row ``r``: ``cache[b, h, r, :D]`` the key,
 ``cache[b, h, r, D:]`` the value - written and read only by this backend, at the rows of
 :mod:`anllm.serving.vllm.rows` (the kept rows first, then the step's tokens; vLLM's own slot mapping, which counts
-every token, is not used). Each request's queries attend over its gathered rows with a dense boolean mask, so
-chunked prefill, decode and batches mixing both are exact (docs/serving.md).
+every token, is not used). The step's queries attend in tiles over only the rows they can see, with the AnSAN mask
+of those rows, batched over requests (:mod:`anllm.serving.vllm.tiles`), so chunked prefill, decode and batches mixing
+both are exact (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from vllm.v1.attention.backends.cpu_attn import (
 )
 
 from anllm.serving.vllm import step as step_state
+from anllm.serving.vllm import tiles
 from anllm.serving.vllm.checks import check_engine_config
 from anllm.serving.vllm.errors import AnchorServingError
 
@@ -46,7 +48,7 @@ class AnchorCPUMetadata(CPUAttentionMetadata):
     num_reqs: int = 0
     query_start: list[int] | None = None  # (num_reqs + 1,), host ints
     rows: list[int] | None = None  # rows each request reads (kept + this step's); vLLM's seq_lens count every token
-    masks: list[torch.Tensor] | None = None  # per request, bool (Q, L); None only in vLLM's warm-up runs
+    groups: list[tiles.TileGroup] | None = None  # the step's query tiles; None only in vLLM's warm-up runs
 
 
 class AnchorCPUMetadataBuilder(CPUAttentionMetadataBuilder):
@@ -60,22 +62,17 @@ class AnchorCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         qsl = cm.query_start_loc_cpu[: n + 1].tolist()
         seq_lens = cm.seq_lens[:n].tolist()
         step, in_step = step_state.current()
-        masks, rows = None, seq_lens  # warm-up runs: nothing evicted
+        groups, rows = None, seq_lens  # warm-up runs: nothing evicted
         if in_step:
             if step is None:
                 raise AnchorServingError("an engine step ran without its anchor masks (the worker hook did not run)")
             k = len(step.seq_lens)
-            if (
-                k > n
-                or step.seq_lens != seq_lens[:k]
-                or any(q != 0 for q in [qsl[i + 1] - qsl[i] for i in range(k, n)])
-            ):
+            if k > n or step.seq_lens != seq_lens[:k] or step.query_start != qsl[: k + 1] or qsl[k] != qsl[n]:
                 raise AnchorServingError(
                     f"the step's batch ({n} requests, lengths {seq_lens}) does not match the anchor masks "
                     f"({k} requests, lengths {step.seq_lens})"
-                )
-            masks = step.masks + [None] * (n - k)  # rows past num_reqs are padding with no query
-            rows = step.rows + seq_lens[k:]
+                )  # rows past num_reqs are padding with no query
+            groups, rows = step.groups, step.rows + seq_lens[k:]
         return AnchorCPUMetadata(
             num_actual_tokens=cm.num_actual_tokens,
             max_query_len=cm.max_query_len,
@@ -89,7 +86,7 @@ class AnchorCPUMetadataBuilder(CPUAttentionMetadataBuilder):
             num_reqs=n,
             query_start=qsl,
             rows=rows,
-            masks=masks,
+            groups=groups,
         )
 
 
@@ -102,8 +99,7 @@ class AnchorCPUAttentionImpl(CPUAttentionBackendImpl):
             raise AnchorServingError("ALiBi, logit soft-capping and learned sinks are not supported")
 
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
-        _, _, block_size, d2 = kv_cache.shape
-        d = d2 // 2
+        block_size = kv_cache.shape[2]
         step, in_step = step_state.current()
         if in_step and step is not None:
             slot_mapping = step.slots  # the rows after the kept ones (vLLM's slots count evicted tokens too)
@@ -111,9 +107,9 @@ class AnchorCPUAttentionImpl(CPUAttentionBackendImpl):
         ok = slots >= 0  # padded tokens carry -1
         if not bool(ok.all()):
             slots, key, value = slots[ok], key[: ok.shape[0]][ok], value[: ok.shape[0]][ok]
-        block, row = slots // block_size, slots % block_size
-        kv_cache[block, :, row, :d] = key[: slots.shape[0]].to(kv_cache.dtype)
-        kv_cache[block, :, row, d:] = value[: slots.shape[0]].to(kv_cache.dtype)
+        n = slots.shape[0]
+        kv = torch.cat([key[:n], value[:n]], dim=-1)  # (n, H_kv, 2D): one row each, key then value
+        kv_cache[slots // block_size, :, slots % block_size] = kv.to(kv_cache.dtype)
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None,
                 output_block_scale=None):  # fmt: skip
@@ -122,7 +118,10 @@ class AnchorCPUAttentionImpl(CPUAttentionBackendImpl):
         md = attn_metadata
         if md is None:  # vLLM's warm-up
             return output
-        _, h_kv, block_size, d2 = kv_cache.shape
+        if md.groups is not None:
+            tiles.attend(md.groups, query, kv_cache, self.scale, output)
+            return output
+        _, h_kv, block_size, d2 = kv_cache.shape  # warm-up/profile runs only (outputs discarded): plain causal
         d = d2 // 2
         for i in range(md.num_reqs):
             qs, qe = md.query_start[i], md.query_start[i + 1]
@@ -133,10 +132,7 @@ class AnchorCPUAttentionImpl(CPUAttentionBackendImpl):
             blocks = md.block_table[i, :n_blocks].long()
             rows = kv_cache.index_select(0, blocks).transpose(0, 1).reshape(h_kv, n_blocks * block_size, d2)[:, :L]
             q = query[qs:qe].transpose(0, 1)  # (H, Q, D)
-            if md.masks is not None:
-                mask = md.masks[i]
-            else:  # warm-up/profile runs only (their outputs are discarded): plain causal
-                mask = torch.ones(qe - qs, L, dtype=torch.bool).tril(L - (qe - qs))
+            mask = torch.ones(qe - qs, L, dtype=torch.bool).tril(L - (qe - qs))
             out = F.scaled_dot_product_attention(
                 q, rows[..., :d], rows[..., d:], attn_mask=mask, scale=self.scale, enable_gqa=True
             )  # (H, Q, D)

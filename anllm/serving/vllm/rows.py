@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from anllm.masks import ansan_visible, segment_ids
 from anllm.serving.export import ServedAnchor
+from anllm.serving.vllm.flags import AnchorFlags
 from anllm.serving.vllm.visibility import anchor_flags, kept_counts, kept_mask
 
 
@@ -31,10 +33,11 @@ class RequestRows:
     keep: Tensor  # long (kept,): rows still held after the step, ascending (they move to rows 0..kept-1)
 
 
-def request_rows(tokens: Tensor, n_computed: int, served: ServedAnchor) -> RequestRows:
-    """The rows of a request for a step whose queries are tokens ``n_computed ..`` of ``tokens`` (long ``(L,)``)."""
+def request_rows(tokens: Tensor, n_computed: int, served: ServedAnchor, anchor: Tensor | None = None) -> RequestRows:
+    """The rows of a request for a step whose queries are tokens ``n_computed ..`` of ``tokens`` (long ``(L,)``);
+    ``anchor``: their flags (bool ``(L,)``) if already known."""
     L = tokens.shape[0]
-    anchor = anchor_flags(tokens, served)  # (L,)
+    anchor = anchor_flags(tokens, served) if anchor is None else anchor  # (L,)
     seg = segment_ids(anchor[None])[0]  # (L,)
     before = kept_mask(anchor, n_computed, served).nonzero()[:, 0]  # (P,)
     q_pos = torch.arange(n_computed, L, device=tokens.device)  # (Q,)
@@ -73,18 +76,20 @@ def move_rows(kv_cache: Tensor, src: Tensor, dst: Tensor) -> None:
 
 
 class KeptRows:
-    """Per request: how many rows the anchor cache holds after each prefix of its tokens (cached by length)."""
+    """Per request: how many rows the anchor cache holds after each prefix of its tokens (cached by length; the
+    anchor flags behind them are extended as tokens arrive, :class:`anllm.serving.vllm.flags.AnchorFlags`)."""
 
     def __init__(self, served: ServedAnchor) -> None:
         self.served = served
         self._counts: dict[str, torch.Tensor] = {}
+        self._flags = AnchorFlags(served)
 
     def counts(self, request) -> torch.Tensor:
         """Long ``(num_tokens + 1,)``: rows kept after each prefix of the request's tokens."""
         c = self._counts.get(request.request_id)
         if c is None or c.shape[0] != request.num_tokens + 1:
-            tokens = torch.tensor(list(request.all_token_ids), dtype=torch.long)  # (num_tokens,)
-            c = kept_counts(anchor_flags(tokens, self.served), self.served)
+            ids = np.fromiter(request.all_token_ids, dtype=np.int64, count=request.num_tokens)  # (num_tokens,)
+            c = kept_counts(self._flags.flags(request.request_id, ids), self.served)
             self._counts[request.request_id] = c
         return c
 
@@ -103,3 +108,4 @@ class KeptRows:
         """Drop the counts of requests not in ``req_ids`` (finished or aborted)."""
         for r in set(self._counts) - set(req_ids):
             del self._counts[r]
+        self._flags.retain(req_ids)

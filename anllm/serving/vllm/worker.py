@@ -17,6 +17,7 @@ from anllm.serving.vllm import step as step_state
 from anllm.serving.vllm import trace
 from anllm.serving.vllm.checks import check_engine_config
 from anllm.serving.vllm.errors import AnchorServingError
+from anllm.serving.vllm.flags import AnchorFlags
 from anllm.serving.vllm.rows import blocks_for, move_rows
 
 
@@ -50,15 +51,17 @@ def _block_table(runner):
 def install_step_hook(runner, served) -> None:
     """Wrap ``runner._prepare_inputs`` (instance only) so each step's anchor rows are computed from its batch."""
     original = runner._prepare_inputs
+    flags = AnchorFlags(served)
 
     def _prepare_inputs(scheduler_output, num_scheduled_tokens, *args, **kwargs):
         out = original(scheduler_output, num_scheduled_tokens, *args, **kwargs)
         batch = runner.input_batch
         n = batch.num_reqs
         table = _block_table(runner)
+        req_ids = list(batch.req_ids[:n])
         step_state.set_current(
             step_state.compute_step(
-                list(batch.req_ids[:n]),
+                req_ids,
                 batch.token_ids_cpu,
                 batch.num_computed_tokens_cpu[:n],
                 num_scheduled_tokens[:n],
@@ -66,8 +69,10 @@ def install_step_hook(runner, served) -> None:
                 table.num_blocks_per_row,
                 table.block_size,
                 served,
+                flags,
             )  # fmt: skip
         )
+        flags.retain(req_ids)  # a request back after a pause is checked, or recomputed, like any other
         return out
 
     runner._prepare_inputs = _prepare_inputs
