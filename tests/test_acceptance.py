@@ -344,10 +344,22 @@ def test_a_checkpoint_adapter_loads_with_the_shipped_setting_and_bad_folders_are
         load_adapted(ckpt)
 
 
-def test_cli_adapter_is_only_for_the_default_model(tmp_path, capsys):
+def test_cli_adapter_is_only_for_the_default_model_and_checked_before_loading(tmp_path, capsys):
     from anllm.cli import main
 
-    rc = main(["eval", "acceptance", "--model", "tiny-random", "--adapter", str(tmp_path), "--out",
-               str(tmp_path / "x"), "--n", "1", "--no-reference"])  # fmt: skip
-    assert rc == 2 and "--adapter is for --model default" in capsys.readouterr().err
+    def err(model, adapter):
+        rc = main(["eval", "acceptance", "--model", model, "--adapter", str(adapter), "--out", str(tmp_path / "x"),
+                   "--n", "1", "--no-reference"])  # fmt: skip
+        assert rc == 2
+        return capsys.readouterr().err
+
+    assert "--adapter is for --model default" in err("tiny-random", tmp_path)
+    assert "no such folder" in err("default", tmp_path / "nope")
+    assert "adapter_config.json and adapter_model.safetensors not found" in err("default", tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{junk", encoding="utf-8")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    assert "is not readable JSON" in err("default", tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "anchor.json").write_text('{"kind": "nope"}', encoding="utf-8")
+    assert "not a valid anchor configuration" in err("default", tmp_path)
     assert not (tmp_path / "x.jsonl").exists()

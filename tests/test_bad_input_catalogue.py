@@ -186,6 +186,12 @@ BAD_VALUES = {
         "unknown-name": lambda f: "no-such-model",
         "empty": lambda f: "",
     },
+    "adapter-in": {
+        "missing-folder": lambda f: f.root / "no-such-adapter",
+        "a-file": lambda f: f.good_txt,
+        "empty-folder": lambda f: f.empty_dir,
+        "a-model-folder": lambda f: f.junk_model,
+    },
     "device": {"not-a-device": "gpu!", "absent-gpu": "cuda:99"},
     "host": {"bad-address": "999.1.1.1", "foreign-address": "203.0.113.7", "empty": ""},
     "mode": {"unknown": "nosuch", "zero-window": "streaming:window=0", "not-key-value": "streaming:x"},

@@ -100,6 +100,7 @@ OPTIONS: dict[str, Number | Ints | str] = {
     "--task": "task",
     "--config": "config-in",
     "--cache": "cache-in",
+    "--adapter": "adapter-in",  # a peft adapter folder (eval acceptance / sweep / assistant, --model default)
     # files the command writes
     "--output": "out-file",
     "--plot": "out-file",
@@ -130,7 +131,7 @@ OPTIONS: dict[str, Number | Ints | str] = {
 }
 
 INPUT_KINDS = ("text-in", "jsonl-in", "task", "config-in", "cache-in")
-PATH_KINDS = (*INPUT_KINDS, "out-file", "model")  # a file name may hold any bytes; text and names may not
+PATH_KINDS = (*INPUT_KINDS, "adapter-in", "out-file", "model")  # a file name may hold any bytes; text and names may not
 
 
 def _check_utf8(value: Any, flag: str) -> None:
@@ -270,6 +271,35 @@ def check_cache_in(value, flag, ctx) -> None:
     dtype = getattr(ctx.args, "dtype", None)
     if saved.get("dtype") and dtype and saved["dtype"] != dtype:
         raise AnLLMError(f"{p} holds {saved['dtype']} K/V but --dtype is {dtype}: pass --dtype {saved['dtype']}")
+
+
+def check_adapter_in(value, flag, ctx) -> None:
+    """``--adapter``: only with ``--model default``; a folder with a peft adapter's config (a JSON object) and weights,
+    and a valid ``anchor.json`` when it has one."""
+    import json
+
+    from anllm.models import ADAPTER_FILES, _adapter_anchor
+
+    model = getattr(ctx.args, "model", None)
+    if model != "default":
+        raise AnLLMError(f"{flag} is for --model default (the base SmolLM2 plus an adapter), not --model {model}")
+    p = Path(value)
+    if not _is_dir(p):
+        raise AnLLMError(f"{flag} {p}: no such folder; give a peft adapter folder (a checkpoint's adapter/)")
+    missing = [n for n in ADAPTER_FILES[:2] if not (p / n).is_file()]
+    if missing:
+        raise AnLLMError(
+            f"{flag} {p}: {' and '.join(missing)} not found; give a peft adapter folder (a checkpoint's adapter/ or "
+            "a run's final/)"
+        )
+    try:
+        conf = json.loads((p / ADAPTER_FILES[0]).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise AnLLMError(f"{flag} {p / ADAPTER_FILES[0]} is not readable JSON ({e}): the adapter is damaged") from e
+    if not isinstance(conf, dict):
+        raise AnLLMError(f"{flag} {p / ADAPTER_FILES[0]} is not a JSON object: the adapter is damaged")
+    if (p / "anchor.json").is_file():
+        _adapter_anchor(p / "anchor.json")
 
 
 def check_out_file(value, flag, ctx) -> None:
@@ -492,6 +522,7 @@ CHECKS = {
     "task": check_task,
     "config-in": check_config_in,
     "cache-in": check_cache_in,
+    "adapter-in": check_adapter_in,
     "out-file": check_out_file,
     "model": check_model,
     "device": check_device_name,
@@ -518,7 +549,7 @@ CHECKS = {
 ORDER = (
     "number", "removed", "prompt", "stop", "set", "template", "mode", "modes", "bench-modes", "budget", "budget-mode",
     "families", "fillers", "weights", "fractions", "scorers", "device", "text-in", "jsonl-in", "task", "config-in",
-    "cache-in", "out-file", "out-stem", "model", "host",
+    "cache-in", "adapter-in", "out-file", "out-stem", "model", "host",
 )  # fmt: skip
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from anllm.commands.common import int_list
-from anllm.config import AnLLMError
 
 
 def _words(s: str) -> tuple[str, ...]:
@@ -96,10 +95,6 @@ def _load(args):
         from anllm.evaluation.acceptance import load_adapted
 
         return load_adapted(adapter, device=args.device or "cpu")
-    if adapter is not None:
-        raise AnLLMError(
-            f"--adapter is for --model default (the base SmolLM2 plus an adapter), not --model {args.model}"
-        )
     return load_from_args(args)
 
 
