@@ -185,6 +185,33 @@ def _adapter_anchor(path: Path) -> AnchorConfig:
         raise AnLLMError(f"{path} is not a valid anchor configuration ({e}); {_REINSTALL}") from e
 
 
+def check_adapter_dir(path: str | Path, label: str = "adapter") -> Path:
+    """``path`` as a peft adapter folder: the config (a JSON object) and the weights, and a valid ``anchor.json`` when
+    it has one; ``label`` names it in the error (e.g. the option that gave it).
+
+    Raises:
+        AnLLMError: one line naming what is missing or damaged.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise AnLLMError(f"{label} {p}: no such folder; give a peft adapter folder (a checkpoint's adapter/)")
+    missing = [n for n in ADAPTER_FILES[:2] if not (p / n).is_file()]
+    if missing:
+        raise AnLLMError(
+            f"{label} {p}: {' and '.join(missing)} not found; give a peft adapter folder (a checkpoint's adapter/ or "
+            "a run's final/)"
+        )
+    try:
+        conf = json.loads((p / ADAPTER_FILES[0]).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise AnLLMError(f"{label} {p / ADAPTER_FILES[0]} is not readable JSON ({e}): the adapter is damaged") from e
+    if not isinstance(conf, dict):
+        raise AnLLMError(f"{label} {p / ADAPTER_FILES[0]} is not a JSON object: the adapter is damaged")
+    if (p / "anchor.json").is_file():
+        _adapter_anchor(p / "anchor.json")
+    return p
+
+
 def export_adapter(
     src: str | Path, dst: str | Path, anchor: AnchorConfig, *, dtype: torch.dtype = torch.float32, base: str = ""
 ) -> Path:

@@ -274,32 +274,13 @@ def check_cache_in(value, flag, ctx) -> None:
 
 
 def check_adapter_in(value, flag, ctx) -> None:
-    """``--adapter``: only with ``--model default``; a folder with a peft adapter's config (a JSON object) and weights,
-    and a valid ``anchor.json`` when it has one."""
-    import json
-
-    from anllm.models import ADAPTER_FILES, _adapter_anchor
+    """``--adapter``: only with ``--model default``, and a peft adapter folder (``models.check_adapter_dir``)."""
+    from anllm.models import check_adapter_dir
 
     model = getattr(ctx.args, "model", None)
     if model != "default":
         raise AnLLMError(f"{flag} is for --model default (the base SmolLM2 plus an adapter), not --model {model}")
-    p = Path(value)
-    if not _is_dir(p):
-        raise AnLLMError(f"{flag} {p}: no such folder; give a peft adapter folder (a checkpoint's adapter/)")
-    missing = [n for n in ADAPTER_FILES[:2] if not (p / n).is_file()]
-    if missing:
-        raise AnLLMError(
-            f"{flag} {p}: {' and '.join(missing)} not found; give a peft adapter folder (a checkpoint's adapter/ or "
-            "a run's final/)"
-        )
-    try:
-        conf = json.loads((p / ADAPTER_FILES[0]).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise AnLLMError(f"{flag} {p / ADAPTER_FILES[0]} is not readable JSON ({e}): the adapter is damaged") from e
-    if not isinstance(conf, dict):
-        raise AnLLMError(f"{flag} {p / ADAPTER_FILES[0]} is not a JSON object: the adapter is damaged")
-    if (p / "anchor.json").is_file():
-        _adapter_anchor(p / "anchor.json")
+    check_adapter_dir(value, flag)
 
 
 def check_out_file(value, flag, ctx) -> None:

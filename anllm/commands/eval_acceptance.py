@@ -90,11 +90,10 @@ def _add_run_options(q, *, seed: int) -> None:
 def _load(args):
     from anllm.commands.common import load_from_args
 
-    adapter = getattr(args, "adapter", None)
     if args.model == "default":
         from anllm.evaluation.acceptance import load_adapted
 
-        return load_adapted(adapter, device=args.device or "cpu")
+        return load_adapted(args.adapter, device=args.device or "cpu")
     return load_from_args(args)
 
 

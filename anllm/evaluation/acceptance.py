@@ -77,19 +77,13 @@ def load_adapted(adapter_dir: str | Path | None = None, *, device: str = "cpu") 
     served with the shipped adapter's setting, which every recipe in ``configs/recipes`` trains with.
 
     Raises:
-        AnLLMError: ``adapter_dir`` holds no peft adapter (``adapter_config.json`` and ``adapter_model.safetensors``).
+        AnLLMError: ``adapter_dir`` is not a peft adapter folder (:func:`anllm.models.check_adapter_dir`).
     """
     from peft import PeftModel
 
-    from anllm.models import ADAPTER_DIR, ADAPTER_FILES, _adapter_anchor, load_model
+    from anllm.models import ADAPTER_DIR, _adapter_anchor, check_adapter_dir, load_model
 
-    path = Path(adapter_dir or ADAPTER_DIR)
-    missing = [n for n in ADAPTER_FILES[:2] if not (path / n).is_file()]
-    if missing:
-        raise AnLLMError(
-            f"--adapter {path}: {' and '.join(missing)} not found; give a peft adapter directory "
-            "(a training checkpoint's adapter/ or a run's final/)"
-        )
+    path = check_adapter_dir(adapter_dir or ADAPTER_DIR, "adapter folder")
     own = path / "anchor.json"
     anchor = _adapter_anchor(own if own.is_file() else Path(ADAPTER_DIR) / "anchor.json")
     lm = load_model("smollm2-135m", anchor=anchor, device=device)
