@@ -37,6 +37,12 @@ def test_dry_run_writes_one_summary(tmp_path):
     full, anchor = bench["results"]["256"]["full"], bench["results"]["256"]["anchor"]
     assert full["kv_entries"] == 256 + 4 and anchor["kv_entries"] < full["kv_entries"] / 4
     assert bench["anchor_kv_kept"] == pytest.approx(anchor["kv_entries"] / full["kv_entries"])
+    tiles = steps["vllm_tiles"]["result"]
+    assert tiles["ok"] and set(tiles["cases"]) == {"decode", "prefill"}
+    decode, prefill = tiles["cases"]["decode"], tiles["cases"]["prefill"]
+    assert decode["max_abs_err"] <= tiles["tolerance"] and prefill["max_abs_err"] <= tiles["tolerance"]
+    assert decode["kv_rows_full"] == 2 * 256 and decode["kv_rows_kept"] < decode["kv_rows_full"] / 2
+    assert prefill["kv_rows_kept"] == prefill["kv_rows_full"] == 2 * 128  # a prefill writes every token's row
 
 
 def _write_run(out: Path, rcs: dict, passed: int, skipped: int, failed: int = 0) -> None:
@@ -51,11 +57,19 @@ def _write_run(out: Path, rcs: dict, passed: int, skipped: int, failed: int = 0)
 @pytest.mark.parametrize(
     "rcs, passed, skipped, failed, mode, ok",
     [
-        ({"gpu_tests": 0, "train_step": 0, "bench_long": 0}, 2, 0, 0, "gpu", True),
-        ({"gpu_tests": 0, "train_step": 0, "bench_long": 0}, 0, 2, 0, "gpu", False),  # skipped on a GPU: not run
-        ({"gpu_tests": 0, "train_step": 0, "bench_long": 0}, 0, 2, 0, "dry-run", True),
-        ({"gpu_tests": 1, "train_step": 0, "bench_long": 0}, 1, 0, 1, "gpu", False),
-        ({"gpu_tests": 0, "train_step": 124, "bench_long": 0}, 2, 0, 0, "gpu", False),  # timed out
+        ({"gpu_tests": 0, "train_step": 0, "bench_long": 0, "vllm_tiles": 0}, 2, 0, 0, "gpu", True),
+        ({"gpu_tests": 0, "train_step": 0, "bench_long": 0, "vllm_tiles": 1}, 2, 0, 0, "gpu", False),  # parity failed
+        (
+            {"gpu_tests": 0, "train_step": 0, "bench_long": 0, "vllm_tiles": 0},
+            0,
+            2,
+            0,
+            "gpu",
+            False,
+        ),  # skipped on a GPU: not run
+        ({"gpu_tests": 0, "train_step": 0, "bench_long": 0, "vllm_tiles": 0}, 0, 2, 0, "dry-run", True),
+        ({"gpu_tests": 1, "train_step": 0, "bench_long": 0, "vllm_tiles": 0}, 1, 0, 1, "gpu", False),
+        ({"gpu_tests": 0, "train_step": 124, "bench_long": 0, "vllm_tiles": 0}, 2, 0, 0, "gpu", False),  # timed out
         ({"gpu_tests": 0, "train_step": 0}, 2, 0, 0, "gpu", False),  # a step never ran
     ],
 )

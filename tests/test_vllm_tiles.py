@@ -36,11 +36,9 @@ def dense_reference(tokens, n_computed, served, q, k, v):
     return out.transpose(0, 1)  # (Q, H, D)
 
 
-@pytest.mark.parametrize("served", SETTINGS)
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_a_mixed_step_equals_dense_attention_over_every_token(served, seed):
-    """Requests decoding, starting and continuing a prefill in one step: the step's tile groups, read from a paged
-    cache holding only the kept rows, give each query the dense one-pass result."""
+def mixed_step(served, seed, device="cpu", dtype=torch.float32):
+    """Requests decoding, starting and continuing a prefill in one step, their kept rows in a paged ``dtype`` cache on
+    ``device``: ``(out, expected, step)``, the tiles' output and the dense one-pass result (float32, same inputs)."""
     g = torch.Generator().manual_seed(seed)
     p_anchor = [0.0, 0.05, 0.3][seed]  # no anchor at all, sparse anchors, dense anchors
     # (tokens computed, tokens this step): decodes, a fresh prefill longer than a tile, a chunk continuing one
@@ -50,7 +48,7 @@ def test_a_mixed_step_equals_dense_attention_over_every_token(served, seed):
     n_blocks = np.zeros(len(shape), dtype=np.int64)
     block_rows = np.zeros((len(shape), 64), dtype=np.int64)
     cache = torch.zeros(400, H_KV, BS, 2 * D)
-    queries, expected, next_block = [], [], 1  # block 0 stays empty (vLLM's null block)
+    queries, inputs, expected, next_block = [], [], [], 1  # block 0 stays empty (vLLM's null block)
     for i, (nc, q) in enumerate(shape):
         t = random_tokens(nc + q, g, p_anchor)
         token_ids[i, : nc + q] = t.numpy()
@@ -64,6 +62,7 @@ def test_a_mixed_step_equals_dense_attention_over_every_token(served, seed):
         slots = row_slots(torch.from_numpy(block_rows[i, : n_blocks[i]].copy()), torch.arange(n_rows), BS)
         cache[slots // BS, :, slots % BS] = torch.cat([k[r.key_pos], v[r.key_pos]], -1)  # the kept rows, then new
         queries.append(qq)
+        inputs.append((qq, k, v))
         expected.append(dense_reference(t, nc, served, qq, k, v))
     flags = AnchorFlags(served)  # the worker's store, seen up to half of each request's earlier tokens
     for i, (nc, _) in enumerate(shape):
@@ -71,12 +70,38 @@ def test_a_mixed_step_equals_dense_attention_over_every_token(served, seed):
     step = compute_step([str(i) for i in range(len(shape))], token_ids, np.array([s[0] for s in shape]),
                         np.array([s[1] for s in shape]), block_rows, n_blocks, BS, served, flags)  # fmt: skip
     query = torch.cat(queries + [torch.randn(3, H, D, generator=g)])  # (tokens + padding, H, D)
+    query, cache = query.to(device, dtype), cache.to(device, dtype)
+    if dtype != torch.float32:  # the reference sees the same rounded inputs, computed in float32
+        expected = [
+            dense_reference(torch.from_numpy(token_ids[i, : nc + q]), nc, served, *(x.to(dtype).float() for x in xs))
+            for i, ((nc, q), xs) in enumerate(zip(shape, inputs))
+        ]
     out = torch.full_like(query, float("nan"))
     tiles.attend(step.groups, query, cache, D**-0.5, out)
-    torch.testing.assert_close(out[: step.query_start[-1]], torch.cat(expected), atol=1e-5, rtol=1e-5)
+    return out.float().cpu(), torch.cat(expected), step
+
+
+@pytest.mark.parametrize("served", SETTINGS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_mixed_step_equals_dense_attention_over_every_token(served, seed):
+    """The step's tile groups, read from a paged cache holding only the kept rows, give each query the dense one-pass
+    result; padded tokens are left alone."""
+    out, expected, step = mixed_step(served, seed)
+    torch.testing.assert_close(out[: step.query_start[-1]], expected, atol=1e-5, rtol=1e-5)
     assert torch.isnan(out[step.query_start[-1] :]).all()  # padded tokens are left alone
     assert sorted(gr.q_idx.shape[1] for gr in step.groups) == [1, tiles.TILE]  # one call per tile size
     assert all(bool(gr.mask.any(-1).all()) for gr in step.groups)  # no query, padded or not, sees nothing
+
+
+@pytest.mark.gpu
+def test_the_tiles_run_on_a_gpu_cache():
+    """The same steps with the cache and queries on CUDA, float32 and bfloat16 (the tiles are built on the host and
+    follow the cache); bench/gpu_check.sh runs it."""
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):  # bfloat16 keeps 8 bits of mantissa
+        for served in SETTINGS:
+            out, expected, step = mixed_step(served, 1, "cuda", dtype)
+            torch.testing.assert_close(out[: step.query_start[-1]], expected, atol=tol, rtol=tol)
+            assert torch.isnan(out[step.query_start[-1] :]).all()
 
 
 @pytest.mark.parametrize("served", SETTINGS)

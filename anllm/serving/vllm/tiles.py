@@ -30,6 +30,11 @@ class TileGroup:
     offset: Tensor  # long (N, C): its row in the block
     mask: Tensor  # bool (N, 1, T, C): may query t see column c (False on padded columns)
 
+    def to(self, device: torch.device | str) -> TileGroup:
+        """The same tiles on ``device`` (built on the host; a GPU runner moves a step's groups once, not per layer)."""
+        return TileGroup(*(t.to(device, non_blocking=True) for t in (self.q_idx, self.q_valid, self.block,
+                                                                       self.offset, self.mask)))  # fmt: skip
+
 
 def request_tiles(q_start: int, slots: Tensor, mask: Tensor, tile: int = TILE) -> list[tuple[Tensor, Tensor, Tensor]]:
     """One request's tiles: ``(q_idx (t,), key slots (c,), mask (t, c))`` each, keeping only the visible columns.
@@ -84,6 +89,8 @@ def attend(groups: list[TileGroup], query: Tensor, kv_cache: Tensor, scale: floa
     rows = kv_cache.view(-1, d2)  # (num_blocks * H_kv * block_size, 2D): one row per (block, head, offset)
     heads = torch.arange(h_kv, device=kv_cache.device)[None, :, None]  # (1, H_kv, 1)
     for g in groups:
+        if g.mask.device != kv_cache.device:  # tiles are built on the host: follow the cache's device
+            g = g.to(kv_cache.device)
         idx = (g.block[:, None] * h_kv + heads) * block_size + g.offset[:, None]  # (N, H_kv, C)
         kv = rows.index_select(0, idx.flatten()).view(*idx.shape, d2)  # (N, H_kv, C, 2D)
         q = query[g.q_idx].transpose(1, 2)  # (N, H, T, D)
