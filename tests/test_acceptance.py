@@ -19,6 +19,7 @@ from anllm.evaluation.acceptance import (
     AcceptanceConfig,
     acceptance_items,
     adapter_disabled,
+    paired_differences,
     read_records,
     run_acceptance,
     summarise,
@@ -290,6 +291,54 @@ def test_summary_counts_only_items_every_row_finished():
     assert {c["family"] for c in s["by_family"]} == {"single"}
 
 
+def _rec(filler, i, row, em, distance=256, answer=None):
+    return {"filler": filler, "id": f"single-{distance}-{i}", "row": row, "em": em, "distance": distance,
+            "answer": answer or f"a{i}"}  # fmt: skip
+
+
+def test_paired_differences_pair_the_same_items_and_rows():
+    """Items and rows both runs finished are paired: the difference and its interval are the mean and bootstrap of
+    the per-item differences (computed here independently), per filler and with both fillers pooled."""
+    base = [_rec("literary", i, "anchor", em) for i, em in enumerate([0, 0, 1, 0])]
+    base += [_rec("technical", i, "anchor", em) for i, em in enumerate([1, 0, 0])]
+    base += [_rec("literary", 9, "anchor", 1), _rec("literary", 0, "base:full", 1)]  # only in the baseline
+    new = [_rec("literary", i, "anchor", em) for i, em in enumerate([1, 1, 1, 0])]
+    new += [_rec("technical", i, "anchor", em) for i, em in enumerate([0, 0, 1])]
+    new += [_rec("technical", 0, "full", 1)]  # a row the baseline lacks
+    cells = {(c["filler"], c["row"]): c for c in paired_differences(base, new, n_boot=500, seed=3)}
+    assert set(cells) == {("all", "anchor"), ("literary", "anchor"), ("technical", "anchor")}
+    diffs = {"literary": [1, 1, 0, 0], "technical": [-1, 0, 1], "all": [1, 1, 0, 0, -1, 0, 1]}
+    for filler, d in diffs.items():
+        c = cells[(filler, "anchor")]
+        ci = bootstrap_interval([float(x) for x in d], n_boot=500, seed=3)
+        assert (c["n"], c["diff"], c["lo"], c["hi"]) == (len(d), ci.mean, ci.lo, ci.hi)
+        assert math.isclose(c["em"] - c["baseline_em"], c["diff"])
+    assert cells[("literary", "anchor")]["baseline_em"] == 0.25 and cells[("literary", "anchor")]["em"] == 0.75
+    with pytest.raises(AnLLMError, match="differs between the runs"):  # same id, another item (another seed)
+        paired_differences(base, [_rec("literary", 0, "anchor", 1, answer="other")])
+    with pytest.raises(AnLLMError, match="share no item"):
+        paired_differences(base, [_rec("literary", 5, "anchor", 1)])
+
+
+def test_a_baseline_must_be_an_acceptance_run_with_whole_records(tmp_path):
+    from anllm.evaluation.acceptance import read_baseline
+
+    head = json.dumps({CONFIG_KEY: {"seed": 7}}) + "\n"
+    good = tmp_path / "good.jsonl"
+    good.write_text(head + json.dumps(_rec("literary", 0, "anchor", True)) + "\n", encoding="utf-8")
+    assert read_baseline(good) == [_rec("literary", 0, "anchor", True)]
+    cases = {
+        "no-config": (json.dumps(_rec("literary", 0, "anchor", True)) + "\n", "first line is not the run's settings"),
+        "no-em": (head + json.dumps({"filler": "literary", "id": "x", "row": "anchor"}) + "\n", "record 1 lacks"),
+        "only-config": (head, "no finished item"),
+    }
+    for name, (text, message) in cases.items():
+        f = tmp_path / f"{name}.jsonl"
+        f.write_text(text, encoding="utf-8")
+        with pytest.raises(AnLLMError, match=message):
+            read_baseline(f)
+
+
 def test_cli_acceptance_writes_jsonl_json_and_plot(tmp_path):
     stem = tmp_path / "acc"
     cmd = [sys.executable, "-m", "anllm", "eval", "acceptance", "--model", "tiny-random", "--no-reference",
@@ -317,6 +366,19 @@ def test_cli_acceptance_writes_jsonl_json_and_plot(tmp_path):
     assert res.returncode == 2 and "distances=[30]" in res.stderr and "distances=[31]" in res.stderr
     summ = subprocess.run(cmd + ["--summarise"], capture_output=True, text=True, timeout=300)
     assert summ.returncode == 0, summ.stderr
+    other = tmp_path / "other.jsonl"  # the same items, every exact match flipped: a baseline to compare with
+    head = jsonl.read_text(encoding="utf-8").splitlines()[0] + "\n"  # the run's settings line
+    other.write_text(head + "".join(json.dumps({**r, "em": not r["em"]}) + "\n" for r in whole), encoding="utf-8")
+    vs = subprocess.run(cmd + ["--summarise", "--baseline", str(other)], capture_output=True, text=True, timeout=300)
+    assert vs.returncode == 0, vs.stderr
+    cells = json.loads(vs.stdout.splitlines()[-1])["versus_baseline"]["cells"]
+    assert {c["row"] for c in cells} == {"full", "anchor"} and all(c["n"] == 2 for c in cells)  # 2 items a row
+    for c in cells:  # flipped: each item's difference is em - (1 - em) = 2 em - 1
+        mine = [float(r["em"]) for r in whole if r["row"] == c["row"]]
+        assert math.isclose(c["diff"], sum(2 * x - 1 for x in mine) / 2)
+    missing = subprocess.run(cmd + ["--summarise", "--baseline", str(tmp_path / "nope.jsonl")],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert missing.returncode == 2 and "--baseline" in missing.stderr and "nope.jsonl" in missing.stderr
     bad_cmd = [c for c in cmd if c != "--no-reference"]
     bad_cmd[bad_cmd.index("--out") + 1] = str(tmp_path / "b")
     bad = subprocess.run(bad_cmd, capture_output=True, text=True, timeout=300)

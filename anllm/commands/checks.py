@@ -97,6 +97,7 @@ OPTIONS: dict[str, Number | Ints | str] = {
     "--src": "text-in",
     "--hyp": "text-in",
     "--items": "jsonl-in",
+    "--baseline": "jsonl-in",  # eval acceptance: another run's OUT.jsonl
     "--task": "task",
     "--config": "config-in",
     "--cache": "cache-in",

@@ -40,6 +40,12 @@ def register_acceptance(ev) -> None:
         help="cache policies run on the adapted weights (must include anchor)",
     )
     q.add_argument("--no-reference", action="store_true", help="skip the base model's full-cache row")
+    q.add_argument(
+        "--baseline",
+        default=None,
+        help="another run's OUT.jsonl on the same items (e.g. the shipped adapter's): adds this run's exact match "
+        "minus the baseline's per row and distance, paired over shared items with 95%% intervals",
+    )
     _add_run_options(q, seed=7)
     q.set_defaults(func=run_acceptance_cmd)
 
@@ -112,7 +118,14 @@ def _progress(total_label: str):
 
 def run_acceptance_cmd(args) -> int:
     from anllm.commands.common import emit_json
-    from anllm.evaluation.acceptance import AcceptanceConfig, read_records, run_acceptance, summarise
+    from anllm.evaluation.acceptance import (
+        AcceptanceConfig,
+        paired_differences,
+        read_baseline,
+        read_records,
+        run_acceptance,
+        summarise,
+    )
     from anllm.plots import acceptance_figure
 
     stem = Path(args.out)
@@ -128,6 +141,7 @@ def run_acceptance_cmd(args) -> int:
         max_new_tokens=args.max_new_tokens,
         chunk_size=args.chunk_size,
     )
+    baseline = read_baseline(args.baseline) if args.baseline else None  # checked before the model loads
     if not args.summarise:
         lm = _load(args)
         step, bars = _progress("acceptance")
@@ -139,6 +153,11 @@ def run_acceptance_cmd(args) -> int:
         "command": shlex.join(["anllm", *args.argv]),
         **summarise(read_records(jsonl)),
     }
+    if baseline is not None:
+        summary["versus_baseline"] = {
+            "baseline": args.baseline,
+            "cells": paired_differences(baseline, read_records(jsonl)),
+        }
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     acceptance_figure(summary["cells"]).write_html(stem.with_suffix(".html"), include_plotlyjs="cdn")
     print(f"{'filler':<10} {'dist':>5} {'row':<10} {'n':>4} {'EM':>6}  95% interval   KV", file=sys.stderr)
@@ -148,7 +167,15 @@ def run_acceptance_cmd(args) -> int:
             f"[{c['lo']:.1%}, {c['hi']:.1%}]  {c['kv_entries']:.0f}",
             file=sys.stderr,
         )
-    emit_json({"cells": summary["cells"], "items_complete": summary["items_complete"]})
+    if args.baseline:
+        print(f"\nminus {args.baseline}, paired over the items both finished:", file=sys.stderr)
+        for c in summary["versus_baseline"]["cells"]:
+            print(
+                f"{c['filler']:<10} {c['distance']:>5} {c['row']:<10} {c['n']:>4} {c['baseline_em']:>6.1%} -> "
+                f"{c['em']:>6.1%}  {c['diff']:+.1%} [{c['lo']:+.1%}, {c['hi']:+.1%}]",
+                file=sys.stderr,
+            )
+    emit_json({k: summary[k] for k in ("cells", "items_complete", "versus_baseline") if k in summary})
     return 0
 
 

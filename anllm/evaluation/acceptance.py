@@ -352,3 +352,63 @@ def summarise(records: list[dict], *, n_boot: int = 2000, seed: int = 0) -> dict
         "by_family": by_family,
         "seconds": sum(r["seconds"] for r in records),
     }
+
+
+RECORD_KEYS = ("filler", "id", "row", "em", "distance", "answer")  # what a comparison reads from each record
+
+
+def read_baseline(path: str | Path, flag: str = "--baseline") -> list[dict]:
+    """The records of another acceptance run to compare with (:func:`paired_differences`), checked.
+
+    Raises:
+        AnLLMError: the file is not UTF-8, is not an ``anllm eval acceptance`` run (no configuration line), holds no
+            records, or a record lacks the fields a comparison reads.
+    """
+    try:
+        config, records = read_jsonl(path)
+    except UnicodeDecodeError:
+        raise AnLLMError(
+            f"{flag} {path} is not UTF-8 text: give an OUT.jsonl written by anllm eval acceptance"
+        ) from None
+    if config is None:
+        raise AnLLMError(
+            f"{flag} {path} is not an anllm eval acceptance run (its first line is not the run's settings)"
+        )
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or any(k not in r for k in RECORD_KEYS):
+            raise AnLLMError(f"{flag} {path}: record {i + 1} lacks the fields {', '.join(RECORD_KEYS)}")
+    if not records:
+        raise AnLLMError(f"{flag} {path} holds no finished item yet: compare once it has some")
+    return records
+
+
+def paired_differences(baseline: list[dict], records: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """This run's exact match minus a baseline run's, on the items both runs finished for the same row: per
+    (filler, distance, row), and with filler ``"all"`` both fillers pooled; 95 % paired bootstrap intervals over items
+    (a checkpoint against the shipped adapter, on the same items). Each: ``filler``, ``distance``, ``row``, ``n``,
+    ``baseline_em``, ``em``, ``diff``, ``lo``, ``hi``.
+
+    Raises:
+        AnLLMError: the runs share no item, or an item id names different items (runs of other seeds or templates).
+    """
+    old = {(r["filler"], r["id"], r["row"]): r for r in baseline}
+    new = {(r["filler"], r["id"], r["row"]): r for r in records}
+    groups: dict[tuple, list[tuple[float, float]]] = {}
+    for k in sorted(old.keys() & new.keys()):
+        a, b = old[k], new[k]
+        if (a["answer"], a["distance"]) != (b["answer"], b["distance"]):
+            raise AnLLMError(
+                f"item {k[1]} ({k[0]}) differs between the runs ({a['answer']!r} at {a['distance']} tokens against "
+                f"{b['answer']!r} at {b['distance']}): compare runs made with the same --seed, --n and --families"
+            )
+        for filler in (k[0], POOLED):
+            groups.setdefault((filler, int(b["distance"]), k[2]), []).append((float(a["em"]), float(b["em"])))
+    if not groups:
+        raise AnLLMError("the two runs share no item with the same row: compare runs of the same items and policies")
+    out = []
+    for (filler, distance, row), pairs in sorted(groups.items(), key=lambda kv: (kv[0][0] != POOLED, *kv[0])):
+        ci = bootstrap_interval([b - a for a, b in pairs], n_boot=n_boot, seed=seed)
+        base = sum(a for a, _ in pairs) / len(pairs)
+        out.append(dict(filler=filler, distance=distance, row=row, n=ci.n, baseline_em=base, em=base + ci.mean,
+                        diff=ci.mean, lo=ci.lo, hi=ci.hi))  # fmt: skip
+    return out
