@@ -101,7 +101,7 @@ OPTIONS: dict[str, Number | Ints | str] = {
     "--task": "task",
     "--config": "config-in",
     "--cache": "cache-in",
-    "--adapter": "adapter-in",  # a peft adapter folder (eval acceptance / sweep / assistant, --model default)
+    "--adapter": "adapter-in",  # a peft adapter folder (eval acceptance / sweep / assistant / ppl, --model default)
     # files the command writes
     "--output": "out-file",
     "--plot": "out-file",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from anllm.commands.common import add_model_args, emit_json, int_list, load_from_args, read_text
+from anllm.commands.eval_acceptance import _load, add_adapter_arg
 from anllm.config import AnLLMError
 from anllm.policies import split_modes
 
@@ -39,6 +40,7 @@ def register(sub) -> None:
         "--budget", default=None, help="KV entries for streaming/sepllm, or a policy among --policies (e.g. anchor)"
     )
     q.add_argument("--json", action="store_true", help='last line: {"<mode>": {"ppl", "kv_kept_frac", "tokens"}}')
+    add_adapter_arg(q)
     q.set_defaults(func=run_ppl)
 
     q = ev.add_parser("qa", help="log-likelihood multiple choice: AnSAN-masked pass and real anchor-cache decoding")
@@ -112,7 +114,7 @@ def run_ppl(args) -> int:
     text = read_text(None, args.text_file, "text")
     modes = split_modes(args.policies)
     budget = _budget(args.budget)
-    lm = load_from_args(args)
+    lm = _load(args) if args.adapter else load_from_args(args)  # a checkpoint: unmerged on the default's base
     res = perplexity_text(
         lm, text, modes, chunk_size=args.chunk_size, max_tokens=args.max_tokens, budget=budget, progress=True
     )
