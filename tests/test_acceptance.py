@@ -324,11 +324,12 @@ def test_a_baseline_must_be_an_acceptance_run_with_whole_records(tmp_path):
     from anllm.evaluation.acceptance import read_baseline
 
     head = json.dumps({CONFIG_KEY: {"seed": 7}}) + "\n"
-    good = tmp_path / "good.jsonl"
-    good.write_text(head + json.dumps(_rec("literary", 0, "anchor", True)) + "\n", encoding="utf-8")
-    assert read_baseline(good) == [_rec("literary", 0, "anchor", True)]
+    for name, text in {"with-settings": head, "without": ""}.items():  # runs before the settings line have none
+        good = tmp_path / f"{name}.jsonl"
+        good.write_text(text + json.dumps(_rec("literary", 0, "anchor", True)) + "\n", encoding="utf-8")
+        assert read_baseline(good) == [_rec("literary", 0, "anchor", True)]
     cases = {
-        "no-config": (json.dumps(_rec("literary", 0, "anchor", True)) + "\n", "first line is not the run's settings"),
+        "a-list": (head + "[1, 2]\n", "record 1 lacks"),
         "no-em": (head + json.dumps({"filler": "literary", "id": "x", "row": "anchor"}) + "\n", "record 1 lacks"),
         "only-config": (head, "no finished item"),
     }

@@ -361,19 +361,15 @@ def read_baseline(path: str | Path, flag: str = "--baseline") -> list[dict]:
     """The records of another acceptance run to compare with (:func:`paired_differences`), checked.
 
     Raises:
-        AnLLMError: the file is not UTF-8, is not an ``anllm eval acceptance`` run (no configuration line), holds no
-            records, or a record lacks the fields a comparison reads.
+        AnLLMError: the file is not UTF-8, holds no records, or a record lacks the fields a comparison reads (the
+            run's settings line is optional: runs made before it existed have none).
     """
     try:
-        config, records = read_jsonl(path)
+        records = read_jsonl(path)[1]
     except UnicodeDecodeError:
         raise AnLLMError(
             f"{flag} {path} is not UTF-8 text: give an OUT.jsonl written by anllm eval acceptance"
         ) from None
-    if config is None:
-        raise AnLLMError(
-            f"{flag} {path} is not an anllm eval acceptance run (its first line is not the run's settings)"
-        )
     for i, r in enumerate(records):
         if not isinstance(r, dict) or any(k not in r for k in RECORD_KEYS):
             raise AnLLMError(f"{flag} {path}: record {i + 1} lacks the fields {', '.join(RECORD_KEYS)}")
