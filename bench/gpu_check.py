@@ -132,7 +132,7 @@ def tiles_bench(args) -> dict:
     served = ServedAnchor(kind="ep", anchor_ids=(5,), n_sink=1, window=24, max_segment=48)  # the default's setting
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     cases = {"decode": (args.requests, args.context, 1), "prefill": (args.prefill_requests, args.prefill, args.prefill)}
-    out: dict = {"device": args.device, "dtype": args.dtype, "served": "ep, 1 sink, window 24, forced anchor at 48",
+    out: dict = {"device": args.device, "dtype": args.dtype, "served": served.to_dict(),
                  "tolerance": tol, "cases": {}}  # fmt: skip
     if torch.device(args.device).type == "cuda":
         out["device"] = torch.cuda.get_device_name(torch.device(args.device))

@@ -167,7 +167,7 @@ def run_acceptance_cmd(args) -> int:
             f"[{c['lo']:.1%}, {c['hi']:.1%}]  {c['kv_entries']:.0f}",
             file=sys.stderr,
         )
-    if args.baseline:
+    if baseline is not None:
         print(f"\nminus {args.baseline}, paired over the items both finished:", file=sys.stderr)
         for c in summary["versus_baseline"]["cells"]:
             print(
