@@ -21,7 +21,7 @@ from anllm.plots import chat_memory_figure, first_token_figure
 from anllm.ui.blocks import build_demo
 from anllm.ui.chat_tab import ChatTab
 from anllm.ui.document_tab import ANCHOR_FILE, EXAMPLE_FACTS, DocumentTab, document_example
-from anllm.ui.render import measured_recall_markdown, public_text
+from anllm.ui.render import MEASURED_RECALL, measured_recall_markdown, public_text
 from anllm.ui.sessions import SessionStore
 from tests.app_launch import visible_text
 
@@ -200,7 +200,8 @@ def test_the_document_tab_states_the_measured_recall_and_offers_the_example(regi
     notes = [b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "doc-example-note"]
     assert len(notes) == 1 and measured_recall_markdown() in notes[0]
     assert all(public_text(q) in notes[0] and public_text(a) in notes[0] for q, a in qa)
-    assert "16 % [7, 27]" in notes[0] and "docs/memory.md" in notes[0]
+    anchor = MEASURED_RECALL[0][2]
+    assert f"{anchor[0]} % [{anchor[1]}, {anchor[2]}]" in notes[0] and "docs/memory.md" in notes[0]
     buttons = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "doc-example"]
     assert len(buttons) == 1
     (fn,) = [d.fn for d in demo.fns.values() if d.targets and d.targets[0][0] == buttons[0]._id]

@@ -332,3 +332,33 @@ def test_export_command_refuses_a_model_not_trained_for_anchors(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("anllm export: error: ") and "not trained for anchors" in err
     assert not (tmp_path / "m").exists()
+
+
+def _parity_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "vllm" / "parity.py"
+    spec = importlib.util.spec_from_file_location("parity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_parity_bound_widens_only_where_float32_itself_is_fragile():
+    """bench/vllm/parity.py's rule: |vLLM - float64| <= 1e-4, or <= 4 x anllm's own float32 error at that token."""
+    parity = _parity_module()
+    truth = ([1, 2, 3], [-1.0, -2.0, -3.0])
+    anllm = [[([1, 2, 3], [-1.0, -2.0 + 1.5e-4, -3.0])], [([1, 2, 3], [-1.0, -2.0, -3.0 - 1e-6])]]
+    fragile_token_ok = ([1, 2, 3], [-1.0 + 9e-5, -2.0 - 5e-4, -3.0])  # 5e-4 <= 4 x 1.5e-4 at token 1
+    check = parity.noise_check([fragile_token_ok], [truth], anllm)
+    assert check["ok"] and check["tokens_over_floor"] == 1
+    assert check["max_vllm_error_vs_float64"] == pytest.approx(5e-4)
+    assert check["max_anllm_float32_error"] == pytest.approx(1.5e-4)
+    too_far = ([1, 2, 3], [-1.0, -2.0 - 7e-4, -3.0 + 2e-4])  # 7e-4 > 6e-4; and 2e-4 where anllm is exact
+    check = parity.noise_check([too_far], [truth], anllm)
+    assert not check["ok"]
+    assert [(f["token"], f["vllm_error"] > 1e-4) for f in check["failures"]] == [(1, True), (2, True)]
+    # an aborted request (None) is skipped; tokens past a disagreement are not compared
+    other = ([1, 9, 3], [-1.0, -50.0, -50.0])
+    assert parity.noise_check([None, other], [truth, truth], [[truth, truth], [truth, truth]])["ok"]

@@ -5,7 +5,13 @@
 Run with the vLLM venv's python (``bash bench/vllm/setup_venv.sh``). DIR is an ``anllm export`` folder. Requests
 have different anchor layouts (prose, no punctuation at all = forced anchors only, questions and exclamations,
 short lines) and arrive at different engine steps; every one is greedy with ``ignore_eos``. Prints one JSON line:
-tokens equal per request and the largest |logprob difference| over all generated tokens.
+tokens equal per request, the largest |logprob difference| over all generated tokens, and the float32-noise check.
+
+The pass rule (``noise_check``): the same tokens, and every logprob within 1e-4 of anllm's float64 result -- or, at a
+token where float32 itself is that fragile, within NOISE_FACTOR x the error anllm's own float32 runs (two prefill
+chunkings) make there. Float32 rounding is amplified at a few ill-conditioned tokens: at one such token anllm's own
+float32 result moved 1.2e-4 from its float64 result, so a flat 1e-4 between two float32 engines would fail on
+rounding, not on a wrong visible set (docs/serving.md, "Float32 noise").
 """
 
 from __future__ import annotations
@@ -60,8 +66,8 @@ def make_prompts(tokenizer, n_requests: int, prompt_tokens: int) -> list[list[in
     return prompts
 
 
-def reference(model_dir: str, prompts: list[list[int]], new_tokens: int, chunk_size: int = 256):
-    """anllm's PolicyCache anchor mode, one request at a time: greedy tokens and their logprobs (float32)."""
+def reference(model_dir: str, prompts: list[list[int]], new_tokens: int, chunk_size: int = 256, dtype: str = "float32"):
+    """anllm's PolicyCache anchor mode, one request at a time: greedy tokens and their logprobs (in ``dtype``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -72,7 +78,8 @@ def reference(model_dir: str, prompts: list[list[int]], new_tokens: int, chunk_s
 
     torch.set_num_threads(os.cpu_count() or 1)  # vLLM may have cut this process to one thread
     served = read_served_anchor(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa")
+    model.eval()
     policy = AnchorPolicy(anchors_see_anchors=served.anchors_see_anchors, n_sink=served.n_sink, window=served.window)
     results = []
     with torch.inference_mode():
@@ -82,7 +89,7 @@ def reference(model_dir: str, prompts: list[list[int]], new_tokens: int, chunk_s
             tokens, logprobs = [], []
             kept_at = {len(ids): int(cache.n_kept()[0])}  # entries held after each prefix length
             for _ in range(new_tokens):
-                lp = torch.log_softmax(logits.float(), -1)[0]
+                lp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)[0]
                 t = int(lp.argmax())
                 tokens.append(t)
                 logprobs.append(float(lp[t]))
@@ -174,6 +181,37 @@ def compare(ref, got) -> dict:
     }
 
 
+NOISE_FLOOR = 1e-4  # |logprob - float64 logprob| always allowed (float32)
+NOISE_FACTOR = 4.0  # at a fragile token: this many times anllm's own float32 error there
+REFERENCE_CHUNKS = (256, 64)  # the prefill chunkings of anllm's float32 runs (their errors measure the fragility)
+
+
+def noise_check(got, ref64, refs32) -> dict:
+    """vLLM's logprobs against anllm's float64 ones, token by token: within ``max(NOISE_FLOOR, NOISE_FACTOR * e)``,
+    where ``e`` is the largest error of anllm's float32 runs ``refs32`` (same tokens) at that token. Only tokens all
+    runs agree on are compared (``compare`` checks the tokens themselves)."""
+    worst, worst_anllm, over_floor, failures = 0.0, 0.0, [], []
+    for i, (g, r64) in enumerate(zip(got, ref64)):
+        if g is None:  # aborted
+            continue
+        runs = [r[i] for r in refs32]
+        toks = [g[0], r64[0]] + [r[0] for r in runs]
+        n = next((j for j, col in enumerate(zip(*toks)) if len(set(col)) > 1), min(map(len, toks)))
+        for j in range(n):
+            truth = r64[1][j]
+            e_anllm = max(abs(r[1][j] - truth) for r in runs)
+            e = abs(g[1][j] - truth)
+            worst, worst_anllm = max(worst, e), max(worst_anllm, e_anllm)
+            if e > NOISE_FLOOR:
+                t = {"request": i, "token": j, "vllm_error": e, "anllm_float32_error": e_anllm}
+                over_floor.append(t)
+                if e > NOISE_FACTOR * e_anllm:
+                    failures.append(t)
+    return {"ok": not failures, "max_vllm_error_vs_float64": worst, "max_anllm_float32_error": worst_anllm,
+            "tokens_over_floor": len(over_floor), "over_floor": over_floor[:10], "floor": NOISE_FLOOR,
+            "factor": NOISE_FACTOR, "failures": failures[:10]}  # fmt: skip
+
+
 def accounting(trace_file: str, ref, prompts, block_size: int) -> dict:
     """Block accounting from the plugin's per-step trace (``ANLLM_VLLM_TRACE``): after every step each request holds
     ``ceil(kept / block_size)`` blocks on both sides (the worker's block table, the scheduler's pool), and its kept
@@ -256,10 +294,13 @@ def main(argv=None) -> int:
         args.model_dir, prompts, args.new_tokens, args.arrive_every, tuple(args.abort) if args.abort else None, **engine
     )
     t1 = time.perf_counter()
-    ref = reference(args.model_dir, prompts, args.new_tokens)
+    refs32 = [reference(args.model_dir, prompts, args.new_tokens, chunk_size=c) for c in REFERENCE_CHUNKS]
+    ref = refs32[0]
+    ref64 = reference(args.model_dir, prompts, args.new_tokens, dtype="float64")
     t2 = time.perf_counter()
     report = compare(ref, got)
-    ok = report["all_tokens_equal"] and report["max_logprob_diff"] <= 1e-4
+    report["float32_noise"] = noise_check(got, ref64, refs32)
+    ok = report["all_tokens_equal"] and report["float32_noise"]["ok"]
     if trace_file:
         report["accounting"] = accounting(trace_file, ref, prompts, block_size)
         os.unlink(trace_file)

@@ -17,17 +17,19 @@
 #   6. chat-v2/train.jsonl: 400 training instructions (anllm.train.chat_data, seed 5; never the wording or topics of
 #      `anllm eval assistant`) answered greedily by the base model's full cache, kept when the base ended its answer
 #      by EOS (end of turn weighted 4): chat turns for the KL to distil, so anchor mode learns when the base stops.
-# Stages (from the shipped default adapter, served setting from step 0: EP anchors, 1 sink, window 24, forced anchor
-# after 48 tokens; KL to the base model under the mask + full-attention KL + 8 x the answers' LM loss; lr 1e-4):
+# Stages (from the shipped default adapter, served setting from step 0: EP anchors, 1 sink, window 24 (64 from
+# stage V3), forced anchor after 48 tokens; KL to the base model under the mask + full-attention KL + 8 x the answers' LM loss; lr 1e-4):
 #   V1, steps 0-400: configs/smollm2-memory-adapter-v2.yaml as committed: prose blocks + the v2 items at the shipped
 #      adapter's distances, 1,024-token rows. Why: the new answer forms and technical filler first at distances the
 #      adapter already handles; prose in every stage because v1's last stage trained on items only and its anchor-mode
 #      prose perplexity stayed above StreamingLLM's, and the full-attention KL keeps the full cache close to the base
 #      (the issue's bar: full-cache recall not lower, full-cache perplexity not > 5 % higher than the shipped adapter).
-#   V2, steps 400-MAX_STEPS (2,000): prose + the long items + the chat turns (listed 5 times: ~18 % of the rows),
-#      2,048-token rows. Why: v1 found that recall at 1,024+ tokens needs items that long (its 48-900 set left 2,048
+#   V2, steps 400-800: prose + the long items + the chat turns (listed 5 times: ~18 % of the rows), 2,048-token
+#      rows, window 24. Why: v1 found that recall at 1,024+ tokens needs items that long (its 48-900 set left 2,048
 #      untrained); the chat turns because the anchor cache overran lists and missed EOS (anllm eval assistant:
 #      0.88 x the full cache's EOS share with the shipped adapter).
+#   V3, steps 800-MAX_STEPS (2,000): V2's data at the config's window, 64: the default serves a 64-token window since
+#      2026-12-07 (docs/adapter-training.md says why), so the adapter now trains as served.
 # Resumable: rerun this script after a stop and it continues from the newest checkpoint (save_every 50, ~10 min; the
 # data order is a function of the step). MAX_STEPS=N ends stage V2 earlier. Held-out curves: $RUNS/smollm2-memory-v2b/
 # metrics.jsonl (eval_ppl_full / eval_ppl_anchor every 100 steps).
@@ -87,10 +89,15 @@ echo "== $(date -u +%FT%TZ) newest checkpoint: step $S"
 RESUME=(); [ "$S" -gt 0 ] && RESUME=(--resume)
 if [ "$S" -lt 400 ]; then
     "$PY" -m anllm -v train --config "$CFG" "${RESUME[@]}" "${PATHS[@]}" --set max_steps=400 \
-        --set "train_files=[$RUNS/corpus-broad/train.jsonl, $MEM/train.jsonl]"
+        --set "train_files=[$RUNS/corpus-broad/train.jsonl, $MEM/train.jsonl]" --set window=24
+    RESUME=(--resume)
+fi
+V2_FILES="train_files=[$RUNS/corpus-broad/train.jsonl, $MEM/train-long.jsonl$(printf ', %s' "$CHAT/train.jsonl"{,,,,})]"
+if [ "$S" -lt 800 ]; then  # stage V2 trained at the window served until then
+    "$PY" -m anllm -v train --config "$CFG" "${RESUME[@]}" "${PATHS[@]}" --set max_steps=800 --set "$V2_FILES" \
+        --set block_size=2048 --set window=24
     RESUME=(--resume)
 fi
 "$PY" -m anllm -v train --config "$CFG" --resume "${PATHS[@]}" --set max_steps="${MAX_STEPS:-2000}" \
-    --set "train_files=[$RUNS/corpus-broad/train.jsonl, $MEM/train-long.jsonl$(printf ', %s' "$CHAT/train.jsonl"{,,,,})]" \
-    --set block_size=2048
+    --set "$V2_FILES" --set block_size=2048
 echo "== $(date -u +%FT%TZ) v2 recipe done: $OUT/final"
