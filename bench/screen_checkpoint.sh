@@ -9,8 +9,8 @@
 #      StreamingLLM and SepLLM-style at the anchor cache's budget.
 # Usage: bash bench/screen_checkpoint.sh ADAPTER_DIR OUT_DIR
 #   ADAPTER_DIR: a checkpoint's adapter/ (e.g. ~/.cache/anllm/runs/smollm2-memory-v2b/checkpoints/step-0000600/adapter)
-#   env: BASELINE (the shipped adapter's acceptance JSONL as served, window 64; its window-24 run:
-#        docs/benchmarks-data/recall-acceptance-2026-12-07.jsonl), N (items per family; 15), DISTANCES (256,1024),
+#   env: BASELINE (the shipped adapter's screen as served, window 64: v2b step 800, float32 checkpoint weights; the
+#        previous adapter's: docs/benchmarks-data/window64-screen-acceptance-2026-12-07.jsonl), N (items per family; 15), DISTANCES (256,1024),
 #        MEASURES (recall,assistant,ppl: any of them); OMP_NUM_THREADS as given (1 beside a training job).
 # Rerunnable: a finished measure (its output present) is skipped; a stopped recall run is resumed.
 set -euo pipefail
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 ADAPTER=$1
 OUT=$2
 PY=${PYTHON:-.venv/bin/python}
-BASELINE=${BASELINE:-docs/benchmarks-data/window64-screen-acceptance-2026-12-07.jsonl}  # the shipped weights, window 64
+BASELINE=${BASELINE:-docs/benchmarks-data/screen-v2b-step800-w64-acceptance-2026-12-07.jsonl}  # the shipped adapter
 MEASURES=${MEASURES:-recall,assistant,ppl}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 mkdir -p "$OUT"
