@@ -14,7 +14,13 @@ def test_default_model_greedy_equals_anllm_generate():
     from anllm.models import load_model
 
     lm = load_model("default")
-    ids = torch.tensor([encode_prompt(lm, "Tell me about lighthouses. Keep it short.", chat=True)])
+    note = (
+        "Lighthouses guide ships at night. They stand on rocky coasts and islands. Their lamps turn in a fixed "
+        "rhythm, so sailors can tell one light from another. Keepers once lived in them with their families. "
+        "Most lights are automatic today. "
+    )  # longer than the served window, so the anchor cache evicts whatever the answer's length
+    ids = torch.tensor([encode_prompt(lm, note + "Tell me about lighthouses. Keep it short.", chat=True)])
+    assert ids.shape[1] > lm.anchor.window
     out = hf_generate(lm, ids, anchor_config=lm.anchor, max_new_tokens=32, return_dict_in_generate=True)
     res = generate(lm, ids[0].tolist(), "anchor", GenerationConfig(max_new_tokens=32))
     want = res.tokens + ([lm.tokenizer.eos_token_id] if res.finish_reason == "eos" else [])
