@@ -66,8 +66,15 @@ def make_prompts(tokenizer, n_requests: int, prompt_tokens: int) -> list[list[in
     return prompts
 
 
-def reference(model_dir: str, prompts: list[list[int]], new_tokens: int, chunk_size: int = 256, dtype: str = "float32"):
-    """anllm's PolicyCache anchor mode, one request at a time: greedy tokens and their logprobs (in ``dtype``)."""
+def reference(
+    model_dir: str,
+    prompts: list[list[int]],
+    new_tokens: int,
+    chunk_sizes: tuple[int, ...] = (256,),
+    dtype: str = "float32",
+) -> list[list[tuple]]:
+    """anllm's PolicyCache anchor mode, one request at a time: greedy tokens and their logprobs (in ``dtype``), one
+    list of per-request results for each prefill chunking in ``chunk_sizes`` (the model loads once)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -81,22 +88,25 @@ def reference(model_dir: str, prompts: list[list[int]], new_tokens: int, chunk_s
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa")
     model.eval()
     policy = AnchorPolicy(anchors_see_anchors=served.anchors_see_anchors, n_sink=served.n_sink, window=served.window)
-    results = []
+    runs = []
     with torch.inference_mode():
-        for ids in prompts:
-            cache = PolicyCache(model.config, policy, served.anchor_ids, served.position_policy, served.max_segment)
-            logits = prefill(model, cache, torch.tensor([ids]), chunk_size=chunk_size)
-            tokens, logprobs = [], []
-            kept_at = {len(ids): int(cache.n_kept()[0])}  # entries held after each prefix length
-            for _ in range(new_tokens):
-                lp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)[0]
-                t = int(lp.argmax())
-                tokens.append(t)
-                logprobs.append(float(lp[t]))
-                logits = decode_step(model, cache, torch.tensor([t]))
-                kept_at[len(ids) + len(tokens)] = int(cache.n_kept()[0])
-            results.append((tokens, logprobs, kept_at))
-    return results
+        for chunk_size in chunk_sizes:
+            results = []
+            for ids in prompts:
+                cache = PolicyCache(model.config, policy, served.anchor_ids, served.position_policy, served.max_segment)
+                logits = prefill(model, cache, torch.tensor([ids]), chunk_size=chunk_size)
+                tokens, logprobs = [], []
+                kept_at = {len(ids): int(cache.n_kept()[0])}  # entries held after each prefix length
+                for _ in range(new_tokens):
+                    lp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)[0]
+                    t = int(lp.argmax())
+                    tokens.append(t)
+                    logprobs.append(float(lp[t]))
+                    logits = decode_step(model, cache, torch.tensor([t]))
+                    kept_at[len(ids) + len(tokens)] = int(cache.n_kept()[0])
+                results.append((tokens, logprobs, kept_at))
+            runs.append(results)
+    return runs
 
 
 def run_vllm(
@@ -294,9 +304,9 @@ def main(argv=None) -> int:
         args.model_dir, prompts, args.new_tokens, args.arrive_every, tuple(args.abort) if args.abort else None, **engine
     )
     t1 = time.perf_counter()
-    refs32 = [reference(args.model_dir, prompts, args.new_tokens, chunk_size=c) for c in REFERENCE_CHUNKS]
+    refs32 = reference(args.model_dir, prompts, args.new_tokens, REFERENCE_CHUNKS)
     ref = refs32[0]
-    ref64 = reference(args.model_dir, prompts, args.new_tokens, dtype="float64")
+    (ref64,) = reference(args.model_dir, prompts, args.new_tokens, dtype="float64")
     t2 = time.perf_counter()
     report = compare(ref, got)
     report["float32_noise"] = noise_check(got, ref64, refs32)
