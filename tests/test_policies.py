@@ -113,7 +113,7 @@ TABLE_TEXTS = [
 ]
 
 
-def _one_pass_mask(policy, lm, ids, valid):
+def one_pass_mask(policy, lm, ids, valid):
     """Bool ``(B, 1, T, T)``: the policy's own rule over the whole padded batch, plus causality and padding (built
     here, not by the cache); a padding query sees itself only."""
     anchor, _ = mark_anchors(ids, lm.anchor_ids, valid, max_segment=lm.anchor.max_segment)
@@ -142,7 +142,7 @@ def test_every_registered_policy_decodes_as_one_masked_pass(name, kind, side):
         policy = lm.policy(spec)
         assert type(policy) is POLICIES[name]
         with torch.inference_mode():
-            mask = to_additive(_one_pass_mask(policy, lm, ids, valid), lm.model.dtype)
+            mask = to_additive(one_pass_mask(policy, lm, ids, valid), lm.model.dtype)
             ref = lm.model(input_ids=ids, attention_mask=mask, position_ids=token_positions(valid)).logits
             for chunk in (1, 5, ids.shape[1]):
                 cache = make_cache(lm, policy)
