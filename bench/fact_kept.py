@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -138,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"fact_kept: {len(missing)} items lack a {'/'.join(BASE_ROWS)} row in {args.baseline}, "
                          f"e.g. {missing[0]}: give the run made with the same --distances, --n and --seed")  # fmt: skip
-    served = AnchorPolicy.from_config(lm.anchor)
+    served = FactKeptPolicy.from_config(lm.anchor)  # the served rule, no span yet
     records = []
     with open(f"{args.out}.jsonl", "w", encoding="utf-8") as f:
         for i, (filler, it) in enumerate(pairs):
             prompt, answer_ids = render(lm, it)
             lo, hi = fact_span(lm, it, prompt)
-            policy = FactKeptPolicy(served.anchors_see_anchors, served.n_sink, served.window, lo=lo, hi=hi)
+            policy = replace(served, lo=lo, hi=hi)
             s = score_item(lm, prompt, it.answer, answer_ids, policy, max_new_tokens=cfg.max_new_tokens)
             rec = {
                 "filler": filler, "row": ROW, "id": it.id, "family": it.family, "distance": it.distance,
